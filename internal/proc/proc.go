@@ -1,0 +1,130 @@
+// Package proc is buildfarm's one way to run external programs (qemu,
+// btrfs, mkfs.ext4, debootstrap, ...). A command runs in its own process
+// group; cancelling its context signals the whole group with SIGTERM, then
+// SIGKILL after a grace period; its standard error is captured so that a
+// failure names the command and says what it printed. Children may be tied
+// to the parent's life with Pdeathsig, so that they never outlive it.
+package proc
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// DefaultWaitDelay is how long a cancelled command has between SIGTERM to
+// its process group and SIGKILL.
+const DefaultWaitDelay = 5 * time.Second
+
+// Error is a failed external command: which one, how it ended, and the tail
+// of what it wrote to standard error.
+type Error struct {
+	Args   []string
+	Err    error // from exec: *exec.ExitError, context error, start failure
+	Stderr string
+}
+
+func (e *Error) Error() string {
+	msg := fmt.Sprintf("%s: %v", strings.Join(e.Args, " "), e.Err)
+	if s := strings.TrimSpace(e.Stderr); s != "" {
+		msg += ": " + s
+	}
+	return msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// ExitCode returns the exit status of the command, or -1 when it did not
+// exit normally (killed, never started).
+func (e *Error) ExitCode() int {
+	var ee *exec.ExitError
+	if errors.As(e.Err, &ee) {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+// Command builds an *exec.Cmd for name and args, set up the project's way:
+// its own process group, SIGTERM to the group on cancellation, SIGKILL after
+// DefaultWaitDelay, and SIGKILL when this process dies (Pdeathsig; note it
+// fires when the creating OS thread exits, so callers that start long-lived
+// children from goroutines should lock the thread or supervise otherwise).
+func Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return KillGroup(cmd, syscall.SIGTERM) }
+	cmd.WaitDelay = DefaultWaitDelay
+	return cmd
+}
+
+// KillGroup sends sig to the process group of cmd's process.
+func KillGroup(cmd *exec.Cmd, sig syscall.Signal) error {
+	if cmd.Process == nil {
+		return errors.New("process not started")
+	}
+	err := syscall.Kill(-cmd.Process.Pid, sig)
+	if errors.Is(err, syscall.ESRCH) {
+		return os.ErrProcessDone
+	}
+	return err
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	max int
+	buf bytes.Buffer
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	n := len(p)
+	t.buf.Write(p)
+	if over := t.buf.Len() - t.max; over > 0 {
+		t.buf.Next(over)
+	}
+	return n, nil
+}
+
+const stderrTail = 4096
+
+// Run runs the command to completion. Its standard output goes to stdout
+// (may be nil); a failure is an *Error with the tail of standard error.
+func Run(ctx context.Context, stdout io.Writer, name string, args ...string) error {
+	cmd := Command(ctx, name, args...)
+	cmd.Stdout = stdout
+	return Wait(cmd)
+}
+
+// Output runs the command and returns its standard output.
+func Output(ctx context.Context, name string, args ...string) ([]byte, error) {
+	var out bytes.Buffer
+	err := Run(ctx, &out, name, args...)
+	return out.Bytes(), err
+}
+
+// Wait starts cmd (if it has not started), waits for it and wraps a failure
+// in *Error with the tail of its standard error. If cmd.Stderr is already
+// set, the tail is captured as well as written there.
+func Wait(cmd *exec.Cmd) error {
+	tail := &tailBuffer{max: stderrTail}
+	if cmd.Process == nil {
+		if cmd.Stderr == nil {
+			cmd.Stderr = tail
+		} else {
+			cmd.Stderr = io.MultiWriter(cmd.Stderr, tail)
+		}
+		if err := cmd.Start(); err != nil {
+			return &Error{Args: cmd.Args, Err: err}
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		return &Error{Args: cmd.Args, Err: err, Stderr: tail.buf.String()}
+	}
+	return nil
+}

@@ -1,0 +1,94 @@
+// Package testenv tells tests what this machine offers and skips, with the
+// reason, those that cannot run here. Costly tests are marked, not hidden:
+// VM tests (real QEMU, btrfs on loop devices, network namespaces) run only
+// when BUILDFARM_VM_TESTS=1, which scripts/test and CI always set.
+//
+// Environment:
+//
+//	BUILDFARM_VM_TESTS  1 to run the VM and root-only tests
+//	BUILDFARM_CACHE     the cache directory (default ~/.cache/buildfarm),
+//	                    where scripts/deps puts the guest kernel
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// VMTests reports whether costly VM tests were asked for.
+func VMTests() bool { return os.Getenv("BUILDFARM_VM_TESTS") == "1" }
+
+// NeedVM skips t unless VM tests were asked for.
+func NeedVM(t testing.TB) {
+	t.Helper()
+	if !VMTests() {
+		t.Skip("VM test: set BUILDFARM_VM_TESTS=1 (scripts/test does) to run it")
+	}
+}
+
+// NeedRoot skips t unless running as root (loop devices, mounts, namespaces).
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loop devices, mounts and network namespaces")
+	}
+}
+
+// NeedProgram returns the path of an external program, and skips t when it
+// is missing: when VM tests were asked for, a missing program is a failure,
+// since scripts/deps installs them all.
+func NeedProgram(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if VMTests() {
+			t.Fatalf("%s not found (scripts/deps installs it): %v", name, err)
+		}
+		t.Skipf("%s not found; run scripts/deps", name)
+	}
+	return p
+}
+
+// CacheDir is buildfarm's cache directory.
+func CacheDir() string {
+	if d := os.Getenv("BUILDFARM_CACHE"); d != "" {
+		return d
+	}
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "buildfarm")
+	}
+	return filepath.Join(os.TempDir(), "buildfarm-cache")
+}
+
+// Kernel is the guest kernel that scripts/deps unpacks into the cache.
+type Kernel struct {
+	Dir     string // the kernel directory of the cache
+	Image   string // vmlinuz
+	Modules string // lib/modules/VERSION, with modules.dep
+	Version string
+}
+
+// NeedKernel returns the cached guest kernel, or fails (VM tests) or skips.
+func NeedKernel(t testing.TB) Kernel {
+	t.Helper()
+	dir := filepath.Join(CacheDir(), "kernel")
+	v, err := os.ReadFile(filepath.Join(dir, "version"))
+	if err != nil {
+		if VMTests() {
+			t.Fatalf("no guest kernel in %s (scripts/deps fetches it): %v", dir, err)
+		}
+		t.Skipf("no guest kernel in %s; run scripts/deps", dir)
+	}
+	ver := string(v)
+	for len(ver) > 0 && (ver[len(ver)-1] == '\n' || ver[len(ver)-1] == ' ') {
+		ver = ver[:len(ver)-1]
+	}
+	return Kernel{
+		Dir:     dir,
+		Image:   filepath.Join(dir, "vmlinuz"),
+		Modules: filepath.Join(dir, "lib", "modules", ver),
+		Version: ver,
+	}
+}
