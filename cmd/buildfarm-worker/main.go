@@ -2,6 +2,9 @@
 // from the agent over TFTP, runs the build's steps and uploads the result
 // manifest with the logs. It is a small static binary (CGO_ENABLED=0) with
 // no database or web code, so guest images stay small.
+//
+// Its first sign of life is the line "buildfarm-worker VERSION: started" on
+// standard output, which the guest's init connects to the console.
 package main
 
 import (
@@ -30,6 +33,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		_, err := fmt.Fprintf(stdout, "buildfarm-worker %s\n", buildinfo.String())
 		return err
 	}
+	fmt.Fprintf(stdout, "buildfarm-worker %s: started\n", buildinfo.String())
 	_ = ctx
-	return fmt.Errorf("usage: buildfarm-worker version")
+	return nil
 }

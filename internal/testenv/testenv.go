@@ -6,15 +6,16 @@
 // Environment:
 //
 //	BUILDFARM_VM_TESTS  1 to run the VM and root-only tests
-//	BUILDFARM_CACHE     the cache directory (default ~/.cache/buildfarm),
-//	                    where scripts/deps puts the guest kernel
+//	BUILDFARM_CACHE     the cache directory (see package cache), where
+//	                    scripts/deps puts the guest kernel
 package testenv
 
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/buildfarm/buildfarm/internal/cache"
 )
 
 // VMTests reports whether costly VM tests were asked for.
@@ -51,44 +52,15 @@ func NeedProgram(t testing.TB, name string) string {
 	return p
 }
 
-// CacheDir is buildfarm's cache directory.
-func CacheDir() string {
-	if d := os.Getenv("BUILDFARM_CACHE"); d != "" {
-		return d
-	}
-	if d, err := os.UserCacheDir(); err == nil {
-		return filepath.Join(d, "buildfarm")
-	}
-	return filepath.Join(os.TempDir(), "buildfarm-cache")
-}
-
-// Kernel is the guest kernel that scripts/deps unpacks into the cache.
-type Kernel struct {
-	Dir     string // the kernel directory of the cache
-	Image   string // vmlinuz
-	Modules string // lib/modules/VERSION, with modules.dep
-	Version string
-}
-
 // NeedKernel returns the cached guest kernel, or fails (VM tests) or skips.
-func NeedKernel(t testing.TB) Kernel {
+func NeedKernel(t testing.TB) cache.Kernel {
 	t.Helper()
-	dir := filepath.Join(CacheDir(), "kernel")
-	v, err := os.ReadFile(filepath.Join(dir, "version"))
+	k, err := cache.GuestKernel()
 	if err != nil {
 		if VMTests() {
-			t.Fatalf("no guest kernel in %s (scripts/deps fetches it): %v", dir, err)
+			t.Fatal(err)
 		}
-		t.Skipf("no guest kernel in %s; run scripts/deps", dir)
+		t.Skip(err)
 	}
-	ver := string(v)
-	for len(ver) > 0 && (ver[len(ver)-1] == '\n' || ver[len(ver)-1] == ' ') {
-		ver = ver[:len(ver)-1]
-	}
-	return Kernel{
-		Dir:     dir,
-		Image:   filepath.Join(dir, "vmlinuz"),
-		Modules: filepath.Join(dir, "lib", "modules", ver),
-		Version: ver,
-	}
+	return k
 }
