@@ -82,6 +82,14 @@ type reply struct {
 	err *Error
 }
 
+func (r reply) result(command string) (json.RawMessage, error) {
+	if r.err != nil {
+		r.err.Command = command
+		return nil, r.err
+	}
+	return r.ret, nil
+}
+
 // Client is a QMP connection in command mode. Its methods are safe for
 // concurrent use.
 type Client struct {
@@ -269,20 +277,12 @@ func (c *Client) Execute(ctx context.Context, command string, args any) (json.Ra
 	}
 	select {
 	case rep := <-ch:
-		if rep.err != nil {
-			rep.err.Command = command
-			return nil, rep.err
-		}
-		return rep.ret, nil
+		return rep.result(command)
 	case <-c.done:
 		// The reply may have raced the end of the connection.
 		select {
 		case rep := <-ch:
-			if rep.err != nil {
-				rep.err.Command = command
-				return nil, rep.err
-			}
-			return rep.ret, nil
+			return rep.result(command)
 		default:
 		}
 		return nil, fmt.Errorf("qmp %s: %w", command, c.err)

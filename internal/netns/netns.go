@@ -1,0 +1,213 @@
+// Package netns gives each VM a network namespace of its own, so that a
+// guest on user-mode networking reaches the services bound to that
+// namespace's loopback (the agent's TFTP socket for it) and nothing else.
+// A namespace is made and deleted with iproute2's `ip netns` (so it shows
+// in `ip netns list` and lives in /run/netns); code runs inside one on a
+// locked OS thread that is thrown away afterwards, and a socket opened
+// there stays there. Namespaces are named bf-PID-N after the process that
+// made them, so Cleanup can delete those whose process is gone.
+//
+// External tools: ip (iproute2). Needs root (CAP_SYS_ADMIN).
+package netns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/buildfarm/buildfarm/internal/proc"
+)
+
+// Dir is where `ip netns` keeps its namespaces.
+const Dir = "/run/netns"
+
+// prefix starts the names of the namespaces this package makes.
+const prefix = "bf-"
+
+var seq atomic.Uint64
+
+// NS is a named network namespace.
+type NS struct {
+	Name string
+}
+
+// Path is the namespace's file, for setns(2) or `ip netns exec`.
+func (n *NS) Path() string { return filepath.Join(Dir, n.Name) }
+
+// New makes a namespace with a fresh name (bf-PID-N) and its loopback up.
+func New(ctx context.Context) (*NS, error) {
+	return Create(ctx, fmt.Sprintf("%s%d-%d", prefix, os.Getpid(), seq.Add(1)))
+}
+
+// Create makes the namespace name with its loopback up.
+func Create(ctx context.Context, name string) (*NS, error) {
+	if _, err := proc.Output(ctx, "ip", "netns", "add", name); err != nil {
+		return nil, fmt.Errorf("netns %s: create: %w", name, err)
+	}
+	n := &NS{Name: name}
+	if _, err := proc.Output(ctx, "ip", "-n", name, "link", "set", "lo", "up"); err != nil {
+		n.Delete(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("netns %s: loopback up: %w", name, err)
+	}
+	return n, nil
+}
+
+// Delete deletes the namespace. Sockets opened in it keep it alive, without
+// its name, until they are closed.
+func (n *NS) Delete(ctx context.Context) error {
+	if _, err := proc.Output(ctx, "ip", "netns", "delete", n.Name); err != nil {
+		return fmt.Errorf("netns %s: delete: %w", n.Name, err)
+	}
+	return nil
+}
+
+// Enter moves the calling OS thread into the namespace at path. The caller
+// must have locked its goroutine to the thread (runtime.LockOSThread) and
+// must let the goroutine end without unlocking it, so that the runtime
+// throws the thread away rather than reuse it in the wrong namespace.
+// Processes started from the thread afterwards run in the namespace.
+func Enter(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("netns %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("netns %s: setns: %w", path, err)
+	}
+	return nil
+}
+
+// Do runs fn inside the namespace, on an OS thread of its own that is
+// thrown away when fn returns. Sockets fn opens stay in the namespace;
+// processes it starts and waits for run there (a process that should
+// outlive fn must not use Pdeathsig, which fires when the thread ends).
+func (n *NS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if err := Enter(n.Path()); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// ListenPacket opens a packet socket (for example "udp", "127.0.0.1:0")
+// inside the namespace: the VM's TFTP socket.
+func (n *NS) ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
+	var c net.PacketConn
+	err := n.Do(func() error {
+		var lc net.ListenConfig
+		var err error
+		c, err = lc.ListenPacket(ctx, network, address)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netns %s: listen %s %s: %w", n.Name, network, address, err)
+	}
+	return c, nil
+}
+
+// Listen opens a stream listener (for example "tcp", "127.0.0.1:0") inside
+// the namespace.
+func (n *NS) Listen(ctx context.Context, network, address string) (net.Listener, error) {
+	var l net.Listener
+	err := n.Do(func() error {
+		var lc net.ListenConfig
+		var err error
+		l, err = lc.Listen(ctx, network, address)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netns %s: listen %s %s: %w", n.Name, network, address, err)
+	}
+	return l, nil
+}
+
+// Output runs a program inside the namespace to completion and returns its
+// standard output (see proc.Output).
+func (n *NS) Output(ctx context.Context, name string, args ...string) ([]byte, error) {
+	var out []byte
+	err := n.Do(func() error {
+		var err error
+		out, err = proc.Output(ctx, name, args...)
+		return err
+	})
+	return out, err
+}
+
+// List returns the names of the namespaces in Dir made by this package.
+func List() ([]string, error) {
+	entries, err := os.ReadDir(Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("netns: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}
+
+// owner returns the pid in a name bf-PID-N, or 0.
+func owner(name string) int {
+	rest, ok := strings.CutPrefix(name, prefix)
+	if !ok {
+		return 0
+	}
+	p, _, _ := strings.Cut(rest, "-")
+	pid, err := strconv.Atoi(p)
+	if err != nil {
+		return 0
+	}
+	return pid
+}
+
+// alive reports whether process pid exists.
+func alive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// Cleanup deletes the namespaces that processes now gone left behind (an
+// agent killed mid-task) and returns their names.
+func Cleanup(ctx context.Context, log *slog.Logger) ([]string, error) {
+	names, err := List()
+	if err != nil {
+		return nil, err
+	}
+	var deleted []string
+	var errs []error
+	for _, name := range names {
+		pid := owner(name)
+		if pid == 0 || alive(pid) {
+			continue
+		}
+		if err := (&NS{Name: name}).Delete(ctx); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		log.Info("deleted a leftover network namespace", "netns", name, "pid", pid)
+		deleted = append(deleted, name)
+	}
+	return deleted, errors.Join(errs...)
+}

@@ -1,0 +1,127 @@
+package netns
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/testenv"
+)
+
+func need(t *testing.T) context.Context {
+	t.Helper()
+	testenv.NeedVM(t)
+	testenv.NeedRoot(t)
+	testenv.NeedProgram(t, "ip")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newNS(t *testing.T, ctx context.Context) *NS {
+	t.Helper()
+	n, err := New(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := n.Delete(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+	return n
+}
+
+func TestSocketsStayInside(t *testing.T) {
+	ctx := need(t)
+	n := newNS(t, ctx)
+
+	out, err := n.Output(ctx, "ip", "-o", "link", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if links := strings.Count(strings.TrimSpace(string(out)), "\n") + 1; links != 1 || !strings.Contains(string(out), "lo:") || !strings.Contains(string(out), "UP") {
+		t.Errorf("links in %s = %q, want only lo, up", n.Name, out)
+	}
+
+	l, err := n.Listen(ctx, "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("inside\n"))
+			c.Close()
+		}
+	}()
+	addr := l.Addr().String()
+
+	// From the root namespace, the port is not there.
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("dial %s from the root namespace succeeded, want refused", addr)
+	}
+	// From inside, it is.
+	err = n.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		b := make([]byte, 7)
+		_, err = c.Read(b)
+		if string(b) != "inside\n" {
+			return fmt.Errorf("read %q, want inside", b)
+		}
+		return err
+	})
+	if err != nil {
+		t.Errorf("dial %s inside %s: %v", addr, n.Name, err)
+	}
+
+	pc, err := n.ListenPacket(ctx, "udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.Close()
+}
+
+func TestCleanup(t *testing.T) {
+	ctx := need(t)
+	// A namespace named after a process that is gone.
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := fmt.Sprintf("%s%d-1", prefix, cmd.Process.Pid)
+	if _, err := Create(ctx, dead); err != nil {
+		t.Fatal(err)
+	}
+	mine := newNS(t, ctx)
+
+	deleted, err := Cleanup(ctx, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(deleted, dead) || slices.Contains(deleted, mine.Name) {
+		t.Errorf("Cleanup() = %v, want %s deleted and not %s", deleted, dead, mine.Name)
+	}
+	names, err := List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(names, dead) || !slices.Contains(names, mine.Name) {
+		t.Errorf("List() after Cleanup = %v, want %s and not %s", names, mine.Name, dead)
+	}
+}
