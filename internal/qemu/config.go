@@ -1,0 +1,305 @@
+// Package qemu runs buildfarm's one-shot VMs under QEMU. Config describes a
+// VM and Args turns it into QEMU's command line, purely (golden-tested); VM
+// is the running machine: Start once in an empty working directory of its
+// own, Wait (safe for many callers), Shutdown by ACPI power-down with a
+// deadline, Forcedown, Suspend and Resume over QMP (package qmp), Info.
+//
+// A QEMU never outlives its parent: it runs in its own process group with
+// Pdeathsig SIGKILL, started from an OS thread that is locked for the life
+// of the VM (Pdeathsig fires when the creating thread ends, not the
+// process). It may run inside a network namespace of the VM's own (package
+// netns), where user-mode networking lets the guest reach only the
+// services bound to that namespace's loopback, as 10.0.2.2.
+//
+// A guest powers off on system_powerdown only if it handles the ACPI power
+// button: the button and evdev modules loaded and something acting on the
+// event (busybox acpid with an executable /etc/acpi/PWRF/00000080 that runs
+// poweroff -f).
+//
+// External tools: qemu-system-x86_64 or qemu-system-aarch64 (Debian's
+// qemu-system-x86 package ships qboot.rom, the fast firmware used for
+// direct kernel boot on x86).
+package qemu
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Arch is a guest architecture, named as QEMU names it.
+type Arch string
+
+// The architectures buildfarm runs guests of.
+const (
+	X8664   Arch = "x86_64"
+	AArch64 Arch = "aarch64"
+)
+
+// ParseArch accepts build2's and Go's names (x64, x86_64, amd64; arm64,
+// aarch64).
+func ParseArch(s string) (Arch, error) {
+	switch s {
+	case "x64", "x86_64", "amd64", "":
+		return X8664, nil
+	case "arm64", "aarch64":
+		return AArch64, nil
+	}
+	return "", fmt.Errorf("unknown architecture %q (want x64 or arm64)", s)
+}
+
+// Accelerators.
+const (
+	KVM = "kvm"
+	TCG = "tcg"
+)
+
+// QbootROM is where Debian's QEMU keeps qboot, a minimal firmware that
+// boots a kernel given with -kernel faster than SeaBIOS (2.0 s against
+// 2.4 s to a busybox init here, under TCG).
+const QbootROM = "/usr/share/qemu/qboot.rom"
+
+// Drive is a virtio block device.
+type Drive struct {
+	Path     string
+	Format   string // raw (default) or qcow2
+	ReadOnly bool
+}
+
+// Network modes.
+const (
+	NetNone = "none"
+	NetUser = "user" // slirp: the guest is 10.0.2.15, the host 10.0.2.2
+	NetTap  = "tap"  // an existing tap device, already on its bridge
+)
+
+// Net is the guest's one network interface, a virtio-net device.
+type Net struct {
+	Mode string // NetUser (default), NetTap or NetNone
+	Tap  string // the tap device, for NetTap
+	MAC  string // optional, for example 00:01:02:03:04:0b
+}
+
+// Config describes a VM. Paths are used as given; the VM fills in the
+// defaults (socket and log in its working directory).
+type Config struct {
+	Name     string // shown by QEMU and in errors
+	Arch     Arch   // X8664 when empty
+	Binary   string // default qemu-system-ARCH
+	Machine  string // default pc on x86_64, virt on aarch64
+	CPUs     int    // default 1
+	MemoryMB int    // default 256
+	Accel    string // KVM or TCG (resolve "auto" with package accel first)
+
+	// Firmware is the -bios image. Empty means QbootROM when booting a
+	// kernel directly on x86_64 and QEMU's default otherwise; "default"
+	// always means QEMU's default.
+	Firmware string
+
+	Kernel string // direct kernel boot: the kernel image
+	Initrd string
+	Append string // the kernel command line
+	Drives []Drive
+
+	Net Net
+
+	SerialLog string // the guest's serial console goes to this file
+	SerialPTY bool   // and to a pty as well (Info tells which)
+	QMPSocket string // the QMP unix socket
+	VNC       string // optional VNC display, for example 127.0.0.1:1 or unix:PATH
+	NoReboot  bool   // exit instead of rebooting (a guest reboot ends the VM)
+	Paused    bool   // start with the CPUs stopped (-S), to be resumed over QMP
+	Extra     []string
+
+	// NetNS is the network namespace file (for example
+	// /run/netns/bf-123-1) to run QEMU in; empty for the caller's.
+	NetNS string
+}
+
+// binary returns the QEMU program for c.
+func (c *Config) binary() string {
+	if c.Binary != "" {
+		return c.Binary
+	}
+	arch := c.Arch
+	if arch == "" {
+		arch = X8664
+	}
+	return "qemu-system-" + string(arch)
+}
+
+// Args returns QEMU's command line for c, program name first.
+func (c *Config) Args() ([]string, error) {
+	arch := c.Arch
+	if arch == "" {
+		arch = X8664
+	}
+	if arch != X8664 && arch != AArch64 {
+		return nil, fmt.Errorf("vm %s: unknown architecture %q", c.Name, arch)
+	}
+	if c.Accel != KVM && c.Accel != TCG {
+		return nil, fmt.Errorf("vm %s: accelerator %q, want kvm or tcg", c.Name, c.Accel)
+	}
+	if c.Kernel == "" && len(c.Drives) == 0 && !c.Paused {
+		return nil, fmt.Errorf("vm %s: nothing to boot: no kernel and no drive", c.Name)
+	}
+	if c.Kernel == "" && (c.Initrd != "" || c.Append != "") {
+		return nil, fmt.Errorf("vm %s: initrd or kernel command line without a kernel", c.Name)
+	}
+	if c.QMPSocket == "" {
+		return nil, fmt.Errorf("vm %s: no QMP socket", c.Name)
+	}
+	if c.SerialLog == "" {
+		return nil, fmt.Errorf("vm %s: no serial log", c.Name)
+	}
+	for _, p := range []string{c.QMPSocket, c.SerialLog, c.Kernel, c.Initrd} {
+		if strings.Contains(p, ",") {
+			return nil, fmt.Errorf("vm %s: path %q has a comma, which QEMU's option syntax cannot carry", c.Name, p)
+		}
+	}
+
+	machine := c.Machine
+	if machine == "" {
+		machine = "pc"
+		if arch == AArch64 {
+			machine = "virt"
+		}
+	}
+	cpus, mem := c.CPUs, c.MemoryMB
+	if cpus == 0 {
+		cpus = 1
+	}
+	if mem == 0 {
+		mem = 256
+	}
+	a := []string{c.binary()}
+	if c.Name != "" {
+		a = append(a, "-name", c.Name)
+	}
+	a = append(a, "-nodefaults", "-no-user-config", "-display", "none",
+		"-machine", machine+",accel="+c.Accel)
+	switch {
+	case c.Accel == KVM:
+		a = append(a, "-cpu", "host")
+	case arch == AArch64:
+		a = append(a, "-cpu", "max") // virt's default CPU is 32-bit
+	}
+	a = append(a, "-smp", strconv.Itoa(cpus), "-m", strconv.Itoa(mem))
+
+	switch {
+	case c.Firmware == "default":
+	case c.Firmware != "":
+		a = append(a, "-bios", c.Firmware)
+	case c.Kernel != "" && arch == X8664:
+		a = append(a, "-bios", QbootROM)
+	}
+	if c.Kernel != "" {
+		a = append(a, "-kernel", c.Kernel)
+		if c.Initrd != "" {
+			a = append(a, "-initrd", c.Initrd)
+		}
+		if c.Append != "" {
+			a = append(a, "-append", c.Append)
+		}
+	}
+	for i, d := range c.Drives {
+		if strings.Contains(d.Path, ",") {
+			return nil, fmt.Errorf("vm %s: drive %q has a comma in its path", c.Name, d.Path)
+		}
+		format := d.Format
+		if format == "" {
+			format = "raw"
+		}
+		if format != "raw" && format != "qcow2" {
+			return nil, fmt.Errorf("vm %s: drive %s: format %q, want raw or qcow2", c.Name, d.Path, format)
+		}
+		opt := fmt.Sprintf("file=%s,format=%s,if=virtio,index=%d", d.Path, format, i)
+		if d.ReadOnly {
+			opt += ",readonly=on"
+		}
+		a = append(a, "-drive", opt)
+	}
+
+	netdev := ""
+	switch c.Net.Mode {
+	case "", NetUser:
+		netdev = "user,id=net0"
+	case NetTap:
+		if c.Net.Tap == "" {
+			return nil, fmt.Errorf("vm %s: tap networking without a tap device", c.Name)
+		}
+		netdev = "tap,id=net0,ifname=" + c.Net.Tap + ",script=no,downscript=no"
+	case NetNone:
+	default:
+		return nil, fmt.Errorf("vm %s: network mode %q, want user, tap or none", c.Name, c.Net.Mode)
+	}
+	if netdev != "" {
+		dev := "virtio-net-pci,netdev=net0"
+		if arch == AArch64 {
+			dev = "virtio-net-device,netdev=net0"
+		}
+		if c.Net.MAC != "" {
+			dev += ",mac=" + c.Net.MAC
+		}
+		a = append(a, "-netdev", netdev, "-device", dev)
+	}
+
+	serial := "file,id=serial0,path=" + c.SerialLog
+	if c.SerialPTY {
+		serial = "pty,id=serial0,logfile=" + c.SerialLog + ",logappend=on"
+	}
+	a = append(a, "-chardev", serial, "-serial", "chardev:serial0")
+	a = append(a, "-qmp", "unix:"+c.QMPSocket+",server=on,wait=off")
+	if c.VNC != "" {
+		a = append(a, "-vnc", c.VNC)
+	}
+	if c.NoReboot {
+		a = append(a, "-no-reboot")
+	}
+	if c.Paused {
+		a = append(a, "-S")
+	}
+	return append(a, c.Extra...), nil
+}
+
+// ErrUnterminatedQuote is returned by SplitOptions for an unterminated quote.
+var ErrUnterminatedQuote = errors.New("unterminated quote in QEMU options")
+
+// SplitOptions splits extra QEMU options as a machine manifest's options
+// field holds them (space-separated, with "..." or '...' quoting) into
+// arguments.
+func SplitOptions(s string) ([]string, error) {
+	var args []string
+	var cur strings.Builder
+	in := false
+	var quote rune
+	for _, r := range s {
+		switch {
+		case quote != 0:
+			if r == quote {
+				quote = 0
+			} else {
+				cur.WriteRune(r)
+			}
+		case r == '"' || r == '\'':
+			quote, in = r, true
+		case r == ' ' || r == '\t' || r == '\n':
+			if in {
+				args = append(args, cur.String())
+				cur.Reset()
+				in = false
+			}
+		default:
+			cur.WriteRune(r)
+			in = true
+		}
+	}
+	if quote != 0 {
+		return nil, fmt.Errorf("%q: %w", s, ErrUnterminatedQuote)
+	}
+	if in {
+		args = append(args, cur.String())
+	}
+	return args, nil
+}

@@ -1,0 +1,159 @@
+package qemu
+
+import (
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+func TestArgsGolden(t *testing.T) {
+	base := func() Config {
+		return Config{
+			Name:      "vm1",
+			Accel:     TCG,
+			SerialLog: "/vm/serial.log",
+			QMPSocket: "/vm/qmp.sock",
+		}
+	}
+	tests := []struct {
+		name string
+		edit func(*Config)
+	}{
+		{"kernel-user", func(c *Config) {
+			c.Kernel, c.Initrd, c.Append = "/m/kernel", "/m/initrd", "console=ttyS0 quiet"
+			c.NoReboot = true
+		}},
+		{"kernel-disk-tap-kvm", func(c *Config) {
+			c.Accel = KVM
+			c.CPUs, c.MemoryMB = 2, 2048
+			c.Kernel, c.Initrd = "/m/kernel", "/m/initrd"
+			c.Drives = []Drive{{Path: "/m/disk.img"}, {Path: "/m/tools.qcow2", Format: "qcow2", ReadOnly: true}}
+			c.Net = Net{Mode: NetTap, Tap: "tap7", MAC: "00:01:02:03:04:0b"}
+			c.SerialPTY = true
+			c.VNC = "127.0.0.1:3"
+		}},
+		{"disk-only-firmware-default", func(c *Config) {
+			c.Drives = []Drive{{Path: "/m/disk.img"}}
+			c.Net.Mode = NetNone
+			c.Extra = []string{"-device", "virtio-rng-pci"}
+		}},
+		{"arm64", func(c *Config) {
+			c.Arch = AArch64
+			c.Kernel = "/m/Image"
+			c.Append = "console=ttyAMA0"
+			c.Net.MAC = "02:00:00:00:00:01"
+		}},
+		{"paused-no-boot", func(c *Config) {
+			c.Paused = true
+			c.Net.Mode = NetNone
+		}},
+		{"explicit-firmware", func(c *Config) {
+			c.Kernel = "/m/kernel"
+			c.Firmware = "default"
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base()
+			tt.edit(&c)
+			args, err := c.Args()
+			if err != nil {
+				t.Fatalf("Args(%+v): %v", c, err)
+			}
+			got := strings.Join(args, "\n") + "\n"
+			golden := filepath.Join("testdata", tt.name+".args")
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test -update to write it)", err)
+			}
+			if diff := cmp.Diff(string(want), got); diff != "" {
+				t.Errorf("Args(%+v) differs from %s (-want +got):\n%s", c, golden, diff)
+			}
+		})
+	}
+}
+
+func TestArgsErrors(t *testing.T) {
+	ok := Config{Accel: TCG, Kernel: "/k", SerialLog: "/s", QMPSocket: "/q"}
+	if _, err := ok.Args(); err != nil {
+		t.Fatalf("Args(%+v) = %v, want no error", ok, err)
+	}
+	tests := []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"no accel", func(c *Config) { c.Accel = "" }, "accelerator"},
+		{"auto accel", func(c *Config) { c.Accel = "auto" }, "accelerator"},
+		{"arch", func(c *Config) { c.Arch = "riscv64" }, "architecture"},
+		{"nothing to boot", func(c *Config) { c.Kernel = "" }, "nothing to boot"},
+		{"initrd without kernel", func(c *Config) { c.Kernel, c.Initrd = "", "/i"; c.Drives = []Drive{{Path: "/d"}} }, "without a kernel"},
+		{"no qmp", func(c *Config) { c.QMPSocket = "" }, "QMP"},
+		{"no serial", func(c *Config) { c.SerialLog = "" }, "serial"},
+		{"comma", func(c *Config) { c.SerialLog = "/a,b" }, "comma"},
+		{"drive comma", func(c *Config) { c.Drives = []Drive{{Path: "/a,b"}} }, "comma"},
+		{"drive format", func(c *Config) { c.Drives = []Drive{{Path: "/d", Format: "vmdk"}} }, "format"},
+		{"tap without device", func(c *Config) { c.Net.Mode = NetTap }, "tap"},
+		{"net mode", func(c *Config) { c.Net.Mode = "bridge" }, "network mode"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := ok
+			tt.edit(&c)
+			_, err := c.Args()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Args(%+v) = %v, want an error about %q", c, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseArch(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Arch
+		err  bool
+	}{
+		{"x64", X8664, false}, {"amd64", X8664, false}, {"x86_64", X8664, false},
+		{"arm64", AArch64, false}, {"aarch64", AArch64, false}, {"mips", "", true},
+	}
+	for _, tt := range tests {
+		got, err := ParseArch(tt.in)
+		if got != tt.want || (err != nil) != tt.err {
+			t.Errorf("ParseArch(%q) = %q, %v, want %q (error %v)", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+func TestSplitOptions(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []string
+	}{
+		{"", nil},
+		{"-device virtio-rng-pci", []string{"-device", "virtio-rng-pci"}},
+		{"  -append 'a b'  -x \"c d\"e ", []string{"-append", "a b", "-x", "c de"}},
+		{"-a ''", []string{"-a", ""}},
+	}
+	for _, tt := range tests {
+		got, err := SplitOptions(tt.in)
+		if err != nil || !cmp.Equal(got, tt.want) {
+			t.Errorf("SplitOptions(%q) = %q, %v, want %q", tt.in, got, err, tt.want)
+		}
+	}
+	if _, err := SplitOptions("-a 'b"); !errors.Is(err, ErrUnterminatedQuote) {
+		t.Errorf("SplitOptions(unterminated) = %v, want ErrUnterminatedQuote", err)
+	}
+}
