@@ -36,3 +36,14 @@ func (e *Error) Error() string {
 	}
 	return fmt.Sprintf("%s:%d:%d: error: %s", e.File, e.Line, e.Column, e.Msg)
 }
+
+// Get returns the value of the first pair named name, and whether there is
+// one.
+func (m Manifest) Get(name string) (string, bool) {
+	for _, p := range m {
+		if p.Name == name {
+			return p.Value, true
+		}
+	}
+	return "", false
+}
