@@ -81,9 +81,14 @@ func (a *Archive) put(e *Entry) error {
 	return nil
 }
 
+// permBits keeps the permission, set-id and sticky bits of m.
+func permBits(m fs.FileMode) fs.FileMode {
+	return m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+}
+
 // AddFile adds a regular file with content data.
 func (a *Archive) AddFile(p string, perm fs.FileMode, data []byte) error {
-	return a.put(&Entry{Path: p, Mode: perm.Perm(), Data: data})
+	return a.put(&Entry{Path: p, Mode: permBits(perm), Data: data})
 }
 
 // AddFileFrom adds a regular file whose content is read from the host file
@@ -97,14 +102,14 @@ func (a *Archive) AddFileFrom(p string, perm fs.FileMode, src string) error {
 		return fmt.Errorf("add %s: %s is not a regular file", p, src)
 	}
 	if perm == 0 {
-		perm = fi.Mode().Perm()
+		perm = fi.Mode()
 	}
-	return a.put(&Entry{Path: p, Mode: perm.Perm(), Source: src})
+	return a.put(&Entry{Path: p, Mode: permBits(perm), Source: src})
 }
 
 // AddDir adds a directory.
 func (a *Archive) AddDir(p string, perm fs.FileMode) error {
-	return a.put(&Entry{Path: p, Mode: fs.ModeDir | perm.Perm()})
+	return a.put(&Entry{Path: p, Mode: fs.ModeDir | permBits(perm)})
 }
 
 // AddSymlink adds a symbolic link p pointing to target.
@@ -114,12 +119,12 @@ func (a *Archive) AddSymlink(p, target string) error {
 
 // AddCharDevice adds a character device node, such as dev/console (5, 1).
 func (a *Archive) AddCharDevice(p string, perm fs.FileMode, major, minor uint32) error {
-	return a.put(&Entry{Path: p, Mode: fs.ModeDevice | fs.ModeCharDevice | perm.Perm(), Major: major, Minor: minor})
+	return a.put(&Entry{Path: p, Mode: fs.ModeDevice | fs.ModeCharDevice | permBits(perm), Major: major, Minor: minor})
 }
 
 // AddBlockDevice adds a block device node.
 func (a *Archive) AddBlockDevice(p string, perm fs.FileMode, major, minor uint32) error {
-	return a.put(&Entry{Path: p, Mode: fs.ModeDevice | perm.Perm(), Major: major, Minor: minor})
+	return a.put(&Entry{Path: p, Mode: fs.ModeDevice | permBits(perm), Major: major, Minor: minor})
 }
 
 // Remove removes p and, if it is a directory, everything under it. It

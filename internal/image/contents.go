@@ -1,0 +1,195 @@
+package image
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"debug/elf"
+	_ "embed"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/buildfarm/buildfarm/internal/cache"
+	"github.com/buildfarm/buildfarm/internal/initramfs"
+	"github.com/buildfarm/buildfarm/internal/proc"
+)
+
+//go:embed init.sh
+var initScript []byte
+
+//go:embed udhcpc.script
+var udhcpcScript []byte
+
+// WorkerPath is where the worker lives in the initramfs (and, for a root on
+// disk, in that root).
+const (
+	WorkerPath     = "usr/bin/buildfarm-worker"
+	DiskWorkerPath = "usr/local/bin/buildfarm-worker"
+)
+
+// contents is what goes into a machine's initramfs.
+type contents struct {
+	name         string
+	preset       Preset
+	kernel       cache.Kernel
+	worker       string
+	busybox      string
+	add          []Add
+	remove       []string
+	sshKey       string
+	initOverride string
+}
+
+// archive assembles the initramfs and returns it with the modules its init
+// loads, in order.
+func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.Module, error) {
+	var a initramfs.Archive
+	var errs []error
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, d := range []string{"proc", "sys", "dev", "build", "etc", "mnt", "run", "var", "usr/sbin", "sbin"} {
+		check(a.AddDir(d, 0o755))
+	}
+	check(a.AddDir("tmp", 0o777|os.ModeSticky))
+	check(a.AddDir("root", 0o700))
+	// The kernel opens /dev/console for init before anything is mounted.
+	check(a.AddCharDevice("dev/console", 0o600, 5, 1))
+
+	// busybox and its applets.
+	check(a.AddFileFrom("bin/busybox", 0o755, c.busybox))
+	applets, err := proc.Output(ctx, c.busybox, "--list-full")
+	if err != nil {
+		return nil, nil, fmt.Errorf("list busybox applets: %w", err)
+	}
+	for _, p := range strings.Fields(string(applets)) {
+		if p != "bin/busybox" {
+			check(a.AddSymlink(p, "/bin/busybox"))
+		}
+	}
+
+	// init and its configuration.
+	if c.initOverride != "" {
+		check(a.AddFileFrom("init", 0o755, c.initOverride))
+	} else {
+		check(a.AddFile("init", 0o755, initScript))
+	}
+	root := "initramfs"
+	if c.preset.RootOnDisk {
+		root = "disk"
+	}
+	check(a.AddFile("etc/buildfarm/config", 0o644, fmt.Appendf(nil, "ROOT=%s\nNAME=%s\n", root, shellQuote(c.name))))
+	check(a.AddFile("etc/buildfarm/udhcpc.script", 0o755, udhcpcScript))
+	check(a.AddDir("etc/buildfarm/rc.d", 0o755))
+	check(a.AddFile("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n")))
+	check(a.AddFile("etc/group", 0o644, []byte("root:x:0:\n")))
+	check(a.AddFile("etc/hostname", 0o644, []byte(c.name+"\n")))
+
+	// The worker.
+	check(a.AddFileFrom(WorkerPath, 0o755, c.worker))
+
+	// The modules, and the list init loads them from.
+	idx, err := initramfs.LoadModules(c.kernel.Modules)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kernel modules: %w", err)
+	}
+	mods, err := idx.Closure(GuestModules...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kernel modules: %w", err)
+	}
+	var list bytes.Buffer
+	base := path.Join("lib/modules", filepath.Base(c.kernel.Modules))
+	for _, m := range mods {
+		if !strings.HasSuffix(m.Path, ".ko") {
+			return nil, nil, fmt.Errorf("kernel module %s: %s is compressed; busybox insmod needs plain .ko files", m.Name, m.Path)
+		}
+		check(a.AddFileFrom(path.Join(base, m.Path), 0o644, filepath.Join(c.kernel.Modules, filepath.FromSlash(m.Path))))
+		fmt.Fprintf(&list, "/%s/%s\n", base, m.Path)
+	}
+	check(a.AddFile("etc/buildfarm/modules", 0o644, list.Bytes()))
+
+	// The caller's changes.
+	if c.sshKey != "" {
+		key, err := os.ReadFile(c.sshKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--ssh-key: %w", err)
+		}
+		check(a.AddDir("root/.ssh", 0o700))
+		check(a.AddFile("root/.ssh/authorized_keys", 0o600, key))
+	}
+	for _, ad := range c.add {
+		check(a.AddFileFrom(ad.Dst, 0, ad.Src))
+	}
+	for _, p := range c.remove {
+		if !a.Remove(p) {
+			return nil, nil, fmt.Errorf("--remove %s: no such path in the initramfs", p)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, nil, fmt.Errorf("initramfs: %w", errs[0])
+	}
+	return &a, mods, nil
+}
+
+// shellQuote quotes s for /bin/sh.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// compressInitrd says whether the initrd is gzip-compressed. Measured here
+// under TCG (bench/image): see writeInitrd.
+const compressInitrd = false
+
+// writeInitrd writes the archive to file and returns its size.
+func writeInitrd(file string, a *initramfs.Archive) (int64, error) {
+	f, err := os.Create(file)
+	if err != nil {
+		return 0, fmt.Errorf("initrd: %w", err)
+	}
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if compressInitrd {
+		zw, _ := gzip.NewWriterLevel(bw, gzip.BestCompression)
+		_, err = a.WriteTo(zw)
+		if err == nil {
+			err = zw.Close()
+		}
+	} else {
+		_, err = a.WriteTo(bw)
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("initrd %s: %w", file, err)
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// checkStatic makes sure file is a statically linked ELF executable: the
+// initramfs has no dynamic loader or libc.
+func checkStatic(file string) error {
+	f, err := elf.Open(file)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked; the guest needs a static binary (CGO_ENABLED=0 for Go)", file)
+		}
+	}
+	return nil
+}

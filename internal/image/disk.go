@@ -1,0 +1,172 @@
+package image
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/cache"
+	"github.com/buildfarm/buildfarm/internal/proc"
+)
+
+// The Debian the debian preset installs.
+const (
+	debianSuite   = "bookworm"
+	debianVariant = "minbase"
+	debianInclude = "build-essential"
+	debianMirror  = "http://deb.debian.org/debian"
+)
+
+// mkfs makes file an ext4 file system of size bytes (sparse), holding the
+// tree src when src is not empty, without mounting anything. The UUID, hash
+// seed and times are fixed, so an empty disk is the same bytes every time.
+func mkfs(ctx context.Context, file string, size int64, label, src string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return fmt.Errorf("disk: %w", err)
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("disk %s: %w", file, err)
+	}
+	h := sha256.Sum256([]byte("buildfarm disk " + label))
+	uuid := fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+	if len(label) > 16 {
+		label = label[:16]
+	}
+	args := []string{"-q", "-F", "-t", "ext4", "-L", label, "-U", uuid,
+		"-E", "hash_seed=" + uuid + ",root_owner=0:0", "-m", "0"}
+	if src != "" {
+		args = append(args, "-d", src)
+	}
+	cmd := proc.Command(ctx, "mkfs.ext4", append(args, file)...)
+	cmd.Env = append(os.Environ(), "E2FSPROGS_FAKE_TIME=1")
+	if err := proc.Wait(cmd); err != nil {
+		return fmt.Errorf("disk %s: %w", file, err)
+	}
+	return nil
+}
+
+// debianDisk makes the debian preset's disk: the cached debootstrap rootfs
+// with the worker (and root's authorized key) added.
+func debianDisk(ctx context.Context, disk string, size int64, name string, opts Options, worker string, st status, log *slog.Logger) error {
+	tarball, err := debootstrapTarball(ctx, opts.Mirror, st, log)
+	if err != nil {
+		return err
+	}
+	rootfs := filepath.Join(filepath.Dir(disk), "rootfs")
+	if err := os.Mkdir(rootfs, 0o755); err != nil {
+		return fmt.Errorf("rootfs: %w", err)
+	}
+	defer os.RemoveAll(rootfs)
+	st.say("unpacking the Debian rootfs")
+	if err := proc.Run(ctx, nil, "tar", "-C", rootfs, "--numeric-owner", "-xpf", tarball); err != nil {
+		return fmt.Errorf("unpack %s: %w", tarball, err)
+	}
+	dst := filepath.Join(rootfs, filepath.FromSlash(DiskWorkerPath))
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	if err := copyFile(dst, worker, 0o755); err != nil {
+		return err
+	}
+	for _, d := range []string{"build", "root/.ssh"} {
+		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o700); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(filepath.Join(rootfs, "build"), 0o755); err != nil {
+		return err
+	}
+	if opts.SSHKey != "" {
+		if err := copyFile(filepath.Join(rootfs, "root/.ssh/authorized_keys"), opts.SSHKey, 0o600); err != nil {
+			return fmt.Errorf("--ssh-key: %w", err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "etc/hostname"), []byte(name+"\n"), 0o644); err != nil {
+		return err
+	}
+	st.say("making the %d MiB ext4 root disk", size>>20)
+	return mkfs(ctx, disk, size, name, rootfs)
+}
+
+// debootstrapTarball returns the cached tarball of a debootstrap'd Debian
+// with build-essential, making it first when missing (about a minute and
+// 600 MB). Concurrent builds may both make it; the last rename wins and
+// both tarballs are whole.
+func debootstrapTarball(ctx context.Context, mirror string, st status, log *slog.Logger) (string, error) {
+	if mirror == "" {
+		mirror = debianMirror
+	}
+	dir := filepath.Join(cache.Dir(), "rootfs")
+	tarball := filepath.Join(dir, fmt.Sprintf("%s-%s-%s.tar", debianSuite, debianVariant, debianInclude))
+	if _, err := os.Stat(tarball); err == nil {
+		log.Debug("debootstrap cached", "tarball", tarball)
+		return tarball, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("cache: %w", err)
+	}
+	tmp, err := os.MkdirTemp(dir, "debootstrap.tmp-")
+	if err != nil {
+		return "", fmt.Errorf("cache: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	root := filepath.Join(tmp, "root")
+	log.Info("debootstrap: installing Debian into the cache, once (about a minute)",
+		"suite", debianSuite, "include", debianInclude, "mirror", mirror, "tarball", tarball)
+	start := time.Now()
+	cmd := proc.Command(ctx, "debootstrap", "--variant="+debianVariant, "--include="+debianInclude,
+		debianSuite, root, mirror)
+	// debootstrap says what it does in "I: ..." lines; show the latest.
+	cmd.Stdout = &lineWriter{fn: func(line string) {
+		if msg, ok := strings.CutPrefix(line, "I: "); ok {
+			st.say("debootstrap %s (%ds): %s", debianSuite, int(time.Since(start).Seconds()), msg)
+		}
+	}}
+	if err := proc.Wait(cmd); err != nil {
+		return "", fmt.Errorf("debootstrap %s into %s: %w", debianSuite, root, err)
+	}
+	// Downloaded packages are of no use in the guest.
+	debs, _ := filepath.Glob(filepath.Join(root, "var/cache/apt/archives/*.deb"))
+	for _, d := range debs {
+		os.Remove(d)
+	}
+	st.say("packing the rootfs into the cache")
+	part := filepath.Join(tmp, "rootfs.tar")
+	if err := proc.Run(ctx, nil, "tar", "-C", root, "--numeric-owner", "--sort=name", "-cf", part, "."); err != nil {
+		return "", fmt.Errorf("pack debootstrap rootfs: %w", err)
+	}
+	if err := os.Rename(part, tarball); err != nil {
+		return "", fmt.Errorf("cache: %w", err)
+	}
+	log.Info("debootstrap done", "took", time.Since(start).Round(time.Second), "tarball", tarball)
+	return tarball, nil
+}
+
+// lineWriter calls fn with each complete line written to it.
+type lineWriter struct {
+	fn  func(string)
+	buf []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		w.fn(string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
+}

@@ -1,0 +1,417 @@
+package image
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/proc"
+	"github.com/buildfarm/buildfarm/internal/testenv"
+)
+
+var worker struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// buildWorker builds cmd/buildfarm-worker (static) once per test binary.
+func buildWorker(t *testing.T) string {
+	t.Helper()
+	testenv.NeedProgram(t, "go")
+	worker.once.Do(func() {
+		dir, err := os.MkdirTemp("", "image-test-worker-")
+		if err != nil {
+			worker.err = err
+			return
+		}
+		worker.path = filepath.Join(dir, "buildfarm-worker")
+		cmd := proc.Command(context.Background(), "go", "build", "-o", worker.path, "./cmd/buildfarm-worker")
+		cmd.Dir = "../.."
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		worker.err = proc.Wait(cmd)
+	})
+	if worker.err != nil {
+		t.Fatalf("build buildfarm-worker: %v", worker.err)
+	}
+	return worker.path
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if worker.path != "" {
+		os.RemoveAll(filepath.Dir(worker.path))
+	}
+	os.Exit(code)
+}
+
+func write(t *testing.T, file, content string, perm os.FileMode) string {
+	t.Helper()
+	if err := os.WriteFile(file, []byte(content), perm); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// TestReproducible builds the busybox machine twice from the same inputs,
+// given in another order and with other file times, and expects the same
+// initrd, disk and manifest bytes.
+func TestReproducible(t *testing.T) {
+	testenv.NeedKernel(t)
+	testenv.NeedProgram(t, "mkfs.ext4")
+	bb := testenv.NeedProgram(t, "busybox")
+	src := t.TempDir()
+	// Any static binary stands in for the worker here.
+	fakeWorker := filepath.Join(src, "worker")
+	if err := copyFile(fakeWorker, bb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := write(t, filepath.Join(src, "a"), "alpha\n", 0o644)
+	b := write(t, filepath.Join(src, "b"), "beta\n", 0o755)
+	build := func(out string, adds []Add) []byte {
+		t.Helper()
+		_, err := Build(context.Background(), Options{Preset: "busybox", Out: out, Worker: fakeWorker, Add: adds, DiskSize: 16 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var all []byte
+		for _, f := range []string{InitrdFile, DiskFile, ManifestFile, CmdlineFile} {
+			data, err := os.ReadFile(filepath.Join(out, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			all = append(all, data...)
+		}
+		return all
+	}
+	dir := t.TempDir()
+	first := build(filepath.Join(dir, "1"), []Add{{a, "/opt/a"}, {b, "/opt/b"}})
+	later := time.Now().Add(time.Hour)
+	for _, f := range []string{a, b, fakeWorker} {
+		if err := os.Chtimes(f, later, later); err != nil {
+			t.Fatal(err)
+		}
+	}
+	second := build(filepath.Join(dir, "2"), []Add{{b, "/opt/b"}, {a, "opt/a"}})
+	if !bytes.Equal(first, second) {
+		for _, f := range []string{InitrdFile, DiskFile, ManifestFile} {
+			if err := proc.Run(context.Background(), nil, "cmp", filepath.Join(dir, "1", f), filepath.Join(dir, "2", f)); err != nil {
+				t.Errorf("%s differs: %v", f, err)
+			}
+		}
+	}
+}
+
+func TestBuildErrors(t *testing.T) {
+	testenv.NeedKernel(t)
+	bb := testenv.NeedProgram(t, "busybox")
+	dir := t.TempDir()
+	full := filepath.Join(dir, "full")
+	os.Mkdir(full, 0o755)
+	write(t, filepath.Join(full, "x"), "", 0o644)
+	dynamic := testenv.NeedProgram(t, "cpio") // dynamically linked
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"unknown preset", Options{Preset: "gentoo"}, `unknown preset "gentoo"`},
+		{"bad name", Options{Preset: "busybox", Name: "a b"}, `machine name "a b"`},
+		{"no out", Options{Preset: "busybox"}, "no output directory"},
+		{"out not empty", Options{Preset: "busybox", Out: full}, "is not empty"},
+		{"dynamic worker", Options{Preset: "busybox", Out: filepath.Join(dir, "d"), Worker: dynamic}, "dynamically linked"},
+		{"kernel without modules", Options{Preset: "busybox", Out: filepath.Join(dir, "k"), Kernel: bb}, "--kernel and --modules go together"},
+		{"remove missing", Options{Preset: "busybox", Out: filepath.Join(dir, "r"), Worker: bb, Remove: []string{"no/such"}}, "--remove no/such"},
+		{"add missing", Options{Preset: "busybox", Out: filepath.Join(dir, "a"), Worker: bb, Add: []Add{{"/no/such", "x"}}}, "/no/such"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Build(context.Background(), tc.opts)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Build = %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 {
+		t.Errorf("failed builds left %d entries in %s, want only the one made by the test", len(ents), dir)
+	}
+}
+
+func TestParseAdd(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Add
+		ok   bool
+	}{
+		{"a:/b", Add{"a", "/b"}, true},
+		{"dir/a:b:c", Add{"dir/a", "b:c"}, true},
+		{"a", Add{}, false},
+		{":b", Add{}, false},
+		{"a:", Add{}, false},
+	} {
+		got, err := ParseAdd(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseAdd(%q) = %v, %v; want %v, ok %v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestMAC(t *testing.T) {
+	seen := map[string]string{}
+	for _, name := range []string{"busybox", "debian", "busybox-2"} {
+		mac := MAC(name)
+		if mac != MAC(name) {
+			t.Errorf("MAC(%s) changes between calls", name)
+		}
+		var b [6]byte
+		if n, err := fmt.Sscanf(mac, "%02x:%02x:%02x:%02x:%02x:%02x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]); n != 6 || err != nil {
+			t.Fatalf("MAC(%s) = %q: %v", name, mac, err)
+		}
+		if b[0]&0x02 == 0 || b[0]&0x01 != 0 {
+			t.Errorf("MAC(%s) = %s: not a locally administered unicast address", name, mac)
+		}
+		if other, dup := seen[mac]; dup {
+			t.Errorf("MAC(%s) = MAC(%s) = %s", name, other, mac)
+		}
+		seen[mac] = name
+	}
+}
+
+// vm is a QEMU booting a machine directory, its serial console in a file.
+type vm struct {
+	cmd    *exec.Cmd
+	serial string
+	done   chan error
+}
+
+// boot starts QEMU on the machine directory dir under TCG with qboot, its
+// disk unless noDisk, user networking with QEMU's own TFTP server serving
+// tftpDir, and the NIC's MAC mac (QEMU's default when empty). QEMU is
+// killed, by pid, when the test ends.
+func boot(t *testing.T, dir, tftpDir, mac string, noDisk bool) *vm {
+	t.Helper()
+	qemu := testenv.NeedProgram(t, "qemu-system-x86_64")
+	cmdline, err := os.ReadFile(filepath.Join(dir, CmdlineFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := filepath.Join(t.TempDir(), "serial.log")
+	nic := "user,model=virtio-net-pci,tftp=" + tftpDir
+	if mac != "" {
+		nic += ",mac=" + mac
+	}
+	args := []string{"-M", "pc", "-accel", "tcg", "-m", "512", "-smp", "1",
+		"-kernel", filepath.Join(dir, KernelFile), "-initrd", filepath.Join(dir, InitrdFile),
+		"-append", strings.TrimSpace(string(cmdline)),
+		"-nic", nic, "-serial", "file:" + serial,
+		"-display", "none", "-nodefaults", "-no-reboot"}
+	if _, err := os.Stat("/usr/share/qemu/qboot.rom"); err == nil {
+		args = append(args, "-bios", "/usr/share/qemu/qboot.rom")
+	}
+	if !noDisk {
+		args = append(args, "-drive", "file="+filepath.Join(dir, DiskFile)+",if=virtio,format=raw")
+	}
+	cmd := proc.Command(context.Background(), qemu, args...)
+	v := &vm{cmd: cmd, serial: serial, done: make(chan error, 1)}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { v.done <- proc.Wait(cmd) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-v.done
+	})
+	t.Logf("QEMU: %s %s", qemu, strings.Join(args, " "))
+	return v
+}
+
+// waitExit waits for the guest to power itself off, failing the test with
+// the console's tail when it does not within d.
+func (v *vm) waitExit(t *testing.T, d time.Duration) string {
+	t.Helper()
+	select {
+	case err := <-v.done:
+		v.done <- err // for the clean-up
+		log, _ := os.ReadFile(v.serial)
+		if err != nil {
+			t.Fatalf("QEMU: %v\nconsole:\n%s", err, log)
+		}
+		return strings.ReplaceAll(string(log), "\r\n", "\n")
+	case <-time.After(d):
+		log, _ := os.ReadFile(v.serial)
+		t.Fatalf("guest still running after %v; console:\n%s", d, tail(string(log), 40))
+	}
+	return ""
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// expectInOrder checks that each of want appears in the console, in order.
+func expectInOrder(t *testing.T, console string, want ...string) {
+	t.Helper()
+	rest := console
+	for _, w := range want {
+		i := strings.Index(rest, w)
+		if i < 0 {
+			t.Errorf("console lacks %q (in this order: %q); console:\n%s", w, want, console)
+			return
+		}
+		rest = rest[i+len(w):]
+	}
+}
+
+// TestBootBusybox builds the busybox machine with the real worker, a hook
+// (--add) and an SSH key, and boots it under QEMU: the modules load, the disk
+// mounts, the network comes up (the hook fetches a file from QEMU's TFTP
+// server at 10.0.2.2), the worker starts, and the guest powers itself off
+// when the worker exits.
+func TestBootBusybox(t *testing.T) {
+	testenv.NeedVM(t)
+	testenv.NeedKernel(t)
+	testenv.NeedProgram(t, "mkfs.ext4")
+	w := buildWorker(t)
+	src := t.TempDir()
+	hook := write(t, filepath.Join(src, "hook"), `#!/bin/sh
+echo "hook: in $(pwd), key $(cat /root/.ssh/authorized_keys)"
+grep -q ' /build ext4 ' /proc/mounts && echo "hook: /build is ext4"
+tftp -g -r greeting -l /tmp/greeting 10.0.2.2 && echo "hook: tftp says $(cat /tmp/greeting)"
+`, 0o755)
+	key := write(t, filepath.Join(src, "key.pub"), "ssh-ed25519 AAAAtest test@buildfarm\n", 0o644)
+	tftpDir := t.TempDir()
+	write(t, filepath.Join(tftpDir, "greeting"), "hello over slirp\n", 0o644)
+
+	out := filepath.Join(t.TempDir(), "m")
+	m, err := Build(context.Background(), Options{
+		Preset: "busybox", Out: out, Worker: w, SSHKey: key,
+		Add: []Add{{hook, "/etc/buildfarm/rc.d/50-test"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest, err := os.ReadFile(filepath.Join(out, ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantManifest := fmt.Sprintf(": 1\nid: %s\nname: busybox\n", m.ID)
+	if !strings.HasPrefix(string(manifest), wantManifest) || !strings.Contains(string(manifest), "\ntype: kvm\nmac: "+m.MAC+"\n") {
+		t.Errorf("manifest:\n%s\nwant it to start %q and hold type and mac", manifest, wantManifest)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		mac    string
+		noDisk bool
+		want   []string
+	}{
+		{"dhcp", "", false, []string{
+			"init: modules loaded: virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net virtio_console\n",
+			"init: disk /dev/vda mounted on /build",
+			"udhcpc: lease of 10.0.2.15 obtained from 10.0.2.2",
+			"init: network eth0 (52:54:00:12:34:56): 10.0.2.15/24 by DHCP",
+			"hook: in /build, key ssh-ed25519 AAAAtest test@buildfarm",
+			"hook: /build is ext4",
+			"hook: tftp says hello over slirp",
+			"init: starting buildfarm-worker",
+			"buildfarm-worker ", ": started",
+			"init: buildfarm-worker exited: status ",
+			"init: powering off",
+		}},
+		{"static, no disk", "00:01:02:03:04:0b", true, []string{
+			"init: modules loaded: virtio_ring",
+			"init: no disk: /build is in memory",
+			"init: network eth0 (00:01:02:03:04:0b): static 10.0.2.15/24 via 10.0.2.2",
+			"hook: tftp says hello over slirp",
+			"buildfarm-worker ", ": started",
+			"init: powering off",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			v := boot(t, out, tftpDir, tc.mac, tc.noDisk)
+			console := v.waitExit(t, 90*time.Second)
+			t.Logf("booted, ran and powered off in %v", time.Since(start).Round(time.Millisecond))
+			expectInOrder(t, console, tc.want...)
+			if strings.Contains(console, "FAILED") {
+				t.Errorf("console reports a failure:\n%s", console)
+			}
+		})
+	}
+}
+
+// TestDebianPreset builds the debian machine (debootstrap on the first run,
+// then from the cache) and boots it: a hook compiles and runs a C program
+// with gcc inside the chroot, and the worker starts there.
+func TestDebianPreset(t *testing.T) {
+	testenv.NeedVM(t)
+	testenv.NeedRoot(t)
+	testenv.NeedKernel(t)
+	for _, p := range []string{"debootstrap", "tar", "mkfs.ext4"} {
+		testenv.NeedProgram(t, p)
+	}
+	w := buildWorker(t)
+	src := t.TempDir()
+	hello := write(t, filepath.Join(src, "hello.c"), `#include <stdio.h>
+int main(void) { printf("hello from gcc %d.%d in the guest\n", __GNUC__, __GNUC_MINOR__); return 0; }
+`, 0o644)
+	hook := write(t, filepath.Join(src, "hook"), `#!/bin/sh
+cp /etc/hello.c "$BUILDFARM_ROOT/build/hello.c"
+chroot "$BUILDFARM_ROOT" /bin/sh -c 'cd /build && gcc -O2 -o hello hello.c && ./hello && echo "hook: worker at $(command -v buildfarm-worker)"'
+`, 0o755)
+	out := filepath.Join(t.TempDir(), "m")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	start := time.Now()
+	m, err := Build(ctx, Options{
+		Preset: "debian", Out: out, Worker: w, Name: "debian-test",
+		Add: []Add{{hello, "/etc/hello.c"}, {hook, "/etc/buildfarm/rc.d/50-gcc"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("built %s in %v (disk %d MiB)", m.Name, time.Since(start).Round(time.Millisecond), m.DiskSize>>20)
+	start = time.Now()
+	v := boot(t, out, t.TempDir(), "", false)
+	console := v.waitExit(t, 3*time.Minute)
+	t.Logf("booted, compiled and powered off in %v", time.Since(start).Round(time.Millisecond))
+	expectInOrder(t, console,
+		"init: buildfarm guest debian-test",
+		"init: disk /dev/vda mounted on /mnt/root, the worker's root",
+		"udhcpc: lease of 10.0.2.15",
+		"hello from gcc 12.",
+		"hook: worker at /usr/local/bin/buildfarm-worker",
+		"buildfarm-worker ", ": started",
+		"init: powering off")
+}
+
+func TestCheckStatic(t *testing.T) {
+	bb := testenv.NeedProgram(t, "busybox")
+	if err := checkStatic(bb); err != nil {
+		t.Errorf("checkStatic(%s) = %v, want nil", bb, err)
+	}
+	sh := testenv.NeedProgram(t, "cpio")
+	if err := checkStatic(sh); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Errorf("checkStatic(%s) = %v, want dynamically linked", sh, err)
+	}
+	notELF := write(t, filepath.Join(t.TempDir(), "x"), "#!/bin/sh\n", 0o755)
+	if err := checkStatic(notELF); err == nil {
+		t.Errorf("checkStatic(a script) = nil, want an error")
+	}
+	if err := checkStatic("/no/such"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("checkStatic(/no/such) = %v, want ErrNotExist", err)
+	}
+}

@@ -1,0 +1,126 @@
+#!/bin/sh
+# buildfarm guest init: the first process of a one-shot build VM.
+#
+# 1. Mount /proc, /sys and /dev (devtmpfs).
+# 2. Load the kernel modules listed in /etc/buildfarm/modules, in that order
+#    (the image builder wrote them in dependency order).
+# 3. Mount the build disk, /dev/vda (ext4): on /build (the worker's root is
+#    this initramfs), or as the root to chroot into (the rootfs preset).
+#    A guest without a disk still works, in a tmpfs-free /build.
+# 4. Network: static 10.0.2.15/24 via 10.0.2.2 when the NIC has the magic
+#    MAC 00:01:02:03:04:0b (tap on a bridge), DHCP (udhcpc) otherwise.
+# 5. Run the hooks in /etc/buildfarm/rc.d, in name order, with
+#    BUILDFARM_ROOT set to the worker's root.
+# 6. Start buildfarm-worker in /build with stdio on the console, and power
+#    the guest off when it exits, whatever happened before.
+#
+# /etc/buildfarm/config sets ROOT=initramfs or ROOT=disk and NAME.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ROOT=initramfs
+NAME=guest
+. /etc/buildfarm/config
+
+say() { echo "init: $*"; }
+halt() {
+	sync
+	say "powering off"
+	poweroff -f
+	sleep 10
+}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+say "buildfarm guest $NAME, kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime)s"
+hostname "$NAME"
+
+loaded=""
+failed=""
+while read -r ko; do
+	[ -n "$ko" ] || continue
+	m=${ko##*/}
+	m=${m%.ko}
+	if insmod "$ko"; then
+		loaded="$loaded $m"
+	else
+		failed="$failed $m"
+	fi
+done </etc/buildfarm/modules
+say "modules loaded:$loaded"
+[ -z "$failed" ] || say "modules FAILED:$failed"
+
+# The disk: wait briefly for devtmpfs to make the node once the driver has
+# seen the device.
+mkdir -p /build
+disk=""
+if [ -e /sys/block/vda ]; then
+	n=0
+	while [ ! -b /dev/vda ] && [ $n -lt 50 ]; do
+		usleep 20000
+		n=$((n + 1))
+	done
+	disk=/dev/vda
+fi
+run=""
+if [ -z "$disk" ]; then
+	say "no disk: /build is in memory"
+elif [ "$ROOT" = disk ]; then
+	mkdir -p /mnt/root
+	if mount -t ext4 "$disk" /mnt/root; then
+		say "disk $disk mounted on /mnt/root, the worker's root"
+		for d in proc sys dev; do
+			mkdir -p "/mnt/root/$d"
+			mount --bind "/$d" "/mnt/root/$d"
+		done
+		mkdir -p /mnt/root/build /mnt/root/tmp
+		run="chroot /mnt/root"
+		export BUILDFARM_ROOT=/mnt/root
+	else
+		say "mounting $disk FAILED"
+		halt
+	fi
+elif mount -t ext4 "$disk" /build; then
+	say "disk $disk mounted on /build"
+else
+	say "mounting $disk on /build FAILED; /build is in memory"
+fi
+export BUILDFARM_ROOT=${BUILDFARM_ROOT:-/}
+
+ip link set lo up
+nic=""
+for d in /sys/class/net/*; do
+	[ "${d##*/}" = lo ] || { nic=${d##*/}; break; }
+done
+if [ -z "$nic" ]; then
+	say "no network interface"
+else
+	ip link set "$nic" up
+	mac=$(cat "/sys/class/net/$nic/address")
+	if [ "$mac" = 00:01:02:03:04:0b ]; then
+		ip addr add 10.0.2.15/24 dev "$nic"
+		ip route add default via 10.0.2.2
+		say "network $nic ($mac): static 10.0.2.15/24 via 10.0.2.2"
+	elif udhcpc -i "$nic" -f -q -n -t 10 -T 1 -s /etc/buildfarm/udhcpc.script; then
+		say "network $nic ($mac): $(ip -4 -o addr show dev "$nic" | awk '{print $4}') by DHCP"
+	else
+		say "network $nic ($mac): no DHCP lease"
+	fi
+	[ "$ROOT" != disk ] || cp /etc/resolv.conf /mnt/root/etc/resolv.conf 2>/dev/null
+fi
+
+for hook in /etc/buildfarm/rc.d/*; do
+	[ -x "$hook" ] || continue
+	say "running $hook"
+	(cd "${BUILDFARM_ROOT%/}/build" && "$hook") || say "$hook failed: status $?"
+done
+
+say "starting buildfarm-worker (up $(cut -d' ' -f1 /proc/uptime)s)"
+$run /bin/sh -c 'cd /build && exec buildfarm-worker'
+say "buildfarm-worker exited: status $?"
+[ -z "$disk" ] || {
+	sync
+	[ "$ROOT" != disk ] || umount /mnt/root/proc /mnt/root/sys /mnt/root/dev
+	umount /build /mnt/root 2>/dev/null
+}
+halt
