@@ -1,0 +1,170 @@
+// Package guesttest makes small real guests for tests of the VM layer: an
+// initramfs with static busybox, the kernel modules asked for (and those
+// they depend on, in load order, from the cached kernel's modules.dep),
+// and an init script whose prelude mounts /proc, /sys and /dev, loads the
+// modules and makes the ACPI power button power the guest off (busybox
+// acpid), so that QMP system_powerdown works. It packs the tree with the
+// cpio command and skips or fails the test like package testenv when a
+// tool or the kernel is missing.
+//
+// External tools: busybox (static, /bin/busybox), cpio.
+package guesttest
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/buildfarm/buildfarm/internal/cache"
+	"github.com/buildfarm/buildfarm/internal/proc"
+	"github.com/buildfarm/buildfarm/internal/testenv"
+)
+
+// Modules a guest needs for its power button and for virtio networking.
+var (
+	PowerButton = []string{"button", "evdev"}
+	Network     = []string{"virtio_pci", "virtio_net"}
+)
+
+// Prelude starts every init script. It leaves $PATH set, busybox's applets
+// installed, and acpid running.
+const Prelude = `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t devtmpfs dev /dev
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+exec </dev/console >/dev/console 2>&1
+for m in $(cat /etc/modules); do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
+mkdir -p /etc/acpi/PWRF
+printf '#!/bin/sh\npoweroff -f\n' >/etc/acpi/PWRF/00000080
+chmod +x /etc/acpi/PWRF/00000080
+# acpid opens the event devices once: wait for devtmpfs to make them.
+n=0
+while [ "$(ls /sys/class/input | grep -c event)" != "$(ls /dev/input 2>/dev/null | grep -c event)" ] && [ $n -lt 200 ]; do
+	usleep 10000; n=$((n + 1))
+done
+acpid -d -c /etc/acpi &  # -d: stay in the foreground, log to the console
+`
+
+// StartedLine is what a guest prints, like buildfarm-worker, as its first
+// sign of life.
+const StartedLine = "buildfarm-worker test: started"
+
+// Append is the kernel command line for the guests made here.
+const Append = "console=ttyS0 quiet panic=-1"
+
+// Initramfs writes an initramfs whose /init is Prelude followed by body,
+// with the modules (and what they depend on) in it, and returns its path.
+func Initramfs(t testing.TB, k cache.Kernel, body string, modules ...string) string {
+	t.Helper()
+	busybox := testenv.NeedProgram(t, "busybox")
+	testenv.NeedProgram(t, "cpio")
+	root := t.TempDir()
+	for _, d := range []string{"bin", "dev", "proc", "sys", "etc", "tmp", "lib/modules"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile(t, busybox, filepath.Join(root, "bin/busybox"), 0o755)
+	order, err := LoadOrder(k.Modules, modules...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, rel := range order {
+		name := strings.TrimSuffix(filepath.Base(rel), ".ko")
+		names = append(names, name)
+		copyFile(t, filepath.Join(k.Modules, rel), filepath.Join(root, "lib/modules", name+".ko"), 0o644)
+	}
+	write(t, filepath.Join(root, "etc/modules"), strings.Join(names, "\n")+"\n", 0o644)
+	write(t, filepath.Join(root, "init"), Prelude+body, 0o755)
+
+	out := filepath.Join(t.TempDir(), "initrd")
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := proc.Command(t.Context(), "sh", "-c", "find . | cpio -o -H newc --quiet")
+	cmd.Dir = root
+	cmd.Stdout = f
+	if err := proc.Wait(cmd); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// MachineDir makes a machine directory (kernel, initrd, cmdline, manifest)
+// like the image builder's, whose guest prints StartedLine on the console
+// and then waits to be powered off.
+func MachineDir(t testing.TB, k cache.Kernel) string {
+	t.Helper()
+	initrd := Initramfs(t, k, "echo '"+StartedLine+"'\nexec sleep 3600\n", PowerButton...)
+	dir := t.TempDir()
+	copyFile(t, k.Image, filepath.Join(dir, "kernel"), 0o644)
+	copyFile(t, initrd, filepath.Join(dir, "initrd"), 0o644)
+	write(t, filepath.Join(dir, "cmdline"), Append+"\n", 0o644)
+	write(t, filepath.Join(dir, "manifest"), ": 1\nid: test\nname: test\nsummary: a busybox test guest\ntype: kvm\n", 0o644)
+	return dir
+}
+
+// LoadOrder returns the module files (relative to dir, lib/modules/VERSION)
+// to load for the modules named, dependencies first, each once.
+func LoadOrder(dir string, modules ...string) ([]string, error) {
+	f, err := os.Open(filepath.Join(dir, "modules.dep"))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	deps := map[string][]string{} // module name -> its file, then its dependencies' files
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		file, rest, ok := strings.Cut(s.Text(), ":")
+		if !ok {
+			continue
+		}
+		name := strings.TrimSuffix(filepath.Base(file), ".ko")
+		deps[name] = append([]string{file}, strings.Fields(rest)...)
+	}
+	if err := s.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	var order []string
+	for _, m := range modules {
+		d, ok := deps[m]
+		if !ok {
+			return nil, fmt.Errorf("%s: no module %s in modules.dep", dir, m)
+		}
+		// modules.dep lists the dependencies so that the last loads first.
+		for i := len(d) - 1; i >= 1; i-- {
+			if !slices.Contains(order, d[i]) {
+				order = append(order, d[i])
+			}
+		}
+		if !slices.Contains(order, d[0]) {
+			order = append(order, d[0])
+		}
+	}
+	return order, nil
+}
+
+func copyFile(t testing.TB, src, dst string, perm os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, dst, string(b), perm)
+}
+
+func write(t testing.TB, path, data string, perm os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), perm); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,584 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/netns"
+	"github.com/buildfarm/buildfarm/internal/proc"
+	"github.com/buildfarm/buildfarm/internal/qmp"
+)
+
+// ErrStarted means Start was called twice.
+var ErrStarted = errors.New("VM already started")
+
+// ErrExited means the VM exited before the call could do its work.
+var ErrExited = errors.New("VM has exited")
+
+// Error is a VM that failed to start or ended abnormally: what happened,
+// the tail of what QEMU printed, and, when it is recognised, a diagnosis
+// saying what to do.
+type Error struct {
+	VM        string
+	Op        string // start, run
+	Err       error
+	Output    string // the tail of QEMU's own standard output and error
+	Diagnosis string
+	Command   string // the QEMU command line, shell-quoted, to run it by hand
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "vm %s: %s: %v", e.VM, e.Op, e.Err)
+	if s := strings.TrimSpace(e.Output); s != "" {
+		fmt.Fprintf(&b, ": qemu says: %s", s)
+	}
+	if e.Diagnosis != "" {
+		fmt.Fprintf(&b, " (%s)", e.Diagnosis)
+	}
+	return b.String()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Files a VM keeps in its working directory.
+const (
+	QMPSocketName = "qmp.sock"
+	SerialLogName = "serial.log"
+	OutputName    = "qemu.log" // QEMU's own standard output and error
+)
+
+// VM is one QEMU process and its guest. Its methods are safe for
+// concurrent use.
+type VM struct {
+	cfg  Config
+	dir  string
+	log  *slog.Logger
+	args []string
+
+	started atomic.Bool
+	mu      sync.Mutex // guards the fields below until done is closed
+	pid     int
+	client  *qmp.Client
+	pty     string
+	vnc     string
+
+	done chan struct{} // closed once QEMU has exited and clean-up has run
+	err  error         // how QEMU ended; set before done is closed
+}
+
+// New returns a VM that will run cfg in the working directory dir, which
+// must be empty or not exist yet. The serial log and QMP socket default to
+// files in dir.
+func New(cfg Config, dir string, log *slog.Logger) (*VM, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", cfg.Name, err)
+	}
+	if cfg.Name == "" {
+		cfg.Name = filepath.Base(dir)
+	}
+	if cfg.SerialLog == "" {
+		cfg.SerialLog = filepath.Join(dir, SerialLogName)
+	}
+	if cfg.QMPSocket == "" {
+		cfg.QMPSocket = filepath.Join(dir, QMPSocketName)
+	}
+	// sun_path holds 108 bytes with its terminating NUL.
+	if len(cfg.QMPSocket) > 107 {
+		return nil, fmt.Errorf("vm %s: QMP socket path %s is too long for a unix socket", cfg.Name, cfg.QMPSocket)
+	}
+	args, err := cfg.Args()
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &VM{cfg: cfg, dir: dir, log: log.With("vm", cfg.Name), args: args, done: make(chan struct{})}, nil
+}
+
+// Args returns QEMU's command line.
+func (v *VM) Args() []string { return v.args }
+
+// CommandLine returns QEMU's command line shell-quoted, to paste into a
+// terminal (run it in the VM's working directory).
+func (v *VM) CommandLine() string {
+	q := make([]string, len(v.args))
+	for i, a := range v.args {
+		if a != "" && strings.IndexFunc(a, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_=,.:/@+", r))
+		}) < 0 {
+			q[i] = a
+		} else {
+			q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(q, " ")
+}
+
+// Start starts QEMU and connects to its QMP socket; ctx bounds only the
+// start. The VM then runs until the guest powers off, Shutdown or
+// Forcedown, or this process dies. Start may be called once.
+func (v *VM) Start(ctx context.Context) error {
+	if !v.started.CompareAndSwap(false, true) {
+		return fmt.Errorf("vm %s: %w", v.cfg.Name, ErrStarted)
+	}
+	fail := func(err error) error {
+		v.finish(err)
+		return err
+	}
+	if err := os.MkdirAll(v.dir, 0o755); err != nil {
+		return fail(fmt.Errorf("vm %s: %w", v.cfg.Name, err))
+	}
+	if entries, err := os.ReadDir(v.dir); err != nil {
+		return fail(fmt.Errorf("vm %s: %w", v.cfg.Name, err))
+	} else if len(entries) > 0 {
+		return fail(fmt.Errorf("vm %s: working directory %s is not empty", v.cfg.Name, v.dir))
+	}
+	out, err := os.Create(filepath.Join(v.dir, OutputName))
+	if err != nil {
+		return fail(fmt.Errorf("vm %s: %w", v.cfg.Name, err))
+	}
+	started := make(chan error, 1)
+	go v.supervise(out, started)
+	if err := <-started; err != nil {
+		return err
+	}
+	v.log.Debug("qemu started", "pid", v.pid, "cmd", v.CommandLine())
+
+	// QEMU makes its QMP socket early, but after we return from fork.
+	var c *qmp.Client
+	for {
+		c, err = qmp.Dial(ctx, v.cfg.QMPSocket)
+		if err == nil {
+			break
+		}
+		select {
+		case <-v.done:
+			if v.err == nil {
+				return v.startError(errors.New("QEMU exited at once"))
+			}
+			var e *Error
+			if errors.As(v.err, &e) {
+				return v.startError(e.Err)
+			}
+			return v.startError(v.err)
+		case <-ctx.Done():
+			v.kill()
+			<-v.done
+			return v.startError(fmt.Errorf("waiting for QMP: %w", ctx.Err()))
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	v.mu.Lock()
+	v.client = c
+	v.mu.Unlock()
+	select {
+	case <-v.done: // it exited meanwhile: finish may have missed the client
+		c.Close()
+		return v.err
+	default:
+	}
+	if v.cfg.SerialPTY {
+		var chardevs []struct {
+			Label    string `json:"label"`
+			Filename string `json:"filename"`
+		}
+		if err := c.Run(ctx, "query-chardev", nil, &chardevs); err != nil {
+			v.kill()
+			<-v.done
+			return v.startError(err)
+		}
+		for _, d := range chardevs {
+			if d.Label == "serial0" {
+				v.mu.Lock()
+				v.pty = strings.TrimPrefix(d.Filename, "pty:")
+				v.mu.Unlock()
+			}
+		}
+	}
+	if v.cfg.VNC != "" {
+		var vnc struct {
+			Host    string `json:"host"`
+			Service string `json:"service"`
+		}
+		if err := c.Run(ctx, "query-vnc", nil, &vnc); err == nil {
+			v.mu.Lock()
+			v.vnc = vnc.Host + ":" + vnc.Service
+			v.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// supervise starts QEMU and waits for it, on an OS thread locked for the
+// whole life of the VM: Pdeathsig fires when the thread that started the
+// child ends, so the thread must outlive QEMU, and end with it. The thread
+// is thrown away afterwards (it may have entered the VM's namespace).
+func (v *VM) supervise(out *os.File, started chan<- error) {
+	runtime.LockOSThread() // never unlocked, see above
+	defer out.Close()
+	if v.cfg.NetNS != "" {
+		if err := netns.Enter(v.cfg.NetNS); err != nil {
+			err = fmt.Errorf("vm %s: %w", v.cfg.Name, err)
+			v.finish(err)
+			started <- err
+			return
+		}
+	}
+	// The VM is not tied to any context: it ends by Shutdown, Forcedown or
+	// the death of this process.
+	cmd := proc.Command(context.Background(), v.args[0], v.args[1:]...)
+	cmd.Dir = v.dir
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		err = v.startError(err)
+		v.finish(err)
+		started <- err
+		return
+	}
+	v.mu.Lock()
+	v.pid = cmd.Process.Pid
+	v.mu.Unlock()
+	started <- nil
+	err := cmd.Wait()
+	if err != nil {
+		err = &Error{VM: v.cfg.Name, Op: "run", Err: err, Output: v.outputTail(), Command: v.CommandLine()}
+	}
+	v.finish(err)
+}
+
+// finish records how the VM ended and cleans up, once.
+func (v *VM) finish(err error) {
+	v.mu.Lock()
+	select {
+	case <-v.done:
+		v.mu.Unlock()
+		return
+	default:
+	}
+	c := v.client
+	v.err = err
+	v.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+	os.Remove(v.cfg.QMPSocket)
+	if err != nil {
+		v.log.Debug("qemu ended", "err", err)
+	} else {
+		v.log.Debug("qemu exited")
+	}
+	close(v.done)
+}
+
+// startError wraps err as a failed start with QEMU's output and a diagnosis.
+func (v *VM) startError(err error) error {
+	out := v.outputTail()
+	return &Error{VM: v.cfg.Name, Op: "start", Err: err, Output: out,
+		Diagnosis: diagnose(out), Command: v.CommandLine()}
+}
+
+// outputTail returns the end of what QEMU printed.
+func (v *VM) outputTail() string { return tail(filepath.Join(v.dir, OutputName), 2048) }
+
+// SerialTail returns the last n bytes of the serial console log, for
+// error messages.
+func (v *VM) SerialTail(n int) string { return tail(v.cfg.SerialLog, n) }
+
+func tail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > int64(n) {
+		f.Seek(fi.Size()-int64(n), io.SeekStart)
+	}
+	b, _ := io.ReadAll(f)
+	return string(b)
+}
+
+// Done is closed when QEMU has exited and the VM is cleaned up.
+func (v *VM) Done() <-chan struct{} { return v.done }
+
+// Wait waits until QEMU has exited and returns how it ended: nil when it
+// exited normally (the guest powered off, or was shut down), an *Error
+// otherwise. Every caller gets the same answer. It returns ctx's error
+// when ctx ends first.
+func (v *VM) Wait(ctx context.Context) error {
+	select {
+	case <-v.done:
+		return v.err
+	case <-ctx.Done():
+		return fmt.Errorf("vm %s: wait: %w", v.cfg.Name, ctx.Err())
+	}
+}
+
+// QMP returns the VM's QMP client, for commands and events of its own
+// (nil before Start has returned).
+func (v *VM) QMP() *qmp.Client {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.client
+}
+
+func (v *VM) execute(ctx context.Context, command string) error {
+	c := v.QMP()
+	if c == nil {
+		return fmt.Errorf("vm %s: %s: %w", v.cfg.Name, command, ErrExited)
+	}
+	if _, err := c.Execute(ctx, command, nil); err != nil {
+		if errors.Is(err, qmp.ErrClosed) {
+			return fmt.Errorf("vm %s: %s: %w", v.cfg.Name, command, ErrExited)
+		}
+		return fmt.Errorf("vm %s: %w", v.cfg.Name, err)
+	}
+	return nil
+}
+
+// Shutdown asks the guest to power off (ACPI power button, QMP
+// system_powerdown) and waits until QEMU exits or ctx ends. It reports
+// whether the guest made it; the error is for a request that could not
+// be made. A guest that did not make it is still running: Forcedown it.
+func (v *VM) Shutdown(ctx context.Context) (bool, error) {
+	select {
+	case <-v.done:
+		return true, nil
+	default:
+	}
+	if err := v.execute(ctx, "system_powerdown"); err != nil {
+		if errors.Is(err, ErrExited) {
+			<-v.done
+			return true, nil
+		}
+		if ctx.Err() != nil {
+			return false, nil
+		}
+		return false, err
+	}
+	select {
+	case <-v.done:
+		v.log.Debug("guest powered off")
+		return true, nil
+	case <-ctx.Done():
+		v.log.Info("guest did not power off in time")
+		return false, nil
+	}
+}
+
+// Forcedown stops QEMU now: QMP quit, then SIGTERM to its process group,
+// then SIGKILL, each after a short grace period, and waits for it to exit
+// (bounded by ctx). The guest's disk may be left unclean.
+func (v *VM) Forcedown(ctx context.Context) error {
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-v.done:
+			return true
+		case <-t.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+	if wait(0) {
+		return nil
+	}
+	qctx, cancel := context.WithTimeout(ctx, time.Second)
+	err := v.execute(qctx, "quit")
+	cancel()
+	if err == nil || errors.Is(err, ErrExited) {
+		if wait(2 * time.Second) {
+			return nil
+		}
+	}
+	if v.signal(syscall.SIGTERM); wait(2 * time.Second) {
+		return nil
+	}
+	v.kill()
+	if wait(5 * time.Second) {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("vm %s: forcedown: %w", v.cfg.Name, ctx.Err())
+	}
+	return fmt.Errorf("vm %s: forcedown: QEMU (pid %d) survived SIGKILL", v.cfg.Name, v.PID())
+}
+
+func (v *VM) signal(sig syscall.Signal) {
+	if pid := v.PID(); pid > 0 {
+		select {
+		case <-v.done: // its pid may be reused by now
+		default:
+			syscall.Kill(-pid, sig)
+		}
+	}
+}
+
+func (v *VM) kill() { v.signal(syscall.SIGKILL) }
+
+// PID returns QEMU's process id (0 before Start).
+func (v *VM) PID() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.pid
+}
+
+// Suspend stops the guest's CPUs (QMP stop); the VM keeps its state.
+func (v *VM) Suspend(ctx context.Context) error { return v.execute(ctx, "stop") }
+
+// Resume restarts the guest's CPUs (QMP cont).
+func (v *VM) Resume(ctx context.Context) error { return v.execute(ctx, "cont") }
+
+// Status returns QEMU's run state (query-status): running, paused, ...
+func (v *VM) Status(ctx context.Context) (string, error) {
+	c := v.QMP()
+	if c == nil {
+		return "", fmt.Errorf("vm %s: status: %w", v.cfg.Name, ErrExited)
+	}
+	s, err := c.QueryStatus(ctx)
+	if err != nil {
+		return "", fmt.Errorf("vm %s: %w", v.cfg.Name, err)
+	}
+	return s.Status, nil
+}
+
+// Info describes a running VM.
+type Info struct {
+	Name      string
+	PID       int
+	Dir       string // its working directory
+	QMPSocket string
+	SerialLog string
+	SerialPTY string // the pty the serial console is also on, if asked for
+	VNC       string // host:port of its VNC server, if any
+	NetNS     string
+}
+
+// Info returns what a console needs to reach the VM.
+func (v *VM) Info() Info {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return Info{Name: v.cfg.Name, PID: v.pid, Dir: v.dir, QMPSocket: v.cfg.QMPSocket,
+		SerialLog: v.cfg.SerialLog, SerialPTY: v.pty, VNC: v.vnc, NetNS: v.cfg.NetNS}
+}
+
+// WaitConsole waits until a line of the serial console contains s and
+// returns that line. It fails when QEMU exits first, or ctx ends; the
+// error then carries the tail of the console.
+func (v *VM) WaitConsole(ctx context.Context, s string) (string, error) {
+	var f *os.File
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
+	var r *bufio.Reader
+	var partial []byte
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if f == nil {
+			if fo, err := os.Open(v.cfg.SerialLog); err == nil {
+				f, r = fo, bufio.NewReader(fo)
+			}
+		}
+		exited := false
+		select {
+		case <-v.done:
+			exited = true // read what is left, then give up
+		default:
+		}
+		for r != nil {
+			line, err := r.ReadBytes('\n')
+			partial = append(partial, line...)
+			if err != nil {
+				break // an incomplete line: wait for the rest
+			}
+			if bytes.Contains(partial, []byte(s)) {
+				return strings.TrimRight(string(partial), "\r\n"), nil
+			}
+			partial = partial[:0]
+		}
+		if bytes.Contains(partial, []byte(s)) && exited {
+			return string(partial), nil
+		}
+		if exited {
+			return "", fmt.Errorf("vm %s: waiting for %q on the console: %w; console:\n%s", v.cfg.Name, s, ErrExited, v.SerialTail(2048))
+		}
+		select {
+		case <-tick.C:
+		case <-v.done:
+		case <-ctx.Done():
+			return "", fmt.Errorf("vm %s: waiting for %q on the console: %w; console:\n%s", v.cfg.Name, s, ctx.Err(), v.SerialTail(2048))
+		}
+	}
+}
+
+// holders returns the processes that have path open, as "PID (COMM)".
+func holders(path string) []string {
+	procs, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	seen := map[string]bool{}
+	var out []string
+	for _, fd := range procs {
+		if target, err := os.Readlink(fd); err != nil || target != path {
+			continue
+		}
+		pid := strings.Split(fd, "/")[2]
+		if seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+		out = append(out, fmt.Sprintf("%s (%s)", pid, strings.TrimSpace(string(comm))))
+	}
+	return out
+}
+
+// diagnose explains a QEMU failure it recognises in QEMU's output.
+func diagnose(out string) string {
+	switch {
+	case strings.Contains(out, "/dev/net/tun") && strings.Contains(out, "busy"):
+		h := holders("/dev/net/tun")
+		if len(h) == 0 {
+			return "the tap device is busy: another process has it open"
+		}
+		return "the tap device is busy: another process has it open; /dev/net/tun is held by " + strings.Join(h, ", ")
+	case strings.Contains(out, "/dev/net/tun"):
+		return "cannot open /dev/net/tun: load the tun module and run as root"
+	case strings.Contains(out, "Could not access KVM") || strings.Contains(out, "failed to initialize kvm"):
+		return "KVM is not usable here: use --accel tcg (or auto)"
+	case strings.Contains(out, "Address already in use"):
+		return "a port QEMU listens on (VNC?) is taken"
+	case strings.Contains(out, "could not load kernel") || strings.Contains(out, "could not load initrd") ||
+		strings.Contains(out, "Could not open") || strings.Contains(out, "could not open"):
+		return "a file of the machine is missing or unreadable"
+	}
+	return ""
+}
+
+// Running reports whether QEMU is still running.
+func (v *VM) Running() bool {
+	select {
+	case <-v.done:
+		return false
+	default:
+		return v.PID() > 0
+	}
+}
