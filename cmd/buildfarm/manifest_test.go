@@ -153,3 +153,35 @@ func TestManifestHelp(t *testing.T) {
 		t.Errorf("buildfarm manifest --help = %q, exit %d, want it to list decode and encode", out, code)
 	}
 }
+
+// TestManifestGolden checks decode against the golden files of the manifest
+// package: testdata/format/NAME.manifest decodes to NAME.json, and NAME.json
+// encodes to NAME.out.
+func TestManifestGolden(t *testing.T) {
+	dir := filepath.Join("..", "..", "internal", "manifest", "testdata", "format")
+	paths, err := filepath.Glob(filepath.Join(dir, "*.manifest"))
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no golden manifests in %s (%v)", dir, err)
+	}
+	for _, path := range paths {
+		base := strings.TrimSuffix(path, ".manifest")
+		t.Run(filepath.Base(base), func(t *testing.T) {
+			wantJSON, err := os.ReadFile(base + ".json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, errOut, code := runManifest(t, "", "manifest", "decode", path)
+			if code != 0 || out != string(wantJSON) {
+				t.Errorf("buildfarm manifest decode %s = %q, exit %d (stderr %q), want %q", path, out, code, errOut, wantJSON)
+			}
+			wantOut, err := os.ReadFile(base + ".out")
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, errOut, code = runManifest(t, string(wantJSON), "manifest", "encode")
+			if code != 0 || out != string(wantOut) {
+				t.Errorf("buildfarm manifest encode <%s.json = %q, exit %d (stderr %q), want %q", base, out, code, errOut, wantOut)
+			}
+		})
+	}
+}

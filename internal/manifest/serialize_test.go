@@ -2,7 +2,9 @@ package manifest
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -275,5 +277,71 @@ func TestWriteFileReadFile(t *testing.T) {
 	}
 	if err := WriteFile(filepath.Join(missing, "m"), ms); err == nil {
 		t.Errorf("WriteFile into a missing directory succeeded, want an error")
+	}
+}
+
+var updateFormat = flag.Bool("update-format", false, "rewrite the golden files of testdata/format")
+
+// TestFormatGolden parses each testdata/format/NAME.manifest, compares its
+// pairs, as JSON, with NAME.json and its serialization with NAME.out, and
+// checks that NAME.out parses to the same pairs. With -update-format it
+// writes NAME.json and NAME.out instead.
+func TestFormatGolden(t *testing.T) {
+	paths, err := filepath.Glob(filepath.Join("testdata", "format", "*.manifest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(paths) == 0 {
+		t.Fatal("no testdata/format/*.manifest files")
+	}
+	for _, path := range paths {
+		base := strings.TrimSuffix(path, ".manifest")
+		t.Run(filepath.Base(base), func(t *testing.T) {
+			ms, err := ReadFile(path)
+			if err != nil {
+				t.Fatalf("ReadFile(%s) error: %v", path, err)
+			}
+			// As `buildfarm manifest decode` prints them.
+			var jb bytes.Buffer
+			enc := json.NewEncoder(&jb)
+			enc.SetEscapeHTML(false)
+			if err := enc.Encode(pairsOf(ms)); err != nil {
+				t.Fatal(err)
+			}
+			js := jb.Bytes()
+			var out bytes.Buffer
+			if err := Serialize(&out, ms); err != nil {
+				t.Fatalf("Serialize(ReadFile(%s)) error: %v", path, err)
+			}
+			if *updateFormat {
+				if err := os.WriteFile(base+".json", js, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(base+".out", out.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			wantJSON, err := os.ReadFile(base + ".json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(js) != string(wantJSON) {
+				t.Errorf("ReadFile(%s) pairs =\n%s\nwant (%s.json)\n%s", path, js, base, wantJSON)
+			}
+			wantOut, err := os.ReadFile(base + ".out")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out.String() != string(wantOut) {
+				t.Errorf("Serialize(ReadFile(%s)) =\n%s\nwant (%s.out)\n%s", path, out.Bytes(), base, wantOut)
+			}
+			back, err := Parse(bytes.NewReader(wantOut), base+".out")
+			if err != nil {
+				t.Fatalf("Parse(%s.out) error: %v", base, err)
+			}
+			if diff := cmp.Diff(pairsOf(ms), pairsOf(back)); diff != "" {
+				t.Errorf("Parse(%s.out) (-want +got):\n%s", base, diff)
+			}
+		})
 	}
 }
