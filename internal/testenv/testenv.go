@@ -11,9 +11,13 @@
 package testenv
 
 import (
+	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/buildfarm/buildfarm/internal/cache"
 )
@@ -63,4 +67,59 @@ func NeedKernel(t testing.TB) cache.Kernel {
 		t.Skip(err)
 	}
 	return k
+}
+
+// Btrfs makes a btrfs file system of size bytes on a loop device, mounts it
+// on a fresh directory and returns that directory. Cleanup unmounts it and
+// detaches the loop device, so nothing is left behind. It needs root and
+// btrfs-progs, and skips (or, for VM tests, fails) without them.
+func Btrfs(t testing.TB, size int64) string {
+	t.Helper()
+	NeedRoot(t)
+	mkfs := NeedProgram(t, "mkfs.btrfs")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "btrfs.img")
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(img)
+	if err == nil {
+		err = f.Truncate(size)
+		f.Close()
+	}
+	if err != nil {
+		t.Fatalf("btrfs image %s: %v", img, err)
+	}
+	ctx := context.Background()
+	if out, err := exec.CommandContext(ctx, mkfs, "-q", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.btrfs %s: %v: %s", img, err, out)
+	}
+	if out, err := exec.CommandContext(ctx, "mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount -o loop %s: %v: %s", img, err, out)
+	}
+	t.Cleanup(func() {
+		// Subvolumes and open files (a QEMU not yet reaped) can make the
+		// first try fail; a lazy unmount still frees the loop device once
+		// the last user is gone.
+		for i := 0; ; i++ {
+			out, err := exec.Command("umount", mnt).CombinedOutput()
+			if err == nil {
+				break
+			}
+			if i == 20 {
+				t.Errorf("umount %s: %v: %s", mnt, err, out)
+				exec.Command("umount", "-l", mnt).Run()
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if out, _ := exec.Command("losetup", "-j", img).Output(); strings.TrimSpace(string(out)) != "" {
+			for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				dev, _, _ := strings.Cut(line, ":")
+				exec.Command("losetup", "-d", dev).Run()
+			}
+		}
+	})
+	return mnt
 }
