@@ -2,7 +2,6 @@ package qemu
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -479,10 +478,10 @@ func (v *VM) Info() Info {
 		SerialLog: v.cfg.SerialLog, SerialPTY: v.pty, VNC: v.vnc, NetNS: v.cfg.NetNS}
 }
 
-// WaitConsole waits until a line of the serial console contains s and
-// returns that line. It fails when QEMU exits first, or ctx ends; the
+// WaitConsole waits until a line of the serial console satisfies match
+// and returns that line. It fails when QEMU exits first, or ctx ends; the
 // error then carries the tail of the console.
-func (v *VM) WaitConsole(ctx context.Context, s string) (string, error) {
+func (v *VM) WaitConsole(ctx context.Context, what string, match func(line string) bool) (string, error) {
 	var f *os.File
 	defer func() {
 		if f != nil {
@@ -508,27 +507,38 @@ func (v *VM) WaitConsole(ctx context.Context, s string) (string, error) {
 		for r != nil {
 			line, err := r.ReadBytes('\n')
 			partial = append(partial, line...)
-			if err != nil {
+			if err != nil && !exited {
 				break // an incomplete line: wait for the rest
 			}
-			if bytes.Contains(partial, []byte(s)) {
-				return strings.TrimRight(string(partial), "\r\n"), nil
+			if l := strings.TrimRight(string(partial), "\r\n"); match(l) {
+				return l, nil
 			}
 			partial = partial[:0]
+			if err != nil {
+				break
+			}
 		}
-		if bytes.Contains(partial, []byte(s)) && exited {
-			return string(partial), nil
-		}
+		var err error
 		if exited {
-			return "", fmt.Errorf("vm %s: waiting for %q on the console: %w; console:\n%s", v.cfg.Name, s, ErrExited, v.SerialTail(2048))
+			err = ErrExited
 		}
-		select {
-		case <-tick.C:
-		case <-v.done:
-		case <-ctx.Done():
-			return "", fmt.Errorf("vm %s: waiting for %q on the console: %w; console:\n%s", v.cfg.Name, s, ctx.Err(), v.SerialTail(2048))
+		if err == nil {
+			select {
+			case <-tick.C:
+				continue
+			case <-v.done:
+				continue
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
 		}
+		return "", fmt.Errorf("vm %s: waiting for %s on the console: %w; console:\n%s", v.cfg.Name, what, err, v.SerialTail(2048))
 	}
+}
+
+// Contains matches a console line that contains s, for WaitConsole.
+func Contains(s string) func(string) bool {
+	return func(line string) bool { return strings.Contains(line, s) }
 }
 
 // holders returns the processes that have path open, as "PID (COMM)".

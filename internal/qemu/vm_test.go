@@ -86,7 +86,7 @@ while :; do echo "tick $(cut -d' ' -f1 /proc/uptime)"; sleep 0.2; done
 	events := vm.QMP().Subscribe()
 	defer events.Close()
 
-	line, err := vm.WaitConsole(ctx, "test: started")
+	line, err := vm.WaitConsole(ctx, "the started line", qemu.Contains("test: started"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,7 +56,9 @@ acpid -d -c /etc/acpi &  # -d: stay in the foreground, log to the console
 const StartedLine = "buildfarm-worker test: started"
 
 // Append is the kernel command line for the guests made here.
-const Append = "console=ttyS0 quiet panic=-1"
+// no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer
+// check may fail and panic the guest.
+const Append = "console=ttyS0 quiet panic=-1 no_timer_check"
 
 // Initramfs writes an initramfs whose /init is Prelude followed by body,
 // with the modules (and what they depend on) in it, and returns its path.

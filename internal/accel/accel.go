@@ -1,0 +1,271 @@
+// Package accel decides which accelerator QEMU should use on this host.
+// "auto" means KVM only when a guest really runs under it: /dev/kvm may
+// exist while a guest hangs under it (on the machines this project is
+// built on the CPU exposes no vmx), so the probe is a bounded test boot of
+// the cached guest kernel with no root file system and panic=-1: under a
+// working KVM it panics at once ("VFS: Unable to mount root") and QEMU
+// exits; otherwise the boot stalls past the deadline and the verdict is
+// TCG. The verdict is cached per host in the cache directory (see package
+// cache) and probed again when the host kernel (uname -r) or the QEMU
+// binary (path, size, mtime) changes.
+//
+// External tools: qemu-system-x86_64 (run by package qemu).
+package accel
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/buildfarm/buildfarm/internal/cache"
+	"github.com/buildfarm/buildfarm/internal/qemu"
+)
+
+// Auto is the accelerator setting that asks for a probe.
+const Auto = "auto"
+
+// DefaultTimeout bounds the test boot. A working KVM gets the cloud kernel
+// to its panic in well under a second.
+const DefaultTimeout = 4 * time.Second
+
+// CacheName is the verdict's file in the cache directory.
+const CacheName = "accel.json"
+
+// Host identifies what a verdict depends on.
+type Host struct {
+	Hostname   string    `json:"hostname"`
+	Kernel     string    `json:"kernel"` // uname -r
+	QEMU       string    `json:"qemu"`   // the binary's path
+	QEMUSize   int64     `json:"qemu_size"`
+	QEMUModify time.Time `json:"qemu_mtime"`
+}
+
+func (h Host) same(o Host) bool {
+	return h.Hostname == o.Hostname && h.Kernel == o.Kernel && h.QEMU == o.QEMU &&
+		h.QEMUSize == o.QEMUSize && h.QEMUModify.Equal(o.QEMUModify)
+}
+
+// Verdict is the probe's answer.
+type Verdict struct {
+	Accel  string        `json:"accel"`  // qemu.KVM or qemu.TCG
+	Reason string        `json:"reason"` // why, for doctor and the log
+	Host   Host          `json:"host"`
+	Probed time.Time     `json:"probed"`
+	Took   time.Duration `json:"took"`
+	Cached bool          `json:"-"` // read from the cache, not probed now
+}
+
+// Prober runs and caches the probe. The zero value uses the defaults.
+type Prober struct {
+	Binary   string        // default qemu-system-x86_64 from $PATH
+	Kernel   string        // default the cached guest kernel
+	CacheDir string        // default cache.Dir()
+	Timeout  time.Duration // default DefaultTimeout
+	Log      *slog.Logger
+
+	try string // the accelerator to test, KVM but for tests of the probe itself
+}
+
+func (p *Prober) log() *slog.Logger {
+	if p.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return p.Log
+}
+
+// host describes this host and QEMU binary.
+func (p *Prober) host() (Host, error) {
+	bin := p.Binary
+	if bin == "" {
+		bin = "qemu-system-x86_64"
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return Host{}, fmt.Errorf("accel: %w", err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return Host{}, fmt.Errorf("accel: %w", err)
+	}
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return Host{}, fmt.Errorf("accel: uname: %w", err)
+	}
+	name, _ := os.Hostname()
+	return Host{Hostname: name, Kernel: unix.ByteSliceToString(u.Release[:]), QEMU: path,
+		QEMUSize: fi.Size(), QEMUModify: fi.ModTime().UTC()}, nil
+}
+
+// loggedFallback makes Resolve say once per process that it fell back.
+var loggedFallback sync.Once
+
+// Resolve turns an accelerator setting (auto, kvm or tcg) into kvm or tcg,
+// probing (or reading the cached verdict) for auto.
+func (p *Prober) Resolve(ctx context.Context, setting string) (string, error) {
+	switch setting {
+	case qemu.KVM, qemu.TCG:
+		return setting, nil
+	case Auto, "":
+	default:
+		return "", fmt.Errorf("accel: %q, want auto, kvm or tcg", setting)
+	}
+	v, err := p.Verdict(ctx)
+	if err != nil {
+		return "", err
+	}
+	if v.Accel == qemu.TCG {
+		loggedFallback.Do(func() { p.log().Info("not using KVM, guests run under TCG", "reason", v.Reason) })
+	}
+	return v.Accel, nil
+}
+
+// Verdict returns the cached verdict if it is still valid for this host,
+// and probes (and caches the answer) otherwise.
+func (p *Prober) Verdict(ctx context.Context) (Verdict, error) {
+	h, err := p.host()
+	if err != nil {
+		return Verdict{}, err
+	}
+	file := filepath.Join(p.cacheDir(), CacheName)
+	if b, err := os.ReadFile(file); err == nil {
+		var v Verdict
+		if json.Unmarshal(b, &v) == nil && v.Host.same(h) && (v.Accel == qemu.KVM || v.Accel == qemu.TCG) {
+			v.Cached = true
+			return v, nil
+		}
+		p.log().Debug("accelerator verdict out of date: probing again", "file", file)
+	}
+	v, err := p.probe(ctx, h)
+	if err != nil {
+		return Verdict{}, err
+	}
+	if err := p.save(file, v); err != nil {
+		p.log().Warn("cannot cache the accelerator verdict", "err", err)
+	}
+	return v, nil
+}
+
+func (p *Prober) cacheDir() string {
+	if p.CacheDir != "" {
+		return p.CacheDir
+	}
+	return cache.Dir()
+}
+
+func (p *Prober) save(file string, v Verdict) error {
+	b, err := json.MarshalIndent(v, "", "\t")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return err
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, file)
+}
+
+// Probe tests KVM now, without the cache.
+func (p *Prober) Probe(ctx context.Context) (Verdict, error) {
+	h, err := p.host()
+	if err != nil {
+		return Verdict{}, err
+	}
+	return p.probe(ctx, h)
+}
+
+// Signs of a kernel that ran to the point of looking for its root.
+var panicked = []string{"VFS: Unable to mount root", "Kernel panic"}
+
+func (p *Prober) probe(ctx context.Context, h Host) (Verdict, error) {
+	t0 := time.Now()
+	v := Verdict{Accel: qemu.TCG, Host: h, Probed: t0.UTC()}
+	done := func(reason string) (Verdict, error) {
+		v.Reason, v.Took = reason, time.Since(t0)
+		p.log().Debug("accelerator probed", "accel", v.Accel, "reason", reason, "took", v.Took)
+		return v, nil
+	}
+	try := p.try
+	if try == "" {
+		try = qemu.KVM
+		f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+		if err != nil {
+			return done(fmt.Sprintf("/dev/kvm unusable: %v", err))
+		}
+		f.Close()
+	}
+	kernel := p.Kernel
+	if kernel == "" {
+		k, err := cache.GuestKernel()
+		if err != nil {
+			return Verdict{}, fmt.Errorf("accel: a test boot needs a guest kernel: %w", err)
+		}
+		kernel = k.Image
+	}
+	timeout := p.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+	dir, err := os.MkdirTemp("", "buildfarm-accel-")
+	if err != nil {
+		return Verdict{}, fmt.Errorf("accel: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	vm, err := qemu.New(qemu.Config{
+		Name: "accel-probe", Binary: h.QEMU, Accel: try, MemoryMB: 128,
+		Kernel: kernel, Append: "console=ttyS0 quiet panic=-1 no_timer_check", NoReboot: true,
+		Net: qemu.Net{Mode: qemu.NetNone},
+	}, filepath.Join(dir, "vm"), p.Log)
+	if err != nil {
+		return Verdict{}, fmt.Errorf("accel: %w", err)
+	}
+	bctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := vm.Start(bctx); err != nil {
+		if ctx.Err() != nil {
+			return Verdict{}, fmt.Errorf("accel: %w", ctx.Err())
+		}
+		var qe *qemu.Error
+		if errors.As(err, &qe) {
+			return done("QEMU cannot start under KVM: " + strings.TrimSpace(qe.Output))
+		}
+		return done("QEMU cannot start under KVM: " + err.Error())
+	}
+	defer vm.Forcedown(context.WithoutCancel(ctx))
+	_, err = vm.WaitConsole(bctx, "the kernel's panic", func(line string) bool {
+		for _, s := range panicked {
+			if strings.Contains(line, s) {
+				return true
+			}
+		}
+		return false
+	})
+	switch {
+	case err == nil:
+		v.Accel = try
+		return done("a test boot under KVM ran to its kernel panic")
+	case ctx.Err() != nil:
+		return Verdict{}, fmt.Errorf("accel: %w", ctx.Err())
+	case bctx.Err() != nil:
+		return done(fmt.Sprintf("a test boot under KVM stalled: no kernel panic within %v", timeout))
+	default:
+		return done("a test boot under KVM failed: " + firstLine(err.Error()))
+	}
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
