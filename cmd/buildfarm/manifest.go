@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -25,7 +26,8 @@ func init() {
 bbot/brep protocol that buildfarm speaks: "name: value" lines, each manifest
 starting with the format version pair ": 1", several manifests in one stream
 separated by a line with an empty name.`,
-			Args: cobra.NoArgs,
+			Args: cobra.NoArgs, // So that an unknown subcommand is an error.
+			RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 		}
 		cmd.AddCommand(manifestDecodeCommand(e), manifestEncodeCommand(e))
 		for _, f := range manifestSubcommands {
@@ -119,10 +121,15 @@ or carriage returns.`,
 	}
 }
 
-// decodeJSONManifests reads the JSON that `manifest decode` prints.
+// decodeJSONManifests reads the JSON that `manifest decode` prints: a list
+// of manifests, each a list of [name, value] pairs of strings.
 func decodeJSONManifests(data []byte) ([]manifest.Manifest, error) {
+	// encoding/json would quietly replace invalid UTF-8 with U+FFFD.
+	if !utf8.Valid(data) {
+		return nil, errors.New("JSON: not valid UTF-8")
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
-	var raw [][][]string
+	var raw [][][]*string
 	if err := dec.Decode(&raw); err != nil {
 		return nil, fmt.Errorf("JSON: want a list of manifests, each a list of [name, value] pairs: %w", err)
 	}
@@ -136,10 +143,10 @@ func decodeJSONManifests(data []byte) ([]manifest.Manifest, error) {
 	for i, pairs := range raw {
 		m := make(manifest.Manifest, 0, len(pairs))
 		for j, p := range pairs {
-			if len(p) != 2 {
-				return nil, fmt.Errorf("JSON: manifest %d, pair %d: want [name, value], got %d strings", i+1, j+1, len(p))
+			if len(p) != 2 || p[0] == nil || p[1] == nil {
+				return nil, fmt.Errorf("JSON: manifest %d, pair %d: want [name, value], two strings", i+1, j+1)
 			}
-			m = append(m, manifest.Pair{Name: p[0], Value: p[1]})
+			m = append(m, manifest.Pair{Name: *p[0], Value: *p[1]})
 		}
 		ms = append(ms, m)
 	}

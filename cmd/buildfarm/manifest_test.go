@@ -103,7 +103,13 @@ func TestManifestEncode(t *testing.T) {
 		{name: "trailing data", args: []string{"manifest", "encode"}, stdin: `[] []`,
 			wantErr: "buildfarm: <stdin>: JSON: unexpected data after the list of manifests", wantCode: 1},
 		{name: "pair of three", args: []string{"manifest", "encode"}, stdin: `[[["","1"],["a","b","c"]]]`,
-			wantErr: "buildfarm: <stdin>: JSON: manifest 1, pair 2: want [name, value], got 3 strings", wantCode: 1},
+			wantErr: "buildfarm: <stdin>: JSON: manifest 1, pair 2: want [name, value], two strings", wantCode: 1},
+		{name: "null value", args: []string{"manifest", "encode"}, stdin: `[[["","1"],["a",null]]]`,
+			wantErr: "buildfarm: <stdin>: JSON: manifest 1, pair 2: want [name, value], two strings", wantCode: 1},
+		{name: "number value", args: []string{"manifest", "encode"}, stdin: `[[["","1"],["a",1]]]`,
+			wantErr: "buildfarm: <stdin>: JSON: want a list of manifests", wantCode: 1},
+		{name: "invalid UTF-8", args: []string{"manifest", "encode"}, stdin: "[[[\"\",\"1\"],[\"a\",\"\xff\"]]]",
+			wantErr: "buildfarm: <stdin>: JSON: not valid UTF-8", wantCode: 1},
 		{name: "no version", args: []string{"manifest", "encode", "-"}, stdin: `[[["a","x"]]]`,
 			wantErr: `buildfarm: <stdin>: manifest 1, pair 1 ("a": "x"): format version pair with value 1 expected`, wantCode: 1},
 		{name: "bad name", args: []string{"manifest", "encode"}, stdin: `[[["","1"],["a:b","x"]]]`,
@@ -148,9 +154,14 @@ func TestManifestHelp(t *testing.T) {
 			}
 		})
 	}
-	out, _, code := runManifest(t, "", "manifest", "--help")
-	if code != 0 || !strings.Contains(out, "decode") || !strings.Contains(out, "encode") {
-		t.Errorf("buildfarm manifest --help = %q, exit %d, want it to list decode and encode", out, code)
+	for _, args := range [][]string{{"manifest", "--help"}, {"manifest"}} {
+		out, _, code := runManifest(t, "", args...)
+		if code != 0 || !strings.Contains(out, "decode") || !strings.Contains(out, "encode") {
+			t.Errorf("buildfarm %q = %q, exit %d, want it to list decode and encode", args, out, code)
+		}
+	}
+	if _, errOut, code := runManifest(t, "", "manifest", "frobnicate"); code != 1 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Errorf("buildfarm manifest frobnicate: exit %d, stderr %q, want exit 1 and an unknown command error", code, errOut)
 	}
 }
 
