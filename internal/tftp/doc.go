@@ -1,0 +1,28 @@
+// Package tftp is buildfarm's TFTP server and client: the only channel
+// between the agent and the worker inside a guest VM. The worker GETs its
+// task and toolchain files and PUTs its result over it.
+//
+// It implements RFC 1350 (octet mode; netascii is refused with an error),
+// option negotiation (RFC 2347) with blksize (RFC 2348, 8 to 65464), tsize
+// and timeout (RFC 2349) and windowsize (RFC 7440). Blocks numbers roll over
+// from 65535 to 0, as tftpd-hpa, atftp and busybox expect, so files of any
+// size transfer. A duplicate ACK never causes a retransmission (no
+// sorcerer's apprentice); lost packets are retransmitted on timeout a
+// bounded number of times.
+//
+// The server faces code from builds that are not trusted. A Server maps
+// request names with bbot-style rules (see ParseRule) and resolves them
+// beneath its root with openat2(RESOLVE_BENEATH), so no name reaches
+// outside it through "..", an absolute name or a symlink. An upload lands
+// in a temporary file renamed into place only when complete, within
+// per-transfer and per-server size limits. The server never opens its
+// listening socket itself: Serve and ServeIdle take the caller's, so the
+// agent can open it inside a VM's network namespace.
+//
+// The package needs nothing beyond the standard library and
+// golang.org/x/sys, so the static worker binary that uses the client (Get,
+// Put) stays small.
+//
+// The tests exercise the real peers tftpd-hpa (in.tftpd), tftp-hpa (tftp),
+// atftp and busybox tftp; they run when BUILDFARM_VM_TESTS=1.
+package tftp
