@@ -1,0 +1,170 @@
+package machine
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/proc"
+	"github.com/buildfarm/buildfarm/internal/testenv"
+)
+
+// btrfsMount makes a btrfs file system in a file under t.TempDir, attaches
+// it to a loop device and mounts it; the clean-up unmounts it and detaches
+// the device.
+func btrfsMount(t *testing.T) string {
+	t.Helper()
+	testenv.NeedVM(t)
+	testenv.NeedRoot(t)
+	for _, p := range []string{"mkfs.btrfs", "btrfs", "losetup", "mount", "umount"} {
+		testenv.NeedProgram(t, p)
+	}
+	ctx := context.Background()
+	img := filepath.Join(t.TempDir(), "btrfs.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(512 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := proc.Run(ctx, nil, "mkfs.btrfs", "-q", img); err != nil {
+		t.Fatal(err)
+	}
+	out, err := proc.Output(ctx, "losetup", "--find", "--show", img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if err := proc.Run(context.Background(), nil, "losetup", "-d", dev); err != nil {
+			t.Errorf("detach %s: %v", dev, err)
+		}
+	})
+	mnt := t.TempDir()
+	if err := proc.Run(ctx, nil, "mount", "-t", "btrfs", dev, mnt); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := proc.Run(context.Background(), nil, "umount", mnt); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+		}
+	})
+	return mnt
+}
+
+// diskSize is the size of the test machines' disks.
+const diskSize = 8 << 20
+
+// Offsets of the marks that tell which layer wrote what.
+const (
+	markRevision  = 0
+	markBootstrap = 1 << 20
+	markTask      = 2 << 20
+)
+
+// makeMachine writes a machine directory: a manifest with id, a disk whose
+// first block is filled with rev, a kernel and a cmdline.
+func makeMachine(t *testing.T, dir, name, id string, rev byte) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := manifest.Machine{ID: id, Name: name, Summary: "test machine " + id, Type: "kvm"}
+	if err := manifest.WriteFile(filepath.Join(dir, ManifestFile), []manifest.Manifest{m.Manifest()}); err != nil {
+		t.Fatal(err)
+	}
+	disk := make([]byte, diskSize)
+	for i := range disk { // real data, not holes
+		disk[i] = byte(i*7 + 1)
+	}
+	copy(disk[markRevision:], bytes.Repeat([]byte{rev}, 4096))
+	for name, data := range map[string][]byte{RawDisk: disk, "kernel": []byte("kernel " + id), "cmdline": []byte("console=ttyS0")} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// writeMark writes a 4 KiB block of b at off of the machine directory's
+// disk, as the VM would.
+func writeMark(t *testing.T, dir string, off int64, b byte) {
+	t.Helper()
+	path, format, err := Disk(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if format == "raw" {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteAt(bytes.Repeat([]byte{b}, 4096), off); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	cmd := fmt.Sprintf("write -P %d %d 4k", b, off)
+	if err := proc.Run(context.Background(), nil, "qemu-io", "-f", format, "-c", cmd, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readMark returns the first byte of the 4 KiB block at off of the machine
+// directory's disk, through its backing chain.
+func readMark(t *testing.T, dir string, off int64) byte {
+	t.Helper()
+	path, format, err := Disk(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if format != "raw" {
+		raw := filepath.Join(t.TempDir(), "disk.raw")
+		if err := proc.Run(context.Background(), nil, "qemu-img", "convert", "-U", "-f", format, "-O", "raw", path, raw); err != nil {
+			t.Fatal(err)
+		}
+		path = raw
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 4096)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b, bytes.Repeat(b[:1], 4096)) {
+		return 0
+	}
+	return b[0]
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+// bootstrapManifest is what a bootstrap of c would record.
+func bootstrapManifest(c *Candidate, want Want) *manifest.BootstrappedMachine {
+	bm := &manifest.BootstrappedMachine{Machine: *c.Machine, Toolchain: manifest.Toolchain{ID: want.ToolchainID}}
+	for tool, v := range want.Versions {
+		bm.Bootstrap.Versions = append(bm.Bootstrap.Versions, manifest.ToolVersion{Tool: tool, Version: v})
+	}
+	return bm
+}

@@ -1,0 +1,597 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/buildfarm/buildfarm/internal/proc"
+)
+
+// DefaultVolume is the volume that commands use when none is named.
+const DefaultVolume = "default"
+
+// Store is a directory of volumes: the agent's --machines.
+type Store struct {
+	Dir      string
+	Protocol int          // bootstrap protocol; 0 means BootstrapProtocol
+	Backend  string       // BackendAuto (per volume, from its file system), BackendBtrfs or BackendFallback
+	Log      *slog.Logger // nil: discard
+}
+
+func (s *Store) protocol() int {
+	if s.Protocol == 0 {
+		return BootstrapProtocol
+	}
+	return s.Protocol
+}
+
+func (s *Store) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
+
+// Volume opens the volume called name, creating its directory when create
+// is set.
+func (s *Store) Volume(name string, create bool) (*Volume, error) {
+	if err := CheckName(name); err != nil {
+		return nil, fmt.Errorf("volume: %w", err)
+	}
+	dir := filepath.Join(s.Dir, name)
+	if create {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("volume %s: %w", dir, err)
+		}
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("volume %s: not a directory", dir)
+	}
+	b, err := NewBackend(dir, s.Backend)
+	if err != nil {
+		return nil, err
+	}
+	return &Volume{Name: name, Dir: dir, Backend: b, Protocol: s.protocol(), Log: s.log().With("volume", name)}, nil
+}
+
+// Volumes opens every volume of the store, in name order.
+func (s *Store) Volumes() ([]*Volume, error) {
+	des, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("machines %s: %w", s.Dir, err)
+	}
+	var vs []*Volume
+	for _, de := range des {
+		if !de.IsDir() || isHidden(de.Name()) {
+			continue
+		}
+		v, err := s.Volume(de.Name(), false)
+		if err != nil {
+			return nil, err
+		}
+		vs = append(vs, v)
+	}
+	return vs, nil
+}
+
+// Volume is one directory of machines, on one backend.
+type Volume struct {
+	Name     string
+	Dir      string
+	Backend  Backend
+	Protocol int
+	Log      *slog.Logger
+}
+
+func (v *Volume) machineDir(name string) string { return filepath.Join(v.Dir, name) }
+
+// Machines lists the names of the machine directories of the volume.
+func (v *Volume) Machines() ([]string, error) {
+	des, err := os.ReadDir(v.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", v.Dir, err)
+	}
+	var names []string
+	for _, de := range des {
+		if de.IsDir() && !isHidden(de.Name()) && CheckName(de.Name()) == nil {
+			names = append(names, de.Name())
+		}
+	}
+	return names, nil
+}
+
+// entries classifies the entries of a machine directory.
+func (v *Volume) entries(name string) ([]entry, error) {
+	des, err := os.ReadDir(v.machineDir(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("machine %s in %s: %w", name, v.Dir, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("machine %s: %w", v.machineDir(name), err)
+	}
+	var es []entry
+	for _, de := range des {
+		es = append(es, classify(name, de.Name()))
+	}
+	return es, nil
+}
+
+// Current resolves the link of machine name for the volume's bootstrap
+// protocol: the revision that new bootstraps use, and its directory.
+// ErrRemoved when there is no link.
+func (v *Volume) Current(name string) (Revision, string, error) {
+	link := filepath.Join(v.machineDir(name), linkName(name, v.Protocol))
+	target, err := os.Readlink(link)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Revision{}, "", fmt.Errorf("machine %s: no link %s: %w", name, link, ErrRemoved)
+	}
+	if err != nil {
+		return Revision{}, "", fmt.Errorf("machine %s: %w", name, err)
+	}
+	e := classify(name, filepath.Base(target))
+	if e.kind != kindRevision || filepath.Base(target) != target {
+		return Revision{}, "", fmt.Errorf("machine %s: link %s points to %q, not a revision of it", name, link, target)
+	}
+	return e.revision, filepath.Join(v.machineDir(name), target), nil
+}
+
+// Source is what Add and Upgrade make a revision from: exactly one of
+// Dir and Stream.
+type Source struct {
+	// Dir is a machine directory (manifest, disk.img, kernel, ...), or a
+	// btrfs subvolume. A read-only subvolume is snapshotted when it is on
+	// the volume's file system and sent (btrfs send | btrfs receive) when
+	// it is on another btrfs; anything else is copied, with reflinks where
+	// the file systems allow.
+	Dir string
+	// Parent, with Dir, is a read-only subvolume that a revision of the
+	// machine was received from: only the difference is sent (btrfs send
+	// -p Parent Dir).
+	Parent string
+	// Stream is a btrfs send stream of one read-only subvolume, as made on
+	// another host by btrfs send [-p PARENT] (btrfs volumes only).
+	Stream io.Reader
+}
+
+// Add adds the new machine name from src as revision <P>.0, read-only, and
+// links <name>-<P> to it. The sequence is safe on a live host: the revision
+// is made under a temporary name and only the link's appearance, last,
+// makes it visible to agents.
+func (v *Volume) Add(ctx context.Context, name string, src Source) (Revision, error) {
+	if err := CheckName(name); err != nil {
+		return Revision{}, err
+	}
+	mdir := v.machineDir(name)
+	if err := os.MkdirAll(mdir, 0o755); err != nil {
+		return Revision{}, fmt.Errorf("add machine %s: %w", name, err)
+	}
+	return v.install(ctx, name, src, true)
+}
+
+// Upgrade adds a new revision <P>.<R+1> of machine name from src and
+// switches the link to it by an atomic rename, so that an agent sees either
+// the old revision or the new one. Running tasks keep their snapshots;
+// agents bootstrap the new revision when they next enumerate. The previous
+// revision is kept (for a rollback, and as the parent of incremental
+// sends); older ones are deleted.
+func (v *Volume) Upgrade(ctx context.Context, name string, src Source) (Revision, error) {
+	if err := CheckName(name); err != nil {
+		return Revision{}, err
+	}
+	if _, _, err := v.Current(name); err != nil {
+		return Revision{}, fmt.Errorf("upgrade: %w", err)
+	}
+	return v.install(ctx, name, src, false)
+}
+
+// install is Add (add) or Upgrade:
+//
+//  1. Import src into a temporary directory of the machine, read-only,
+//     holding that directory's lock so that CleanStray leaves it be.
+//  2. Take the machine lock; check that the machine is new (add) or still
+//     there (upgrade); pick the next revision number.
+//  3. Rename the import to <name>-<P>.<R>.
+//  4. Switch the link: a new symlink under a temporary name, renamed over
+//     <name>-<P>.
+//  5. Upgrade: delete revisions older than the previous one.
+func (v *Volume) install(ctx context.Context, name string, src Source, add bool) (Revision, error) {
+	mdir := v.machineDir(name)
+	imp, err := v.importSource(ctx, name, src)
+	if err != nil {
+		return Revision{}, err
+	}
+	defer imp.discard(ctx)
+
+	ml, err := lock(ctx, filepath.Join(mdir, lockFile))
+	if err != nil {
+		return Revision{}, err
+	}
+	defer ml.Unlock()
+	es, err := v.entries(name)
+	if err != nil {
+		return Revision{}, err
+	}
+	rev := Revision{Protocol: v.Protocol}
+	var revs []Revision
+	for _, e := range es {
+		switch {
+		case e.kind == kindLink && e.protocol == v.Protocol && add:
+			return Revision{}, fmt.Errorf("add machine %s: %w (upgrade it instead)", name, ErrExists)
+		case e.kind == kindRevision && e.revision.Protocol == v.Protocol:
+			revs = append(revs, e.revision)
+			rev.Number = max(rev.Number, e.revision.Number+1)
+		}
+	}
+	if !add {
+		if _, _, err := v.Current(name); err != nil {
+			return Revision{}, fmt.Errorf("upgrade: %w", err)
+		}
+	}
+	final := filepath.Join(mdir, revisionName(name, rev))
+	if err := os.Rename(imp.subvolume, final); err != nil {
+		return Revision{}, fmt.Errorf("machine %s: %w", name, err)
+	}
+	imp.subvolume = ""
+	if err := switchLink(mdir, linkName(name, v.Protocol), filepath.Base(final)); err != nil {
+		return Revision{}, err
+	}
+	v.Log.Info("machine revision installed", "machine", name, "revision", rev.String(), "backend", v.Backend.Name(), "how", imp.method)
+	if !add {
+		sort.Slice(revs, func(i, j int) bool { return revs[i].Number > revs[j].Number })
+		for i, r := range revs {
+			if i == 0 { // the previous revision stays
+				continue
+			}
+			if err := v.Backend.Delete(ctx, filepath.Join(mdir, revisionName(name, r))); err != nil {
+				return rev, err
+			}
+			v.Log.Info("old machine revision deleted", "machine", name, "revision", r.String())
+		}
+	}
+	return rev, nil
+}
+
+// switchLink points mdir/link at target atomically: symlink under a
+// temporary name, then rename over link.
+func switchLink(mdir, link, target string) error {
+	tmp := filepath.Join(mdir, "."+link+".new-"+randomSuffix())
+	if err := os.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("link %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(mdir, link)); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("switch link %s to %s: %w", filepath.Join(mdir, link), target, err)
+	}
+	return nil
+}
+
+// imported is a revision-to-be under a temporary name (.import-<xxx>).
+type imported struct {
+	v         *Volume
+	dir       string // .import-<xxx>, the subvolume itself or (receive) its parent
+	subvolume string // the read-only result; "" once renamed into place
+	method    string
+	lock      *Lock
+}
+
+// importSource makes a read-only copy of src in the machine directory.
+func (v *Volume) importSource(ctx context.Context, name string, src Source) (_ *imported, err error) {
+	if (src.Dir == "") == (src.Stream == nil) {
+		return nil, errors.New("machine source: want a directory or a btrfs send stream")
+	}
+	mdir := v.machineDir(name)
+	imp := &imported{v: v, dir: filepath.Join(mdir, ".import-"+randomSuffix())}
+	var ok bool
+	if imp.lock, ok, err = tryLock(filepath.Join(mdir, workLockName(filepath.Base(imp.dir)))); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, fmt.Errorf("import %s: locked", imp.dir)
+	}
+	defer func() {
+		if err != nil {
+			imp.discard(ctx)
+		}
+	}()
+	btrfsVol := v.Backend.Name() == BackendBtrfs
+	if src.Stream != nil || src.Parent != "" {
+		if !btrfsVol {
+			return nil, fmt.Errorf("volume %s is not on btrfs: btrfs send streams cannot be received there", v.Dir)
+		}
+		return imp, imp.receive(ctx, src)
+	}
+	if btrfsVol {
+		ro, err := isReadOnlySubvolume(ctx, src.Dir)
+		if err != nil {
+			return nil, err
+		}
+		if ro {
+			// The same file system: a read-only snapshot. Another one:
+			// send and receive, which keeps the received UUID that later
+			// incremental sends need.
+			err := proc.Run(ctx, nil, "btrfs", "subvolume", "snapshot", "-r", src.Dir, imp.dir)
+			if err == nil {
+				imp.subvolume, imp.method = imp.dir, "btrfs snapshot"
+				return imp, nil
+			}
+			v.Log.Debug("snapshot across file systems failed; sending", "source", src.Dir, "err", err)
+			return imp, imp.receive(ctx, src)
+		}
+	}
+	if err := v.Backend.Create(ctx, imp.dir); err != nil {
+		return nil, err
+	}
+	imp.subvolume = imp.dir
+	if imp.method, err = copyTree(ctx, src.Dir, imp.dir, false); err != nil {
+		return nil, err
+	}
+	if err := v.Backend.SetReadOnly(ctx, imp.dir); err != nil {
+		return nil, err
+	}
+	return imp, nil
+}
+
+// receive runs btrfs receive into imp.dir from src.Stream, or from btrfs
+// send of src.Dir (with -p src.Parent).
+func (imp *imported) receive(ctx context.Context, src Source) error {
+	if err := os.Mkdir(imp.dir, 0o755); err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	recv := proc.Command(ctx, "btrfs", "receive", imp.dir)
+	var counted *countingReader
+	if src.Stream != nil {
+		counted = &countingReader{r: src.Stream}
+		recv.Stdin = counted
+		imp.method = "btrfs receive"
+		if err := proc.Wait(recv); err != nil {
+			return fmt.Errorf("receive into %s: %w", imp.dir, err)
+		}
+	} else {
+		args := []string{"send", "-q"}
+		if src.Parent != "" {
+			args = append(args, "-p", src.Parent)
+		}
+		send := proc.Command(ctx, "btrfs", append(args, src.Dir)...)
+		out, err := send.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		counted = &countingReader{r: out}
+		recv.Stdin = counted
+		if err := send.Start(); err != nil {
+			return fmt.Errorf("send %s: %w", src.Dir, err)
+		}
+		rerr := proc.Wait(recv)
+		if rerr != nil {
+			proc.KillGroup(send, unix.SIGTERM)
+		}
+		serr := proc.Wait(send)
+		if err := errors.Join(rerr, serr); err != nil {
+			return fmt.Errorf("send %s into %s: %w", src.Dir, imp.dir, err)
+		}
+		imp.method = "btrfs send | receive"
+		if src.Parent != "" {
+			imp.method = "btrfs send -p | receive"
+		}
+	}
+	imp.method += fmt.Sprintf(" (%d bytes)", counted.n)
+	des, err := os.ReadDir(imp.dir)
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	if len(des) != 1 {
+		return fmt.Errorf("receive into %s: got %d entries, want one subvolume", imp.dir, len(des))
+	}
+	imp.subvolume = filepath.Join(imp.dir, des[0].Name())
+	return nil
+}
+
+// discard deletes what is left of the import.
+func (imp *imported) discard(ctx context.Context) {
+	ctx = context.WithoutCancel(ctx)
+	if imp.subvolume != "" {
+		if err := imp.v.Backend.Delete(ctx, imp.subvolume); err != nil {
+			imp.v.Log.Warn("discard import", "err", err)
+		}
+	}
+	if err := imp.v.Backend.Delete(ctx, imp.dir); err != nil {
+		imp.v.Log.Warn("discard import", "err", err)
+	}
+	os.Remove(filepath.Join(filepath.Dir(imp.dir), workLockName(filepath.Base(imp.dir))))
+	imp.lock.Unlock()
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// isReadOnlySubvolume reports whether dir is a read-only btrfs subvolume.
+func isReadOnlySubvolume(ctx context.Context, dir string) (bool, error) {
+	sub, err := IsSubvolume(dir)
+	if err != nil || !sub {
+		return false, err
+	}
+	out, err := proc.Output(ctx, "btrfs", "property", "get", "-ts", dir, "ro")
+	if err != nil {
+		return false, fmt.Errorf("subvolume %s: %w", dir, err)
+	}
+	return string(out) == "ro=true\n", nil
+}
+
+// RemoveProgress is told, while Remove waits, which task snapshots it waits for.
+type RemoveProgress func(waiting []string, waited time.Duration)
+
+// Remove removes machine name from the volume in the manual's order:
+//
+//  1. Unlink its links, so that agents stop bootstrapping it and no new
+//     task snapshot of it survives (SnapshotForTask checks the link after
+//     snapshotting).
+//  2. Take the machine lock: wait for a bootstrap in progress.
+//  3. Wait until the running tasks' snapshots are gone (deleting those whose
+//     owner died), calling progress every second; ctx bounds the wait. On
+//     timeout the machine stays unlinked and Remove can be run again.
+//  4. Delete the bootstrapped machines, the revisions and the directory.
+func (v *Volume) Remove(ctx context.Context, name string, progress RemoveProgress) error {
+	if err := CheckName(name); err != nil {
+		return err
+	}
+	mdir := v.machineDir(name)
+	es, err := v.entries(name)
+	if err != nil {
+		return err
+	}
+	for _, e := range es {
+		if e.kind == kindLink {
+			if err := os.Remove(filepath.Join(mdir, e.name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("remove machine %s: %w", name, err)
+			}
+			v.Log.Info("machine unlinked", "machine", name, "link", e.name)
+		}
+	}
+	ml, err := lock(ctx, filepath.Join(mdir, lockFile))
+	if err != nil {
+		return fmt.Errorf("remove machine %s: %w", name, err)
+	}
+	defer ml.Unlock()
+
+	start := time.Now()
+	lastReport := time.Time{}
+	for {
+		busy, err := v.cleanWork(ctx, name)
+		if err != nil {
+			return err
+		}
+		if len(busy) == 0 {
+			break
+		}
+		if time.Since(lastReport) >= time.Second {
+			lastReport = time.Now()
+			if progress != nil {
+				progress(busy, time.Since(start))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("remove machine %s: still in use by %v: %w", name, busy, context.Cause(ctx))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if es, err = v.entries(name); err != nil {
+		return err
+	}
+	for _, e := range es {
+		p := filepath.Join(mdir, e.name)
+		if e.name == lockFile {
+			continue
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return fmt.Errorf("remove machine %s: %w", name, err)
+		}
+		if fi.IsDir() {
+			err = v.Backend.Delete(ctx, p)
+		} else {
+			err = os.Remove(p)
+		}
+		if err != nil {
+			return fmt.Errorf("remove machine %s: %w", name, err)
+		}
+	}
+	if err := os.RemoveAll(mdir); err != nil {
+		return fmt.Errorf("remove machine %s: %w", name, err)
+	}
+	v.Log.Info("machine removed", "machine", name)
+	return nil
+}
+
+// cleanWork deletes the task snapshots, bootstraps in progress and imports
+// of machine name whose owners are gone, and returns those still owned.
+func (v *Volume) cleanWork(ctx context.Context, name string) (busy []string, err error) {
+	mdir := v.machineDir(name)
+	es, err := v.entries(name)
+	if err != nil {
+		return nil, err
+	}
+	var work []string
+	for _, e := range es {
+		if e.kind == kindWork || isImport(e.name) {
+			work = append(work, e.name)
+		}
+		// A lock file whose directory is gone (or never came).
+		if w, ok := lockedWork(e.name); ok && !slices.ContainsFunc(es, func(x entry) bool { return x.name == w }) {
+			work = append(work, w)
+		}
+	}
+	for _, w := range work {
+		lp := filepath.Join(mdir, workLockName(w))
+		l, ok, err := tryLock(lp)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			busy = append(busy, w)
+			continue
+		}
+		err = v.deleteWork(ctx, filepath.Join(mdir, w))
+		os.Remove(lp)
+		l.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return busy, nil
+}
+
+// deleteWork deletes a work directory; an import may hold a received
+// subvolume inside it.
+func (v *Volume) deleteWork(ctx context.Context, dir string) error {
+	if isImport(filepath.Base(dir)) {
+		if des, err := os.ReadDir(dir); err == nil {
+			for _, de := range des {
+				if de.IsDir() {
+					if err := v.Backend.Delete(ctx, filepath.Join(dir, de.Name())); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	v.Log.Info("deleting stray machine directory", "dir", dir)
+	return v.Backend.Delete(ctx, dir)
+}
+
+func isImport(name string) bool {
+	return len(name) == len(".import-")+8 && name[:len(".import-")] == ".import-"
+}
+
+// lockedWork returns the work directory that lock file name is for.
+func lockedWork(name string) (string, bool) {
+	if len(name) < len("..lock") || name[0] != '.' || name[len(name)-5:] != ".lock" || name == lockFile {
+		return "", false
+	}
+	return name[1 : len(name)-5], true
+}
