@@ -1,0 +1,66 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/buildfarm/buildfarm/internal/testenv"
+)
+
+func TestDoctor(t *testing.T) {
+	testenv.NeedVM(t)
+	testenv.NeedRoot(t)
+	testenv.NeedProgram(t, "qemu-system-x86_64")
+	k := testenv.NeedKernel(t)
+	// A cache of its own, with the real guest kernel in it.
+	c := t.TempDir()
+	if err := os.Symlink(k.Dir, filepath.Join(c, "kernel")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("BUILDFARM_CACHE", c)
+
+	stdout, stderr, code := runCmd(t, "doctor")
+	t.Logf("doctor:\n%s", stdout)
+	if code != 0 {
+		t.Fatalf("doctor: exit %d, want 0\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	want := []string{
+		`^qemu +ok +QEMU emulator version \d+\.\d+`,
+		`^accel +ok +(tcg|kvm): .*probed in`,
+		`^btrfs +(ok|warn) `,
+		`^tftp +ok +UDP 127\.0\.0\.1:69 is free`,
+		`^kernel +ok +` + regexp.QuoteMeta(k.Version),
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("doctor printed %d lines, want %d:\n%s", len(lines), len(want), stdout)
+	}
+	for i, re := range want {
+		if !regexp.MustCompile(re).MatchString(lines[i]) {
+			t.Errorf("doctor line %d = %q, want to match %s", i+1, lines[i], re)
+		}
+	}
+	// The second time, the verdict comes from the cache.
+	stdout, _, code = runCmd(t, "doctor")
+	if code != 0 || !regexp.MustCompile(`(?m)^accel +ok +.*cached`).MatchString(stdout) {
+		t.Errorf("second doctor: exit %d, output:\n%s\nwant exit 0 and a cached accelerator verdict", code, stdout)
+	}
+}
+
+func TestDoctorNoKernel(t *testing.T) {
+	testenv.NeedVM(t)
+	t.Setenv("BUILDFARM_CACHE", t.TempDir())
+	stdout, _, code := runCmd(t, "doctor", "--tftp", "127.0.0.1:0")
+	if code != 1 {
+		t.Errorf("doctor without a guest kernel: exit %d, want 1", code)
+	}
+	if !regexp.MustCompile(`(?m)^kernel +FAIL .*scripts/deps`).MatchString(stdout) {
+		t.Errorf("doctor without a guest kernel printed:\n%s\nwant a FAIL kernel line saying to run scripts/deps", stdout)
+	}
+	if !regexp.MustCompile(`(?m)^tftp +ok +UDP 127\.0\.0\.1:0 is free`).MatchString(stdout) {
+		t.Errorf("doctor --tftp 127.0.0.1:0 printed:\n%s\nwant an ok tftp line", stdout)
+	}
+}

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/buildfarm/buildfarm/internal/qemu/guesttest"
+	"github.com/buildfarm/buildfarm/internal/testenv"
+)
+
+func runCmd(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(context.Background(), args, strings.NewReader(""), &out, &errb)
+	return out.String(), errb.String(), exitCode(err)
+}
+
+func TestWorkerStarted(t *testing.T) {
+	tests := []struct {
+		line string
+		want bool
+	}{
+		{"buildfarm-worker 0.1.0-dev: started", true},
+		{"[    2.1] buildfarm-worker v1.2.3: started  ", true},
+		{"init: starting buildfarm-worker (up 1.2s)", false},
+		{"buildfarm-worker 0.1: starting", false},
+		{"", false},
+	}
+	for _, tt := range tests {
+		if got := workerStarted(tt.line); got != tt.want {
+			t.Errorf("workerStarted(%q) = %v, want %v", tt.line, got, tt.want)
+		}
+	}
+}
+
+func TestVMBootTest(t *testing.T) {
+	testenv.NeedVM(t)
+	testenv.NeedProgram(t, "qemu-system-x86_64")
+	k := testenv.NeedKernel(t)
+	dir := guesttest.MachineDir(t, k)
+	stdout, stderr, code := runCmd(t, "vm", "boot-test", dir, "--accel", "tcg", "--timeout", "60")
+	if code != 0 {
+		t.Fatalf("vm boot-test %s: exit %d\nstdout:\n%s\nstderr:\n%s", dir, code, stdout, stderr)
+	}
+	t.Logf("vm boot-test:\n%s", stdout)
+	for _, re := range []string{
+		`(?m)^start: +\d+\.\d\ds  qemu pid \d+`,
+		`(?m)^first sign of life: +\d+\.\d\ds  ` + regexp.QuoteMeta(guesttest.StartedLine) + `$`,
+		`(?m)^power-off: +\d+\.\d\ds  clean`,
+		`(?m)^total: +\d+\.\d\ds$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(stdout) {
+			t.Errorf("vm boot-test output does not match %s:\n%s", re, stdout)
+		}
+	}
+}
+
+func TestVMBootTestNotAMachine(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(dir+"/manifest", []byte(": 1\n"), 0o644)
+	_, stderr, code := runCmd(t, "vm", "boot-test", dir, "--accel", "tcg")
+	if code != 1 || !strings.Contains(stderr, "not a machine directory") {
+		t.Errorf("vm boot-test on a directory without kernel or disk: exit %d, stderr %q, want 1 and an error saying so", code, stderr)
+	}
+}
