@@ -1,0 +1,78 @@
+package worker
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// Mode is what the worker was started to do.
+type Mode string
+
+const (
+	ModeBuild     Mode = "build"
+	ModeBootstrap Mode = "bootstrap"
+)
+
+// Config is the worker's configuration.
+type Config struct {
+	TFTP      string // HOST:PORT of the agent's TFTP server
+	Mode      Mode
+	Dir       string // the work directory: sources, toolchain, install
+	BlockSize int    // TFTP block size
+	LogLimit  int    // bytes of each operation's log kept in the result
+}
+
+// DefaultConfig is the configuration of a worker in a guest with user-mode
+// networking, where the host (the agent's namespace) is 10.0.2.2.
+func DefaultConfig() Config {
+	return Config{
+		TFTP:      "10.0.2.2:69",
+		Mode:      ModeBuild,
+		Dir:       "/build",
+		BlockSize: 65464,
+		LogLimit:  512 << 10,
+	}
+}
+
+// ParseCmdline applies the buildfarm.* parameters of a kernel command line
+// to c. Other parameters are ignored; a bad buildfarm.* value is an error
+// naming it.
+func (c *Config) ParseCmdline(cmdline string) error {
+	for _, f := range strings.Fields(cmdline) {
+		name, value, ok := strings.Cut(f, "=")
+		if !ok || !strings.HasPrefix(name, "buildfarm.") {
+			continue
+		}
+		switch name {
+		case "buildfarm.tftp":
+			if _, _, err := net.SplitHostPort(value); err != nil {
+				value = net.JoinHostPort(value, "69")
+			}
+			if _, _, err := net.SplitHostPort(value); err != nil {
+				return fmt.Errorf("kernel parameter %s: %w", f, err)
+			}
+			c.TFTP = value
+		case "buildfarm.mode":
+			switch Mode(value) {
+			case ModeBuild, ModeBootstrap:
+				c.Mode = Mode(value)
+			default:
+				return fmt.Errorf("kernel parameter %s: mode must be build or bootstrap", f)
+			}
+		case "buildfarm.dir":
+			if !strings.HasPrefix(value, "/") {
+				return fmt.Errorf("kernel parameter %s: not an absolute path", f)
+			}
+			c.Dir = value
+		case "buildfarm.blksize":
+			n, err := strconv.Atoi(value)
+			if err != nil || n < 8 || n > 65464 {
+				return fmt.Errorf("kernel parameter %s: block size must be 8 to 65464", f)
+			}
+			c.BlockSize = n
+		}
+	}
+	return nil
+}

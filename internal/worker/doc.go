@@ -1,0 +1,26 @@
+// Package worker is what runs inside a guest VM: it talks to the agent over
+// TFTP only, and does one of two jobs.
+//
+// In build mode it downloads the task manifest (task.manifest) and the
+// sources archive the task names (buildfarm-archive), unpacks the sources,
+// runs the task's operations (configure, update, test, install: one shell
+// command each, in that order) each with its exit status, log and duration,
+// and uploads the result manifest (result.manifest) with the logs inside.
+// A failing operation is an error and ends the build; a worker that cannot
+// go on (no task, no sources) reports abort.
+//
+// In bootstrap mode it downloads toolchain.manifest, a list of files with
+// their SHA-256 sums, fetches and verifies each, installs them under
+// DIR/toolchain (a .tar.gz is unpacked), and uploads bootstrap.manifest with
+// the versions of what it installed.
+//
+// Throughout, it uploads a small progress manifest (progress) as each step
+// starts and ends, so the agent can show what the guest is doing.
+//
+// Configuration comes from the kernel command line (/proc/cmdline):
+//
+//	buildfarm.tftp=HOST[:PORT]      the agent's TFTP server (10.0.2.2:69)
+//	buildfarm.mode=build|bootstrap  what to do (build)
+//	buildfarm.dir=DIR               the work directory (/build)
+//	buildfarm.blksize=N             TFTP block size (65464)
+package worker

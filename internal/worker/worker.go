@@ -1,0 +1,311 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/archive"
+	"github.com/buildfarm/buildfarm/internal/buildinfo"
+	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/tftp"
+)
+
+// The files the worker and the agent exchange, named as the worker asks
+// for them; the agent's TFTP rules map them into its get/ and put/ dirs.
+const (
+	TaskFile      = "task.manifest"
+	ResultFile    = "result.manifest"
+	ProgressFile  = "progress"
+	ToolchainFile = "toolchain.manifest"
+	BootstrapFile = "bootstrap.manifest"
+)
+
+// Version is the worker's protocol version, reported in the bootstrap
+// manifest as buildfarm-worker-version. Raise it when the worker changes in
+// a way that machines bootstrapped by an older worker must be bootstrapped
+// again: the agent compares it with its own.
+const Version = 1
+
+// VersionTool is the tool name the worker reports its Version under.
+const VersionTool = "buildfarm-worker"
+
+// Worker runs one build or one bootstrap. It holds no state between runs.
+type Worker struct {
+	cfg  Config
+	log  *slog.Logger
+	seq  int
+	opts tftp.Options
+}
+
+// New returns a worker with cfg that logs to log.
+func New(cfg Config, log *slog.Logger) *Worker {
+	return &Worker{
+		cfg:  cfg,
+		log:  log,
+		opts: tftp.Options{BlockSize: cfg.BlockSize, Timeout: 2 * time.Second, Retries: 5},
+	}
+}
+
+// Run does the job the configuration names.
+func (w *Worker) Run(ctx context.Context) error {
+	switch w.cfg.Mode {
+	case ModeBootstrap:
+		return w.Bootstrap(ctx)
+	case ModeBuild, "":
+		return w.Build(ctx)
+	}
+	return fmt.Errorf("unknown mode %q", w.cfg.Mode)
+}
+
+func (w *Worker) get(ctx context.Context, remote string, dst io.Writer) error {
+	if _, err := tftp.Get(ctx, w.cfg.TFTP, remote, dst, w.opts); err != nil {
+		return fmt.Errorf("get %s from %s: %w", remote, w.cfg.TFTP, err)
+	}
+	return nil
+}
+
+func (w *Worker) put(ctx context.Context, remote string, data []byte) error {
+	if err := tftp.Put(ctx, w.cfg.TFTP, remote, bytes.NewReader(data), int64(len(data)), w.opts); err != nil {
+		return fmt.Errorf("put %s to %s: %w", remote, w.cfg.TFTP, err)
+	}
+	return nil
+}
+
+func (w *Worker) putManifests(ctx context.Context, remote string, ms ...manifest.Manifest) error {
+	var b bytes.Buffer
+	if err := manifest.Serialize(&b, ms); err != nil {
+		return fmt.Errorf("serialize %s: %w", remote, err)
+	}
+	return w.put(ctx, remote, b.Bytes())
+}
+
+// progress tells the agent, best effort, that step has reached state.
+func (w *Worker) progress(ctx context.Context, step, state string, extra ...manifest.Pair) {
+	w.seq++
+	m := manifest.Manifest{
+		{Name: "", Value: "1"},
+		{Name: "sequence", Value: fmt.Sprint(w.seq)},
+		{Name: "step", Value: step},
+		{Name: "state", Value: state},
+	}
+	m = append(m, extra...)
+	w.log.Info("progress", "step", step, "state", state)
+	if err := w.putManifests(ctx, ProgressFile, m); err != nil {
+		w.log.Warn("progress not delivered", "err", err)
+	}
+}
+
+// Build runs the build task the agent serves.
+func (w *Worker) Build(ctx context.Context) error {
+	// 1. Fetch the task manifest. Without it there is nothing to report
+	//    a result for: the agent sees the guest stop without a result.
+	// 2. Fetch and unpack the sources; failing that, the result is abort.
+	// 3. Run the operations in order; the first that fails ends the build.
+	// 4. Upload the result manifest.
+	w.progress(ctx, "task", "fetching")
+	var tb bytes.Buffer
+	if err := w.get(ctx, TaskFile, &tb); err != nil {
+		return err
+	}
+	ms, err := manifest.Parse(&tb, TaskFile)
+	if err != nil {
+		return err
+	}
+	if len(ms) != 1 {
+		return fmt.Errorf("%s: %d manifests, want 1", TaskFile, len(ms))
+	}
+	task, err := manifest.ParseTask(ms[0], TaskFile, manifest.Lenient)
+	if err != nil {
+		return err
+	}
+	w.log.Info("task", "name", task.Name, "version", task.Version, "steps", len(task.Steps))
+
+	warnings, err := task.WarningRegexps()
+	if err != nil {
+		return fmt.Errorf("%s: %w", TaskFile, err)
+	}
+	res := &manifest.Result{Name: task.Name, Version: task.Version, Status: manifest.StatusSuccess}
+	src := filepath.Join(w.cfg.Dir, "src")
+	if err := w.fetchSources(ctx, task, src); err != nil {
+		op := "configure"
+		if len(task.Steps) > 0 {
+			op = task.Steps[0].Operation
+		}
+		w.log.Error("sources", "err", err)
+		res.Results = append(res.Results, manifest.OperationResult{
+			Operation: op, Status: manifest.StatusAbort, Log: err.Error() + "\n",
+		})
+		res.Status = manifest.StatusAbort
+	} else {
+		for _, s := range task.Steps {
+			r := w.runStep(ctx, s, src, task, warnings)
+			res.Results = append(res.Results, r)
+			res.Status = res.Status.Merge(r.Status)
+			if r.Status != manifest.StatusSuccess && r.Status != manifest.StatusWarning {
+				break
+			}
+		}
+	}
+	if err := w.putManifests(ctx, ResultFile, res.Manifest()); err != nil {
+		return err
+	}
+	w.log.Info("result uploaded", "status", res.Status.String())
+	return nil
+}
+
+// fetchSources downloads the task's archive and unpacks it into dir.
+func (w *Worker) fetchSources(ctx context.Context, task *manifest.Task, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if task.Archive == "" {
+		return nil
+	}
+	w.progress(ctx, "sources", "fetching", manifest.Pair{Name: "archive", Value: task.Archive})
+	f, err := os.CreateTemp(w.cfg.Dir, "sources-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if err := w.get(ctx, task.Archive, f); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	if err := archive.Unpack(f, dir); err != nil {
+		return fmt.Errorf("unpack %s: %w", task.Archive, err)
+	}
+	return nil
+}
+
+// runStep runs one operation of the task in dir and returns its result.
+func (w *Worker) runStep(ctx context.Context, s manifest.Step, dir string, task *manifest.Task, warnings []*regexp.Regexp) manifest.OperationResult {
+	w.progress(ctx, s.Operation, "started", manifest.Pair{Name: "command", Value: s.Command})
+	log := newCapBuffer(w.cfg.LogLimit)
+	fmt.Fprintf(log, "$ %s\n", s.Command)
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", s.Command)
+	cmd.Dir = dir
+	cmd.Stdout = log
+	cmd.Stderr = log
+	cmd.Env = append(os.Environ(),
+		"BUILDFARM_OPERATION="+s.Operation,
+		"BUILDFARM_TARGET="+task.Target,
+		"BUILDFARM_DIR="+w.cfg.Dir,
+		"PATH="+filepath.Join(w.cfg.Dir, "toolchain", "bin")+":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+	)
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	d := time.Since(start).Round(time.Millisecond)
+	st := manifest.StatusSuccess
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		if matchAny(warnings, log.String()) {
+			st = manifest.StatusWarning
+		}
+	case errors.As(err, &ee) && ee.Exited():
+		st = manifest.StatusError
+		fmt.Fprintf(log, "%s: exit status %d\n", s.Operation, ee.ExitCode())
+	default:
+		st = manifest.StatusAbort
+		fmt.Fprintf(log, "%s: %v\n", s.Operation, err)
+	}
+	w.progress(ctx, s.Operation, "finished",
+		manifest.Pair{Name: "status", Value: st.String()},
+		manifest.Pair{Name: "duration", Value: d.String()})
+	return manifest.OperationResult{Operation: s.Operation, Status: st, Log: log.String()}
+}
+
+// Bootstrap installs the toolchain the agent serves and reports its
+// versions.
+func (w *Worker) Bootstrap(ctx context.Context) error {
+	// 1. Fetch toolchain.manifest: the toolchain id and its files with
+	//    their SHA-256 sums.
+	// 2. Fetch each file, verify its sum, install it under DIR/toolchain.
+	// 3. Upload bootstrap.manifest.
+	w.progress(ctx, "toolchain", "fetching")
+	var tb bytes.Buffer
+	if err := w.get(ctx, ToolchainFile, &tb); err != nil {
+		return err
+	}
+	tc, err := ParseToolchainFiles(&tb, ToolchainFile)
+	if err != nil {
+		return err
+	}
+	dest := filepath.Join(w.cfg.Dir, "toolchain")
+	if err := os.MkdirAll(dest, 0o755); err != nil {
+		return err
+	}
+	for _, f := range tc.Files {
+		w.progress(ctx, "toolchain", "fetching", manifest.Pair{Name: "file", Value: f.Name})
+		if err := w.install(ctx, f, dest); err != nil {
+			return err
+		}
+	}
+	bs := manifest.Bootstrap{Versions: []manifest.ToolVersion{{Tool: VersionTool, Version: Version}}}
+	if err := w.putManifests(ctx, BootstrapFile, bs.Manifest()); err != nil {
+		return err
+	}
+	w.log.Info("bootstrapped", "toolchain", tc.ID, "files", len(tc.Files), "worker", buildinfo.String())
+	return nil
+}
+
+// install fetches f into dest, verifying its sum; a .tar.gz is unpacked.
+func (w *Worker) install(ctx context.Context, f ToolchainFileEntry, dest string) error {
+	tmp, err := os.CreateTemp(dest, ".fetch-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	h := sha256.New()
+	if err := w.get(ctx, f.Name, io.MultiWriter(tmp, h)); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 {
+		return fmt.Errorf("toolchain file %s: sha256 %s, want %s", f.Name, got, f.SHA256)
+	}
+	if strings.HasSuffix(f.Name, ".tar.gz") || strings.HasSuffix(f.Name, ".tgz") {
+		if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		if err := archive.Unpack(tmp, dest); err != nil {
+			return fmt.Errorf("unpack %s: %w", f.Name, err)
+		}
+		return nil
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dest, filepath.Base(f.Name)))
+}
+
+// matchAny reports whether a line of log matches one of res.
+func matchAny(res []*regexp.Regexp, log string) bool {
+	if len(res) == 0 {
+		return false
+	}
+	for line := range strings.Lines(log) {
+		for _, re := range res {
+			if re.MatchString(line) {
+				return true
+			}
+		}
+	}
+	return false
+}
