@@ -103,10 +103,10 @@ func readResult(t *testing.T, session string) *manifest.Result {
 
 func TestBuildExamples(t *testing.T) {
 	tests := []struct {
-		example  string
-		status   manifest.Status
-		ops      map[string]manifest.Status
-		inLog    map[string]string
+		example string
+		status  manifest.Status
+		ops     map[string]manifest.Status
+		inLog   map[string]string
 	}{
 		{
 			example: "hello",
@@ -249,4 +249,3 @@ func TestParseToolchainFiles(t *testing.T) {
 		}
 	}
 }
-
