@@ -22,7 +22,7 @@ func TestDoctor(t *testing.T) {
 	}
 	t.Setenv("BUILDFARM_CACHE", c)
 
-	stdout, stderr, code := runCmd(t, "doctor")
+	stdout, stderr, code := runManifest(t, "", "doctor")
 	t.Logf("doctor:\n%s", stdout)
 	if code != 0 {
 		t.Fatalf("doctor: exit %d, want 0\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
@@ -44,7 +44,7 @@ func TestDoctor(t *testing.T) {
 		}
 	}
 	// The second time, the verdict comes from the cache.
-	stdout, _, code = runCmd(t, "doctor")
+	stdout, _, code = runManifest(t, "", "doctor")
 	if code != 0 || !regexp.MustCompile(`(?m)^accel +ok +.*cached`).MatchString(stdout) {
 		t.Errorf("second doctor: exit %d, output:\n%s\nwant exit 0 and a cached accelerator verdict", code, stdout)
 	}
@@ -53,7 +53,7 @@ func TestDoctor(t *testing.T) {
 func TestDoctorNoKernel(t *testing.T) {
 	testenv.NeedVM(t)
 	t.Setenv("BUILDFARM_CACHE", t.TempDir())
-	stdout, _, code := runCmd(t, "doctor", "--tftp", "127.0.0.1:0")
+	stdout, _, code := runManifest(t, "", "doctor", "--tftp", "127.0.0.1:0")
 	if code != 1 {
 		t.Errorf("doctor without a guest kernel: exit %d, want 1", code)
 	}

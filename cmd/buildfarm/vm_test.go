@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"os"
 	"regexp"
 	"strings"
@@ -11,13 +9,6 @@ import (
 	"github.com/buildfarm/buildfarm/internal/qemu/guesttest"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
-
-func runCmd(t *testing.T, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	err := run(context.Background(), args, strings.NewReader(""), &out, &errb)
-	return out.String(), errb.String(), exitCode(err)
-}
 
 func TestWorkerStarted(t *testing.T) {
 	tests := []struct {
@@ -42,7 +33,7 @@ func TestVMBootTest(t *testing.T) {
 	testenv.NeedProgram(t, "qemu-system-x86_64")
 	k := testenv.NeedKernel(t)
 	dir := guesttest.MachineDir(t, k)
-	stdout, stderr, code := runCmd(t, "vm", "boot-test", dir, "--accel", "tcg", "--timeout", "60")
+	stdout, stderr, code := runManifest(t, "", "vm", "boot-test", dir, "--accel", "tcg", "--timeout", "60")
 	if code != 0 {
 		t.Fatalf("vm boot-test %s: exit %d\nstdout:\n%s\nstderr:\n%s", dir, code, stdout, stderr)
 	}
@@ -62,7 +53,7 @@ func TestVMBootTest(t *testing.T) {
 func TestVMBootTestNotAMachine(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(dir+"/manifest", []byte(": 1\n"), 0o644)
-	_, stderr, code := runCmd(t, "vm", "boot-test", dir, "--accel", "tcg")
+	_, stderr, code := runManifest(t, "", "vm", "boot-test", dir, "--accel", "tcg")
 	if code != 1 || !strings.Contains(stderr, "not a machine directory") {
 		t.Errorf("vm boot-test on a directory without kernel or disk: exit %d, stderr %q, want 1 and an error saying so", code, stderr)
 	}
