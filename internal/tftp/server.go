@@ -454,7 +454,7 @@ func (v *serving) read(ctx context.Context, l *link, req *RequestPacket, resolve
 	// O_NONBLOCK: opening a FIFO must not hang the transfer.
 	f, err := v.root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return 0, errors.Join(refuse(l, openError(req.Filename, err)), err)
+		return 0, fmt.Errorf("%w (%w)", refuse(l, openError(req.Filename, err)), err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
@@ -566,7 +566,7 @@ func (v *serving) write(ctx context.Context, l *link, req *RequestPacket, resolv
 	f, err := v.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		e := openError(req.Filename, err)
-		return 0, nil, errors.Join(refuse(l, e), err)
+		return 0, nil, fmt.Errorf("%w (%w)", refuse(l, e), err)
 	}
 	pw := &putWriter{s: s, w: f}
 	bw := bufio.NewWriterSize(pw, 256<<10)
