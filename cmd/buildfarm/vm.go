@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/buildfarm/buildfarm/internal/accel"
+	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 )
 
@@ -58,6 +59,24 @@ func machineConfig(dir string) (qemu.Config, error) {
 	if cfg.Kernel == "" && len(cfg.Drives) == 0 {
 		return cfg, fmt.Errorf("machine %s: neither kernel nor disk.img: not a machine directory", dir)
 	}
+	// The machine manifest, when there is one, gives the MAC and extra
+	// QEMU options.
+	ms, err := manifest.ReadFile(filepath.Join(dir, "manifest"))
+	if errors.Is(err, os.ErrNotExist) {
+		return cfg, nil
+	}
+	if err != nil {
+		return cfg, err
+	}
+	if len(ms) != 1 {
+		return cfg, fmt.Errorf("machine %s: manifest holds %d manifests, want 1", dir, len(ms))
+	}
+	m, err := manifest.ParseMachine(ms[0], filepath.Join(dir, "manifest"), manifest.Lenient)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Net.MAC = m.MAC
+	cfg.Extra = m.UnquotedOptions()
 	return cfg, nil
 }
 

@@ -2,10 +2,14 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/qemu/guesttest"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
@@ -56,5 +60,34 @@ func TestVMBootTestNotAMachine(t *testing.T) {
 	_, stderr, code := runManifest(t, "", "vm", "boot-test", dir, "--accel", "tcg")
 	if code != 1 || !strings.Contains(stderr, "not a machine directory") {
 		t.Errorf("vm boot-test on a directory without kernel or disk: exit %d, stderr %q, want 1 and an error saying so", code, stderr)
+	}
+}
+
+func TestMachineConfig(t *testing.T) {
+	dir := t.TempDir()
+	for name, data := range map[string]string{
+		"kernel":   "k",
+		"initrd":   "i",
+		"cmdline":  "console=ttyS0 quiet\n",
+		"disk.img": "",
+		"manifest": ": 1\nid: m-1.0\nname: m\nsummary: a machine\ntype: kvm\nmac: 00:01:02:03:04:0b\noptions: -device virtio-rng-pci\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := machineConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := qemu.Config{
+		Name:   filepath.Base(dir),
+		Kernel: filepath.Join(dir, "kernel"), Initrd: filepath.Join(dir, "initrd"), Append: "console=ttyS0 quiet",
+		Drives: []qemu.Drive{{Path: filepath.Join(dir, "disk.img")}},
+		Net:    qemu.Net{MAC: "00:01:02:03:04:0b"},
+		Extra:  []string{"-device", "virtio-rng-pci"},
+	}
+	if diff := cmp.Diff(want, cfg); diff != "" {
+		t.Errorf("machineConfig(%s) differs (-want +got):\n%s", dir, diff)
 	}
 }

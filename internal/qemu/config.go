@@ -22,7 +22,6 @@
 package qemu
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -110,7 +109,7 @@ type Config struct {
 	VNC       string // optional VNC display, for example 127.0.0.1:1 or unix:PATH
 	NoReboot  bool   // exit instead of rebooting (a guest reboot ends the VM)
 	Paused    bool   // start with the CPUs stopped (-S), to be resumed over QMP
-	Extra     []string
+	Extra     []string // more QEMU arguments, for example a machine manifest's options
 
 	// NetNS is the network namespace file (for example
 	// /run/netns/bf-123-1) to run QEMU in; empty for the caller's.
@@ -261,45 +260,4 @@ func (c *Config) Args() ([]string, error) {
 		a = append(a, "-S")
 	}
 	return append(a, c.Extra...), nil
-}
-
-// ErrUnterminatedQuote is returned by SplitOptions for an unterminated quote.
-var ErrUnterminatedQuote = errors.New("unterminated quote in QEMU options")
-
-// SplitOptions splits extra QEMU options as a machine manifest's options
-// field holds them (space-separated, with "..." or '...' quoting) into
-// arguments.
-func SplitOptions(s string) ([]string, error) {
-	var args []string
-	var cur strings.Builder
-	in := false
-	var quote rune
-	for _, r := range s {
-		switch {
-		case quote != 0:
-			if r == quote {
-				quote = 0
-			} else {
-				cur.WriteRune(r)
-			}
-		case r == '"' || r == '\'':
-			quote, in = r, true
-		case r == ' ' || r == '\t' || r == '\n':
-			if in {
-				args = append(args, cur.String())
-				cur.Reset()
-				in = false
-			}
-		default:
-			cur.WriteRune(r)
-			in = true
-		}
-	}
-	if quote != 0 {
-		return nil, fmt.Errorf("%q: %w", s, ErrUnterminatedQuote)
-	}
-	if in {
-		args = append(args, cur.String())
-	}
-	return args, nil
 }

@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -134,26 +133,5 @@ func TestParseArch(t *testing.T) {
 		if got != tt.want || (err != nil) != tt.err {
 			t.Errorf("ParseArch(%q) = %q, %v, want %q (error %v)", tt.in, got, err, tt.want, tt.err)
 		}
-	}
-}
-
-func TestSplitOptions(t *testing.T) {
-	tests := []struct {
-		in   string
-		want []string
-	}{
-		{"", nil},
-		{"-device virtio-rng-pci", []string{"-device", "virtio-rng-pci"}},
-		{"  -append 'a b'  -x \"c d\"e ", []string{"-append", "a b", "-x", "c de"}},
-		{"-a ''", []string{"-a", ""}},
-	}
-	for _, tt := range tests {
-		got, err := SplitOptions(tt.in)
-		if err != nil || !cmp.Equal(got, tt.want) {
-			t.Errorf("SplitOptions(%q) = %q, %v, want %q", tt.in, got, err, tt.want)
-		}
-	}
-	if _, err := SplitOptions("-a 'b"); !errors.Is(err, ErrUnterminatedQuote) {
-		t.Errorf("SplitOptions(unterminated) = %v, want ErrUnterminatedQuote", err)
 	}
 }
