@@ -103,12 +103,12 @@ type Config struct {
 
 	Net Net
 
-	SerialLog string // the guest's serial console goes to this file
-	SerialPTY bool   // and to a pty as well (Info tells which)
-	QMPSocket string // the QMP unix socket
-	VNC       string // optional VNC display, for example 127.0.0.1:1 or unix:PATH
-	NoReboot  bool   // exit instead of rebooting (a guest reboot ends the VM)
-	Paused    bool   // start with the CPUs stopped (-S), to be resumed over QMP
+	SerialLog string   // the guest's serial console goes to this file
+	SerialPTY bool     // and to a pty as well (Info tells which)
+	QMPSocket string   // the QMP unix socket
+	VNC       string   // optional VNC display, for example 127.0.0.1:1 or unix:PATH
+	NoReboot  bool     // exit instead of rebooting (a guest reboot ends the VM)
+	Paused    bool     // start with the CPUs stopped (-S), to be resumed over QMP
 	Extra     []string // more QEMU arguments, for example a machine manifest's options
 
 	// NetNS is the network namespace file (for example

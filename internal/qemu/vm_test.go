@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -479,5 +480,32 @@ func TestParentDeath(t *testing.T) {
 			t.Fatalf("QEMU %d still alive 5 s after its parent was killed", pid)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestInfoPTYAndVNC(t *testing.T) {
+	cfg := paused("info")
+	cfg.SerialPTY = true
+	cfg.VNC = "127.0.0.1:40,to=99" // the first free display from 40 on
+	vm := start(t, cfg)
+	info := vm.Info()
+	if !strings.HasPrefix(info.SerialPTY, "/dev/pts/") {
+		t.Errorf("Info().SerialPTY = %q, want a /dev/pts/ path", info.SerialPTY)
+	} else if _, err := os.Stat(info.SerialPTY); err != nil {
+		t.Errorf("Info().SerialPTY: %v", err)
+	}
+	host, port, err := net.SplitHostPort(info.VNC)
+	if n, _ := strconv.Atoi(port); err != nil || host != "127.0.0.1" || n < 5940 || n > 5999 {
+		t.Fatalf("Info().VNC = %q, want 127.0.0.1:59xx", info.VNC)
+	}
+	c, err := net.DialTimeout("tcp", info.VNC, 2*time.Second)
+	if err != nil {
+		t.Fatalf("dial VNC %s: %v", info.VNC, err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	b := make([]byte, 12)
+	if _, err := io.ReadFull(c, b); err != nil || !strings.HasPrefix(string(b), "RFB ") {
+		t.Errorf("VNC greeting = %q, %v, want RFB", b, err)
 	}
 }
