@@ -26,7 +26,8 @@ or "-"), validates it as a manifest of TYPE with the field names and value
 syntax of build2's bbot and brep, and prints it serialized: the known fields
 in the order build2 writes them.
 
-TYPE is one of: ` + strings.Join(manifest.Kinds, ", ") + `.
+TYPE is one of:
+  ` + strings.Join(manifest.Kinds, ", ") + `.
 task-request, task-response and result-request are streams: a header
 manifest followed by the machine headers, the task or the result.
 

@@ -150,7 +150,7 @@ func ParseTask(m Manifest, file string, mode Mode) (*Task, error) {
 			err = f.set(p, &t.DependencyChecksum, word)
 		case n == "machine":
 			err = f.set(p, &t.Machine, word)
-		case n == auxMachinePrefix || strings.HasPrefix(n, auxMachinePrefix+"-"):
+		case n == auxMachinePrefix || strings.HasPrefix(n, auxMachinePrefix+"-") && len(n) > len(auxMachinePrefix)+1:
 			if err = f.once(p); err != nil {
 				break
 			}

@@ -53,6 +53,7 @@ func TestCheckErrors(t *testing.T) {
 		{"task bad tests", "task", taskBase + "tests: * -tests\n", f + "7:1: error: task manifest: invalid 'tests' value '* -tests'"},
 		{"task empty requires", "task", taskBase + "requires:\n", f + "7:1: error: task manifest: invalid 'requires' value '': empty value"},
 		{"task auxiliary machine twice", "task", taskBase + "auxiliary-machine-db: a\nauxiliary-machine-db: b\n", f + "8:1: error: task manifest: redefinition of 'auxiliary-machine-db'"},
+		{"task auxiliary machine without a name", "task", taskBase + "auxiliary-machine: a\nauxiliary-machine-: b\n", f + "8:1: error: task manifest: unknown field 'auxiliary-machine-'"},
 		{"task bad target", "task", strings.Replace(taskBase, "x86_64-linux-gnu", "x86_64", 1), f + "6:1: error: task manifest: invalid 'target' value 'x86_64': not a target triplet"},
 		{"task bad auxiliary-environment", "task", taskBase + "auxiliary-environment: DB HOST=1\n", f + "7:1: error: task manifest: invalid 'auxiliary-environment' value 'DB HOST=1': line 1"},
 		{"task unterminated target-config", "task", taskBase + "target-config: a=\"-O2\n", f + "7:1: error: task manifest: invalid 'target-config' value 'a=\"-O2': unterminated quoted string"},
