@@ -117,6 +117,10 @@ type Candidate struct {
 	Bootstrap *Bootstrapping
 }
 
+// testHookSnapshotted, when set by a test, runs between the snapshot of
+// the revision and the second look at the link.
+var testHookSnapshotted func(v *Volume, name string)
+
 // linkRetries bounds how often Enumerate snapshots a machine again
 // because its link moved while it did.
 const linkRetries = 10
@@ -206,6 +210,9 @@ func (v *Volume) enumerate(ctx context.Context, name, tc string, want Want) (_ *
 			return nil, err
 		}
 		w, err := v.newWork(ctx, name, tc, rdir)
+		if testHookSnapshotted != nil {
+			testHookSnapshotted(v, name)
+		}
 		r2, _, err2 := v.Current(name)
 		if err == nil && err2 == nil && r2 == r {
 			rev, work = r, w

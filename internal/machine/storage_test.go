@@ -123,12 +123,12 @@ func TestLifecycle(t *testing.T) {
 
 			// Add: revision 1.0, read-only, linked.
 			makeMachine(t, filepath.Join(src, "r1"), "m", "id1", 'a')
-			rev, err := v.Add(ctx, "m", Source{Dir: filepath.Join(src, "r1")})
+			inst, err := v.Add(ctx, "m", Source{Dir: filepath.Join(src, "r1")})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rev != (Revision{1, 0}) {
-				t.Errorf("Add = revision %v, want 1.0", rev)
+			if inst.Revision != (Revision{1, 0}) || inst.Dir != filepath.Join(mdir, "m-1.0") {
+				t.Errorf("Add = %+v, want revision 1.0 in m-1.0", inst)
 			}
 			if l, err := os.Readlink(filepath.Join(mdir, "m-1")); err != nil || l != "m-1.0" {
 				t.Errorf("link m-1 = %q, %v; want m-1.0", l, err)
@@ -171,8 +171,8 @@ func TestLifecycle(t *testing.T) {
 			// Upgrade while the task runs: the task keeps its machine,
 			// the next bootstrap and the next task get the new one.
 			makeMachine(t, filepath.Join(src, "r2"), "m", "id2", 'b')
-			if rev, err := v.Upgrade(ctx, "m", Source{Dir: filepath.Join(src, "r2")}); err != nil || rev != (Revision{1, 1}) {
-				t.Fatalf("Upgrade = %v, %v; want 1.1", rev, err)
+			if inst, err := v.Upgrade(ctx, "m", Source{Dir: filepath.Join(src, "r2")}); err != nil || inst.Revision != (Revision{1, 1}) {
+				t.Fatalf("Upgrade = %+v, %v; want 1.1", inst, err)
 			}
 			if l, _ := os.Readlink(filepath.Join(mdir, "m-1")); l != "m-1.1" {
 				t.Errorf("after Upgrade m-1 -> %q, want m-1.1", l)

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -172,13 +173,13 @@ type Source struct {
 // links <name>-<P> to it. The sequence is safe on a live host: the revision
 // is made under a temporary name and only the link's appearance, last,
 // makes it visible to agents.
-func (v *Volume) Add(ctx context.Context, name string, src Source) (Revision, error) {
+func (v *Volume) Add(ctx context.Context, name string, src Source) (*Installed, error) {
 	if err := CheckName(name); err != nil {
-		return Revision{}, err
+		return nil, err
 	}
 	mdir := v.machineDir(name)
 	if err := os.MkdirAll(mdir, 0o755); err != nil {
-		return Revision{}, fmt.Errorf("add machine %s: %w", name, err)
+		return nil, fmt.Errorf("add machine %s: %w", name, err)
 	}
 	return v.install(ctx, name, src, true)
 }
@@ -189,66 +190,77 @@ func (v *Volume) Add(ctx context.Context, name string, src Source) (Revision, er
 // agents bootstrap the new revision when they next enumerate. The previous
 // revision is kept (for a rollback, and as the parent of incremental
 // sends); older ones are deleted.
-func (v *Volume) Upgrade(ctx context.Context, name string, src Source) (Revision, error) {
+func (v *Volume) Upgrade(ctx context.Context, name string, src Source) (*Installed, error) {
 	if err := CheckName(name); err != nil {
-		return Revision{}, err
+		return nil, err
 	}
 	if _, _, err := v.Current(name); err != nil {
-		return Revision{}, fmt.Errorf("upgrade: %w", err)
+		return nil, fmt.Errorf("upgrade: %w", err)
 	}
 	return v.install(ctx, name, src, false)
 }
 
+// Installed is a revision made by Add or Upgrade.
+type Installed struct {
+	Revision Revision
+	Dir      string // <name>-<P>.<R>
+	// Method says how it was made: "copy", "reflink", "btrfs snapshot",
+	// "btrfs send | receive (N bytes)", "btrfs send -p | receive (N bytes)",
+	// "btrfs receive (N bytes)".
+	Method string
+}
+
 // install is Add (add) or Upgrade:
 //
-//  1. Import src into a temporary directory of the machine, read-only,
-//     holding that directory's lock so that CleanStray leaves it be.
-//  2. Take the machine lock; check that the machine is new (add) or still
-//     there (upgrade); pick the next revision number.
-//  3. Rename the import to <name>-<P>.<R>.
+//  1. Take the machine lock (waiting for a bootstrap in progress); check
+//     that the machine is new (add) or there (upgrade).
+//  2. Import src, read-only, under a temporary name in the machine
+//     directory (a btrfs receive: under the name the stream gives it),
+//     holding that name's own lock so that CleanStray leaves it be.
+//  3. Pick the next revision number; rename the import to <name>-<P>.<R>
+//     (within the directory: a read-only subvolume cannot move to another).
 //  4. Switch the link: a new symlink under a temporary name, renamed over
 //     <name>-<P>.
 //  5. Upgrade: delete revisions older than the previous one.
-func (v *Volume) install(ctx context.Context, name string, src Source, add bool) (Revision, error) {
+func (v *Volume) install(ctx context.Context, name string, src Source, add bool) (*Installed, error) {
 	mdir := v.machineDir(name)
-	imp, err := v.importSource(ctx, name, src)
-	if err != nil {
-		return Revision{}, err
-	}
-	defer imp.discard(ctx)
-
 	ml, err := lock(ctx, filepath.Join(mdir, lockFile))
 	if err != nil {
-		return Revision{}, err
+		return nil, err
 	}
 	defer ml.Unlock()
+	if !add {
+		if _, _, err := v.Current(name); err != nil {
+			return nil, fmt.Errorf("upgrade: %w", err)
+		}
+	} else if _, _, err := v.Current(name); err == nil {
+		return nil, fmt.Errorf("add machine %s: %w (upgrade it instead)", name, ErrExists)
+	}
+	imp, err := v.importSource(ctx, name, src)
+	if err != nil {
+		return nil, err
+	}
+	defer imp.discard(ctx)
 	es, err := v.entries(name)
 	if err != nil {
-		return Revision{}, err
+		return nil, err
 	}
 	rev := Revision{Protocol: v.Protocol}
 	var revs []Revision
 	for _, e := range es {
 		switch {
-		case e.kind == kindLink && e.protocol == v.Protocol && add:
-			return Revision{}, fmt.Errorf("add machine %s: %w (upgrade it instead)", name, ErrExists)
 		case e.kind == kindRevision && e.revision.Protocol == v.Protocol:
 			revs = append(revs, e.revision)
 			rev.Number = max(rev.Number, e.revision.Number+1)
 		}
 	}
-	if !add {
-		if _, _, err := v.Current(name); err != nil {
-			return Revision{}, fmt.Errorf("upgrade: %w", err)
-		}
-	}
 	final := filepath.Join(mdir, revisionName(name, rev))
 	if err := os.Rename(imp.subvolume, final); err != nil {
-		return Revision{}, fmt.Errorf("machine %s: %w", name, err)
+		return nil, fmt.Errorf("machine %s: %w", name, err)
 	}
 	imp.subvolume = ""
 	if err := switchLink(mdir, linkName(name, v.Protocol), filepath.Base(final)); err != nil {
-		return Revision{}, err
+		return nil, err
 	}
 	v.Log.Info("machine revision installed", "machine", name, "revision", rev.String(), "backend", v.Backend.Name(), "how", imp.method)
 	if !add {
@@ -258,12 +270,12 @@ func (v *Volume) install(ctx context.Context, name string, src Source, add bool)
 				continue
 			}
 			if err := v.Backend.Delete(ctx, filepath.Join(mdir, revisionName(name, r))); err != nil {
-				return rev, err
+				return nil, err
 			}
 			v.Log.Info("old machine revision deleted", "machine", name, "revision", r.String())
 		}
 	}
-	return rev, nil
+	return &Installed{Revision: rev, Dir: final, Method: imp.method}, nil
 }
 
 // switchLink points mdir/link at target atomically: symlink under a
@@ -312,7 +324,7 @@ func (v *Volume) importSource(ctx context.Context, name string, src Source) (_ *
 		if !btrfsVol {
 			return nil, fmt.Errorf("volume %s is not on btrfs: btrfs send streams cannot be received there", v.Dir)
 		}
-		return imp, imp.receive(ctx, src)
+		return imp, imp.receive(ctx, name, src)
 	}
 	if btrfsVol {
 		ro, err := isReadOnlySubvolume(ctx, src.Dir)
@@ -329,7 +341,7 @@ func (v *Volume) importSource(ctx context.Context, name string, src Source) (_ *
 				return imp, nil
 			}
 			v.Log.Debug("snapshot across file systems failed; sending", "source", src.Dir, "err", err)
-			return imp, imp.receive(ctx, src)
+			return imp, imp.receive(ctx, name, src)
 		}
 	}
 	if err := v.Backend.Create(ctx, imp.dir); err != nil {
@@ -345,65 +357,79 @@ func (v *Volume) importSource(ctx context.Context, name string, src Source) (_ *
 	return imp, nil
 }
 
-// receive runs btrfs receive into imp.dir from src.Stream, or from btrfs
-// send of src.Dir (with -p src.Parent).
-func (imp *imported) receive(ctx context.Context, src Source) error {
-	if err := os.Mkdir(imp.dir, 0o755); err != nil {
+// receive runs btrfs receive in the machine directory from src.Stream, or
+// from btrfs send of src.Dir (with -p src.Parent). The received subvolume
+// keeps the name it had on the sending side until install renames it: a
+// read-only subvolume can only be renamed within its directory, and
+// clearing read-only would drop the received UUID that later incremental
+// streams need.
+func (imp *imported) receive(ctx context.Context, name string, src Source) error {
+	mdir := filepath.Dir(imp.dir)
+	before, err := os.ReadDir(mdir)
+	if err != nil {
 		return fmt.Errorf("receive: %w", err)
 	}
-	recv := proc.Command(ctx, "btrfs", "receive", imp.dir)
-	var counted *countingReader
+	recv := proc.Command(ctx, "btrfs", "receive", mdir)
+	counted := &countingReader{}
+	recv.Stdin = counted
+	var send *exec.Cmd
 	if src.Stream != nil {
-		counted = &countingReader{r: src.Stream}
-		recv.Stdin = counted
+		counted.r = src.Stream
 		imp.method = "btrfs receive"
-		if err := proc.Wait(recv); err != nil {
-			return fmt.Errorf("receive into %s: %w", imp.dir, err)
-		}
 	} else {
 		args := []string{"send", "-q"}
+		imp.method = "btrfs send | receive"
 		if src.Parent != "" {
 			args = append(args, "-p", src.Parent)
+			imp.method = "btrfs send -p | receive"
 		}
-		send := proc.Command(ctx, "btrfs", append(args, src.Dir)...)
+		send = proc.Command(ctx, "btrfs", append(args, src.Dir)...)
 		out, err := send.StdoutPipe()
 		if err != nil {
 			return err
 		}
-		counted = &countingReader{r: out}
-		recv.Stdin = counted
+		counted.r = out
 		if err := send.Start(); err != nil {
 			return fmt.Errorf("send %s: %w", src.Dir, err)
 		}
-		rerr := proc.Wait(recv)
-		if rerr != nil {
+	}
+	err = proc.Wait(recv)
+	// btrfs receive names what it made only sometimes ("At subvol X", not
+	// for incremental streams): look for the new entry instead. Task
+	// snapshots may appear meanwhile; nothing else can, under the lock.
+	var made []string
+	if after, rerr := os.ReadDir(mdir); rerr == nil {
+		for _, de := range after {
+			n := de.Name()
+			if !isHidden(n) && classify(name, n).kind != kindWork &&
+				!slices.ContainsFunc(before, func(b os.DirEntry) bool { return b.Name() == n }) {
+				made = append(made, n)
+			}
+		}
+	}
+	if len(made) == 1 {
+		imp.subvolume = filepath.Join(mdir, made[0])
+	}
+	if send != nil {
+		if err != nil {
 			proc.KillGroup(send, unix.SIGTERM)
 		}
-		serr := proc.Wait(send)
-		if err := errors.Join(rerr, serr); err != nil {
-			return fmt.Errorf("send %s into %s: %w", src.Dir, imp.dir, err)
-		}
-		imp.method = "btrfs send | receive"
-		if src.Parent != "" {
-			imp.method = "btrfs send -p | receive"
-		}
+		err = errors.Join(err, proc.Wait(send))
+	}
+	if err == nil && imp.subvolume == "" {
+		err = fmt.Errorf("btrfs receive made %q, want one new subvolume", made)
+	}
+	if err != nil {
+		return fmt.Errorf("receive into %s: %w", mdir, err)
 	}
 	imp.method += fmt.Sprintf(" (%d bytes)", counted.n)
-	des, err := os.ReadDir(imp.dir)
-	if err != nil {
-		return fmt.Errorf("receive: %w", err)
-	}
-	if len(des) != 1 {
-		return fmt.Errorf("receive into %s: got %d entries, want one subvolume", imp.dir, len(des))
-	}
-	imp.subvolume = filepath.Join(imp.dir, des[0].Name())
 	return nil
 }
 
 // discard deletes what is left of the import.
 func (imp *imported) discard(ctx context.Context) {
 	ctx = context.WithoutCancel(ctx)
-	if imp.subvolume != "" {
+	if imp.subvolume != "" && imp.subvolume != imp.dir {
 		if err := imp.v.Backend.Delete(ctx, imp.subvolume); err != nil {
 			imp.v.Log.Warn("discard import", "err", err)
 		}
