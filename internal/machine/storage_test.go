@@ -89,6 +89,23 @@ func isReadOnly(t *testing.T, v *Volume, dir string) bool {
 	return fi.Mode().Perm()&0o222 == 0
 }
 
+// storeWithMachine makes a store on bc with machine m (id1, revision
+// mark 'a') in its default volume.
+func storeWithMachine(t *testing.T, bc backendCase) (*Store, *Volume) {
+	t.Helper()
+	s := &Store{Dir: filepath.Join(bc.dir(t), "machines"), Backend: bc.backend, Log: testLogger(t)}
+	v, err := s.Volume(DefaultVolume, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "r1")
+	makeMachine(t, src, "m", "id1", 'a')
+	if _, err := v.Add(context.Background(), "m", Source{Dir: src}); err != nil {
+		t.Fatal(err)
+	}
+	return s, v
+}
+
 // listNames lists a machine directory, lock files left out.
 func listNames(t *testing.T, dir string) []string {
 	t.Helper()
@@ -284,16 +301,7 @@ func TestRemoveTimeout(t *testing.T) {
 	for _, bc := range backendCases() {
 		t.Run(bc.name, func(t *testing.T) {
 			ctx := context.Background()
-			s := &Store{Dir: filepath.Join(bc.dir(t), "machines"), Backend: bc.backend, Log: testLogger(t)}
-			v, err := s.Volume(DefaultVolume, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			src := filepath.Join(t.TempDir(), "r1")
-			makeMachine(t, src, "m", "id1", 'a')
-			if _, err := v.Add(ctx, "m", Source{Dir: src}); err != nil {
-				t.Fatal(err)
-			}
+			s, v := storeWithMachine(t, bc)
 			bootstrap(t, s, "m", 'B')
 			task, err := v.SnapshotForTask(ctx, "m", "default")
 			if err != nil {

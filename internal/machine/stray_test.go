@@ -46,16 +46,7 @@ func TestCleanStray(t *testing.T) {
 	for _, bc := range backendCases() {
 		t.Run(bc.name, func(t *testing.T) {
 			ctx := context.Background()
-			s := &Store{Dir: filepath.Join(bc.dir(t), "machines"), Backend: bc.backend, Log: testLogger(t)}
-			v, err := s.Volume(DefaultVolume, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			src := filepath.Join(t.TempDir(), "r1")
-			makeMachine(t, src, "m", "id1", 'a')
-			if _, err := v.Add(ctx, "m", Source{Dir: src}); err != nil {
-				t.Fatal(err)
-			}
+			s, v := storeWithMachine(t, bc)
 			bootstrap(t, s, "m", 'B')
 
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -118,16 +109,7 @@ func TestCleanStray(t *testing.T) {
 func TestEnumerateLocked(t *testing.T) {
 	bc := backendCases()[1]
 	ctx := context.Background()
-	s := &Store{Dir: filepath.Join(bc.dir(t), "machines"), Backend: bc.backend, Log: testLogger(t)}
-	v, err := s.Volume(DefaultVolume, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := filepath.Join(t.TempDir(), "r1")
-	makeMachine(t, src, "m", "id1", 'a')
-	if _, err := v.Add(ctx, "m", Source{Dir: src}); err != nil {
-		t.Fatal(err)
-	}
+	s, v := storeWithMachine(t, bc)
 	first := enumerateOne(t, s, "m")
 	if first.Decision.Action != ActionBootstrap {
 		t.Fatalf("first agent: %v, want bootstrap", first.Decision.Action)
