@@ -236,7 +236,7 @@ func Build(ctx context.Context, opts Options) (*Machine, error) {
 		return nil, fmt.Errorf("machine directory: %w", err)
 	}
 	m.Dir = opts.Out
-	log.Info("machine built", "dir", m.Dir, "name", name, "kernel", k.Version, "initrd", initrdSize, "disk", diskSize)
+	log.Debug("machine built", "dir", m.Dir, "name", name, "kernel", k.Version, "initrd", initrdSize, "disk", diskSize)
 	return m, nil
 }
 

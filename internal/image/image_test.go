@@ -415,3 +415,40 @@ func TestCheckStatic(t *testing.T) {
 		t.Errorf("checkStatic(/no/such) = %v, want ErrNotExist", err)
 	}
 }
+
+// TestFetchKernel fetches Debian's cloud kernel into an empty cache, as
+// scripts/deps does, and expects the same kernel as the cache it has.
+func TestFetchKernel(t *testing.T) {
+	testenv.NeedVM(t)
+	testenv.NeedRoot(t)
+	have := testenv.NeedKernel(t)
+	for _, p := range []string{"apt-cache", "apt-get", "dpkg", "depmod"} {
+		testenv.NeedProgram(t, p)
+	}
+	t.Setenv("BUILDFARM_CACHE", t.TempDir())
+	var progress bytes.Buffer
+	k, err := FetchKernel(context.Background(), &progress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Version != have.Version {
+		t.Fatalf("fetched kernel %s, the cache has %s (a newer package? then update the cache with scripts/deps)", k.Version, have.Version)
+	}
+	for _, f := range []struct{ got, want string }{
+		{k.Image, have.Image},
+		{filepath.Join(k.Modules, "modules.dep"), filepath.Join(have.Modules, "modules.dep")},
+	} {
+		got, err1 := os.ReadFile(f.got)
+		want, err2 := os.ReadFile(f.want)
+		if err1 != nil || err2 != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s differs from %s (%v, %v)", f.got, f.want, err1, err2)
+		}
+	}
+	if !strings.Contains(progress.String(), "downloading linux-image-") {
+		t.Errorf("progress = %q, want a line saying what it downloads", progress.String())
+	}
+	ents, _ := os.ReadDir(filepath.Dir(k.Dir))
+	if len(ents) != 1 {
+		t.Errorf("cache holds %d entries after the fetch, want only kernel/", len(ents))
+	}
+}
