@@ -259,7 +259,8 @@ func (t *Task) WarningRegexps() ([]*regexp.Regexp, error) {
 }
 
 // Manifest returns the task manifest's pairs in libbbot's order, then
-// buildfarm's fields, then the extra ones.
+// buildfarm's fields (the steps in the order of StepOperations; a step of
+// another operation is not written), then the extra ones.
 func (t *Task) Manifest() Manifest {
 	b := newBuilder()
 	b.add("name", t.Name)
