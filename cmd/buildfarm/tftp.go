@@ -97,7 +97,7 @@ func clientFlags(cmd *cobra.Command, o *tftp.Options) {
 	f := cmd.Flags()
 	f.IntVar(&o.BlockSize, "blksize", 0, "block `size` to ask for, 8 to 65464 (0: plain RFC 1350, 512)")
 	f.IntVar(&o.WindowSize, "windowsize", 0, "`blocks` a window, to ask for (RFC 7440; 0: lock-step)")
-	f.DurationVar(&o.Timeout, "timeout", 0, "retransmission timeout, also asked of the server (0: 1s, not asked)")
+	f.DurationVar(&o.Timeout, "timeout", 0, "retransmission timeout, from 1s also asked of the server (0: 1s)")
 	f.IntVar(&o.Retries, "retries", tftp.DefaultRetries, "times a packet is resent before giving up")
 	f.BoolVar(&o.TransferSize, "tsize", true, "ask for the transfer size (RFC 2349)")
 }

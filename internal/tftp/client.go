@@ -20,8 +20,8 @@ type Options struct {
 	BlockSize int
 	// WindowSize is the windowsize to ask for (RFC 7440); 0 asks for none.
 	WindowSize int
-	// Timeout is the retransmission timeout; when set, it is also asked
-	// of the server in whole seconds (RFC 2349). 0 means DefaultTimeout.
+	// Timeout is the retransmission timeout; from 1s, it is also asked of
+	// the server, in whole seconds (RFC 2349). 0 means DefaultTimeout.
 	Timeout time.Duration
 	// Retries is how many times a packet is resent; 0 means
 	// DefaultRetries.
@@ -66,9 +66,8 @@ func (o Options) request(tsize int64) []Option {
 	if o.WindowSize != 0 {
 		opts = append(opts, Option{"windowsize", strconv.Itoa(o.WindowSize)})
 	}
-	if o.Timeout != 0 {
-		secs := max(1, int((o.Timeout+time.Second-1)/time.Second))
-		opts = append(opts, Option{"timeout", strconv.Itoa(secs)})
+	if o.Timeout >= time.Second {
+		opts = append(opts, Option{"timeout", strconv.Itoa(int(o.Timeout / time.Second))})
 	}
 	if o.TransferSize && tsize >= 0 {
 		opts = append(opts, Option{"tsize", strconv.FormatInt(tsize, 10)})
@@ -132,7 +131,7 @@ func get(ctx context.Context, addr, remote string, w io.Writer, opt Options) (in
 	}
 	go func() {
 		defer l.close()
-		r.dallyFor(ctx, p.timeout)
+		r.dally(ctx)
 	}()
 	if told >= 0 && got != told {
 		return got, fmt.Errorf("got %d bytes, but the server announced %d", got, told)
@@ -298,11 +297,10 @@ func accept(l *link, p *params, asked []Option, oack []byte) (tsize int64, err e
 			}
 			p.window = int(v)
 		case "timeout":
-			v, err := parseUint(o.Name, o.Value, 1, 255)
-			if err != nil {
+			// The server's timer; the client keeps its own.
+			if _, err := parseUint(o.Name, o.Value, 1, 255); err != nil {
 				return refuse("%v", err)
 			}
-			p.timeout = time.Duration(v) * time.Second
 		case "tsize":
 			v, err := parseUint(o.Name, o.Value, 0, 1<<62)
 			if err != nil {

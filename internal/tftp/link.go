@@ -70,6 +70,9 @@ func (l *link) send(b []byte) error { return l.sendTo(b, l.peer) }
 // sendError tells the peer why the transfer ends; its own failure does not
 // matter, as the transfer is over.
 func (l *link) sendError(code ErrorCode, msg string) {
+	if len(msg) > 500 {
+		msg = msg[:500] // within the 512 bytes every client reads
+	}
 	l.scratch = appendError(l.scratch[:0], code, msg)
 	l.send(l.scratch)
 }

@@ -285,9 +285,6 @@ func appendAck(b []byte, block uint16) []byte {
 func appendError(b []byte, code ErrorCode, msg string) []byte {
 	b = binary.BigEndian.AppendUint16(b, opERROR)
 	b = binary.BigEndian.AppendUint16(b, uint16(code))
-	if len(msg) > 500 {
-		msg = msg[:500]
-	}
 	b = append(b, msg...)
 	return append(b, 0)
 }

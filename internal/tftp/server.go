@@ -313,7 +313,7 @@ func (v *serving) transfer(ctx context.Context, req *RequestPacket, peer netip.A
 		v.s.OnRequest(r)
 	}
 	if dally != nil {
-		dally.dallyFor(ctx, dally.p.timeout)
+		dally.dally(ctx)
 	}
 }
 
@@ -420,8 +420,14 @@ func openError(name string, err error) *Error {
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return &Error{Code: ErrDiskFull, Message: "disk full on the server"}
 	}
-	// Escapes through symlinks, directories, loops and the like.
-	return &Error{Code: ErrAccess, Message: fmt.Sprintf("access to %q refused", truncate(name))}
+	// Escapes through symlinks, loops, names too long and the like: say
+	// why, without the server's paths.
+	why := err
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		why = pe.Err
+	}
+	return &Error{Code: ErrAccess, Message: fmt.Sprintf("access to %q refused: %v", truncate(name), why)}
 }
 
 // refuse tells the client why, and returns that as the transfer's error.
@@ -560,7 +566,11 @@ func (v *serving) write(ctx context.Context, l *link, req *RequestPacket, resolv
 		return 0, nil, refuse(l, &Error{Code: ErrDiskFull, Message: fmt.Sprintf("upload of %d bytes exceeds what the server still accepts", n.tsize)})
 	}
 	// The upload goes to a temporary file beside its target, renamed into
-	// place only once complete.
+	// place only once complete. The rename would replace a symlink, not
+	// write through it; refuse it all the same.
+	if fi, err := v.root.Lstat(name); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return 0, nil, refuse(l, &Error{Code: ErrAccess, Message: fmt.Sprintf("%q is a symbolic link on the server; it is not replaced", truncate(req.Filename))})
+	}
 	dir, base := path.Split(name)
 	tmp := fmt.Sprintf("%s.%s.tftp-%d-%d", dir, base, os.Getpid(), s.tmpSeq.Add(1))
 	f, err := v.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)

@@ -181,7 +181,6 @@ type receiver struct {
 	over  func(int64) *Error
 	recv  []byte
 	ack   []byte // the last ACK (or OACK) sent, resent on timeout
-	dally bool   // whether the final ACK went out (the transfer succeeded)
 }
 
 func newReceiver(l *link, p params, dst io.Writer) *receiver {
@@ -221,8 +220,14 @@ func (r *receiver) run(ctx context.Context, first []byte) (got int64, err error)
 				if tries > r.p.retries {
 					return got, fmt.Errorf("no DATA from %v for block %d after %d tries of %v", r.l.peer, uint16(expect), tries, r.p.timeout)
 				}
-				inWindow = 0
-				if err := r.l.send(r.ack); err != nil {
+				// Say where we are: the last block in order (or resend
+				// the OACK or ACK 0 before the first).
+				if expect > 1 {
+					err = sendAck(expect - 1)
+				} else {
+					err = r.l.send(r.ack)
+				}
+				if err != nil {
 					return got, err
 				}
 				deadline = time.Now().Add(r.p.timeout)
@@ -304,10 +309,12 @@ func (r *receiver) sendWriteError(err error) {
 // finish sends the final ACK.
 func (r *receiver) finish() error { return r.l.send(r.ack) }
 
-// dallyFor waits up to d for a retransmission of the final DATA (its ACK
-// was lost) and acknowledges it again (RFC 1350, "dallying").
-func (r *receiver) dallyFor(ctx context.Context, d time.Duration) {
-	deadline := time.Now().Add(d)
+// dally waits for retransmissions of the final DATA (its ACK was lost)
+// and acknowledges them again (RFC 1350, "dallying"), until the sender
+// has been silent for a while: the sender's timeout is not known here.
+func (r *receiver) dally(ctx context.Context) {
+	wait := max(3*r.p.timeout, time.Second)
+	deadline := time.Now().Add(wait)
 	for {
 		pkt, err := r.l.recv(ctx, r.recv, deadline)
 		if err != nil {
@@ -315,6 +322,7 @@ func (r *receiver) dallyFor(ctx context.Context, d time.Duration) {
 		}
 		if len(pkt) >= 4 && binary.BigEndian.Uint16(pkt) == opDATA {
 			r.l.send(r.ack)
+			deadline = time.Now().Add(wait)
 		}
 	}
 }
