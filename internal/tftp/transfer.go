@@ -178,9 +178,9 @@ type receiver struct {
 	dst   io.Writer
 	limit int64 // most bytes accepted; 0 for no limit
 	// over is the error for a transfer beyond limit.
-	over  func(int64) *Error
-	recv  []byte
-	ack   []byte // the last ACK (or OACK) sent, resent on timeout
+	over func(int64) *Error
+	recv []byte
+	ack  []byte // the last ACK (or OACK) sent, resent on timeout
 }
 
 func newReceiver(l *link, p params, dst io.Writer) *receiver {
