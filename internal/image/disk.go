@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/buildfarm/buildfarm/internal/cache"
 	"github.com/buildfarm/buildfarm/internal/proc"
@@ -120,7 +124,12 @@ func debootstrapTarball(ctx context.Context, mirror string, st status, log *slog
 	if err != nil {
 		return "", fmt.Errorf("cache: %w", err)
 	}
-	defer os.RemoveAll(tmp)
+	defer func() {
+		// Never remove files through a mount left behind.
+		if unmountUnder(tmp) == nil {
+			os.RemoveAll(tmp)
+		}
+	}()
 	root := filepath.Join(tmp, "root")
 	log.Info("debootstrap: installing Debian into the cache, once (about a minute)",
 		"suite", debianSuite, "include", debianInclude, "mirror", mirror, "tarball", tarball)
@@ -133,7 +142,13 @@ func debootstrapTarball(ctx context.Context, mirror string, st status, log *slog
 			st.say("debootstrap %s (%ds): %s", debianSuite, int(time.Since(start).Seconds()), msg)
 		}
 	}}
-	if err := proc.Wait(cmd); err != nil {
+	err = proc.Wait(cmd)
+	// debootstrap mounts /proc and /sys in the target while it installs;
+	// killed or failed, it may leave them there.
+	if uerr := unmountUnder(root); uerr != nil && err == nil {
+		err = uerr
+	}
+	if err != nil {
 		return "", fmt.Errorf("debootstrap %s into %s: %w", debianSuite, root, err)
 	}
 	// Downloaded packages are of no use in the guest.
@@ -169,4 +184,32 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 		w.fn(string(w.buf[:i]))
 		w.buf = w.buf[i+1:]
 	}
+}
+
+// unmountUnder detaches every mount at or below dir, deepest first.
+func unmountUnder(dir string) error {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return fmt.Errorf("list mounts: %w", err)
+	}
+	var points []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		// Field 5 is the mount point, with spaces and the like octal-escaped.
+		p := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(f[4])
+		if p == dir || strings.HasPrefix(p, dir+"/") {
+			points = append(points, p)
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(points)))
+	var errs []error
+	for _, p := range points {
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
+		}
+	}
+	return errors.Join(errs...)
 }

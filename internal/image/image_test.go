@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/initramfs"
 	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
@@ -450,5 +452,65 @@ func TestFetchKernel(t *testing.T) {
 	ents, _ := os.ReadDir(filepath.Dir(k.Dir))
 	if len(ents) != 1 {
 		t.Errorf("cache holds %d entries after the fetch, want only kernel/", len(ents))
+	}
+}
+
+func TestUnmountUnder(t *testing.T) {
+	testenv.NeedVM(t)
+	testenv.NeedRoot(t)
+	dir := filepath.Join(t.TempDir(), "with space")
+	inner := filepath.Join(dir, "a", "b")
+	if err := os.MkdirAll(filepath.Join(dir, "a"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", filepath.Join(dir, "a"), "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(filepath.Join(dir, "a"), syscall.MNT_DETACH) })
+	os.Mkdir(inner, 0o755)
+	if err := syscall.Mount("tmpfs", inner, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(inner, syscall.MNT_DETACH) })
+	if err := unmountUnder(dir); err != nil {
+		t.Fatal(err)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), strings.ReplaceAll(dir, " ", `\040`)) {
+		t.Errorf("mounts left under %s:\n%s", dir, mounts)
+	}
+}
+
+// TestInitOverride: --init-override replaces /init and nothing else.
+func TestInitOverride(t *testing.T) {
+	testenv.NeedKernel(t)
+	testenv.NeedProgram(t, "mkfs.ext4")
+	bb := testenv.NeedProgram(t, "busybox")
+	myInit := write(t, filepath.Join(t.TempDir(), "init"), "#!/bin/sh\necho mine\npoweroff -f\n", 0o700)
+	out := filepath.Join(t.TempDir(), "m")
+	if _, err := Build(context.Background(), Options{Preset: "busybox", Out: out, Worker: bb, InitOverride: myInit, DiskSize: 8 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(out, InitrdFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := map[string]string{}
+	err = initramfs.Walk(f, func(h initramfs.Header, content io.Reader) error {
+		b, err := io.ReadAll(content)
+		got[h.Path] = fmt.Sprintf("%v %s", h.Mode, b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "-rwxr-xr-x #!/bin/sh\necho mine\npoweroff -f\n"; got["init"] != want {
+		t.Errorf("init = %q, want %q", got["init"], want)
+	}
+	for _, p := range []string{"etc/buildfarm/modules", WorkerPath, "bin/busybox", "dev/console"} {
+		if _, ok := got[p]; !ok {
+			t.Errorf("initramfs lacks %s", p)
+		}
 	}
 }
