@@ -12,8 +12,10 @@ package guesttest
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -49,6 +51,11 @@ while [ "$(ls /sys/class/input | grep -c event)" != "$(ls /dev/input 2>/dev/null
 	usleep 10000; n=$((n + 1))
 done
 acpid -d -c /etc/acpi &  # -d: stay in the foreground, log to the console
+# and wait until it listens, so that a power-down sent from now on works.
+n=0
+while [ "$(ls -l /proc/$!/fd 2>/dev/null | grep -c /dev/input/)" != "$(ls /dev/input | grep -c event)" ] && [ $n -lt 200 ]; do
+	usleep 10000; n=$((n + 1))
+done
 `
 
 // StartedLine is what a guest prints, like buildfarm-worker, as its first
@@ -64,41 +71,69 @@ const Append = "console=ttyS0 quiet panic=-1 no_timer_check"
 // with the modules (and what they depend on) in it, and returns its path.
 func Initramfs(t testing.TB, k cache.Kernel, body string, modules ...string) string {
 	t.Helper()
-	busybox := testenv.NeedProgram(t, "busybox")
+	testenv.NeedProgram(t, "busybox")
 	testenv.NeedProgram(t, "cpio")
-	root := t.TempDir()
+	out := filepath.Join(t.TempDir(), "initrd")
+	if err := Write(t.Context(), out, k, Prelude+body, modules...); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Write writes to out an initramfs whose /init is the script init, with
+// static busybox and the modules named (and what they depend on), listed
+// in load order in /etc/modules.
+func Write(ctx context.Context, out string, k cache.Kernel, init string, modules ...string) error {
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		return err
+	}
+	root, err := os.MkdirTemp("", "guesttest-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
 	for _, d := range []string{"bin", "dev", "proc", "sys", "etc", "tmp", "lib/modules"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
+			return err
 		}
 	}
-	copyFile(t, busybox, filepath.Join(root, "bin/busybox"), 0o755)
+	if err := copyFile(busybox, filepath.Join(root, "bin/busybox"), 0o755); err != nil {
+		return err
+	}
 	order, err := LoadOrder(k.Modules, modules...)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	var names []string
 	for _, rel := range order {
 		name := strings.TrimSuffix(filepath.Base(rel), ".ko")
 		names = append(names, name)
-		copyFile(t, filepath.Join(k.Modules, rel), filepath.Join(root, "lib/modules", name+".ko"), 0o644)
+		if err := copyFile(filepath.Join(k.Modules, rel), filepath.Join(root, "lib/modules", name+".ko"), 0o644); err != nil {
+			return err
+		}
 	}
-	write(t, filepath.Join(root, "etc/modules"), strings.Join(names, "\n")+"\n", 0o644)
-	write(t, filepath.Join(root, "init"), Prelude+body, 0o755)
-
-	out := filepath.Join(t.TempDir(), "initrd")
+	if err := os.WriteFile(filepath.Join(root, "etc/modules"), []byte(strings.Join(names, "\n")+"\n"), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(root, "init"), []byte(init), 0o755); err != nil {
+		return err
+	}
 	f, err := os.Create(out)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	defer f.Close()
-	cmd := proc.Command(t.Context(), "sh", "-c", "find . | cpio -o -H newc --quiet")
+	cmd := proc.Command(ctx, "sh", "-c", "find . | cpio -o -H newc --quiet")
 	cmd.Dir = root
 	cmd.Stdout = f
-	if err := proc.Wait(cmd); err != nil {
-		t.Fatal(err)
+	err = proc.Wait(cmd)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return out
+	if err != nil {
+		return fmt.Errorf("initramfs %s: %w", out, err)
+	}
+	return nil
 }
 
 // MachineDir makes a machine directory (kernel, initrd, cmdline, manifest)
@@ -108,10 +143,16 @@ func MachineDir(t testing.TB, k cache.Kernel) string {
 	t.Helper()
 	initrd := Initramfs(t, k, "echo '"+StartedLine+"'\nexec sleep 3600\n", PowerButton...)
 	dir := t.TempDir()
-	copyFile(t, k.Image, filepath.Join(dir, "kernel"), 0o644)
-	copyFile(t, initrd, filepath.Join(dir, "initrd"), 0o644)
-	write(t, filepath.Join(dir, "cmdline"), Append+"\n", 0o644)
-	write(t, filepath.Join(dir, "manifest"), ": 1\nid: test\nname: test\nsummary: a busybox test guest\ntype: kvm\n", 0o644)
+	for _, err := range []error{
+		copyFile(k.Image, filepath.Join(dir, "kernel"), 0o644),
+		copyFile(initrd, filepath.Join(dir, "initrd"), 0o644),
+		os.WriteFile(filepath.Join(dir, "cmdline"), []byte(Append+"\n"), 0o644),
+		os.WriteFile(filepath.Join(dir, "manifest"), []byte(": 1\nid: test\nname: test\nsummary: a busybox test guest\ntype: kvm\n"), 0o644),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	return dir
 }
 
@@ -155,18 +196,10 @@ func LoadOrder(dir string, modules ...string) ([]string, error) {
 	return order, nil
 }
 
-func copyFile(t testing.TB, src, dst string, perm os.FileMode) {
-	t.Helper()
+func copyFile(src, dst string, perm os.FileMode) error {
 	b, err := os.ReadFile(src)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	write(t, dst, string(b), perm)
-}
-
-func write(t testing.TB, path, data string, perm os.FileMode) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(data), perm); err != nil {
-		t.Fatal(err)
-	}
+	return os.WriteFile(dst, b, perm)
 }
