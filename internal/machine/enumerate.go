@@ -202,6 +202,9 @@ func (v *Volume) enumerate(ctx context.Context, name, tc string, want Want) (_ *
 	var work *Snapshot
 	for i := 0; ; i++ {
 		r, rdir, err := v.Current(name)
+		if errors.Is(err, ErrNotFound) {
+			return nil, nil // removed meanwhile
+		}
 		if errors.Is(err, ErrRemoved) {
 			v.Log.Info("machine unlinked; deleting its bootstrapped machine", "machine", name, "dir", bdir)
 			return nil, v.Backend.Delete(ctx, bdir)

@@ -10,58 +10,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/buildfarm/buildfarm/internal/machine/machinetest"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/proc"
-	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
-// btrfsMount makes a btrfs file system in a file under t.TempDir, attaches
-// it to a loop device and mounts it; the clean-up unmounts it and detaches
-// the device.
-func btrfsMount(t *testing.T) string {
-	t.Helper()
-	testenv.NeedVM(t)
-	testenv.NeedRoot(t)
-	for _, p := range []string{"mkfs.btrfs", "btrfs", "losetup", "mount", "umount"} {
-		testenv.NeedProgram(t, p)
-	}
-	ctx := context.Background()
-	img := filepath.Join(t.TempDir(), "btrfs.img")
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(512 << 20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	if err := proc.Run(ctx, nil, "mkfs.btrfs", "-q", img); err != nil {
-		t.Fatal(err)
-	}
-	out, err := proc.Output(ctx, "losetup", "--find", "--show", img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if err := proc.Run(context.Background(), nil, "losetup", "-d", dev); err != nil {
-			t.Errorf("detach %s: %v", dev, err)
-		}
-	})
-	mnt := t.TempDir()
-	if err := proc.Run(ctx, nil, "mount", "-t", "btrfs", dev, mnt); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := proc.Run(context.Background(), nil, "umount", mnt); err != nil {
-			t.Errorf("unmount %s: %v", mnt, err)
-		}
-	})
-	return mnt
-}
+func btrfsMount(t *testing.T) string { return machinetest.BtrfsMount(t) }
 
 // diskSize is the size of the test machines' disks.
-const diskSize = 8 << 20
+const diskSize = machinetest.DiskSize
 
 // Offsets of the marks that tell which layer wrote what.
 const (
@@ -70,27 +27,10 @@ const (
 	markTask      = 2 << 20
 )
 
-// makeMachine writes a machine directory: a manifest with id, a disk whose
-// first block is filled with rev, a kernel and a cmdline.
+// makeMachine writes a machine directory whose disk's first block is rev.
 func makeMachine(t *testing.T, dir, name, id string, rev byte) {
 	t.Helper()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	m := manifest.Machine{ID: id, Name: name, Summary: "test machine " + id, Type: "kvm"}
-	if err := manifest.WriteFile(filepath.Join(dir, ManifestFile), []manifest.Manifest{m.Manifest()}); err != nil {
-		t.Fatal(err)
-	}
-	disk := make([]byte, diskSize)
-	for i := range disk { // real data, not holes
-		disk[i] = byte(i*7 + 1)
-	}
-	copy(disk[markRevision:], bytes.Repeat([]byte{rev}, 4096))
-	for name, data := range map[string][]byte{RawDisk: disk, "kernel": []byte("kernel " + id), "cmdline": []byte("console=ttyS0")} {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	machinetest.MakeMachine(t, dir, name, id, rev)
 }
 
 // writeMark writes a 4 KiB block of b at off of the machine directory's

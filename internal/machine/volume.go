@@ -134,11 +134,14 @@ func (v *Volume) entries(name string) ([]entry, error) {
 
 // Current resolves the link of machine name for the volume's bootstrap
 // protocol: the revision that new bootstraps use, and its directory.
-// ErrRemoved when there is no link.
+// ErrRemoved when there is no link, ErrNotFound when there is no machine.
 func (v *Volume) Current(name string) (Revision, string, error) {
 	link := filepath.Join(v.machineDir(name), linkName(name, v.Protocol))
 	target, err := os.Readlink(link)
 	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := os.Stat(v.machineDir(name)); errors.Is(serr, fs.ErrNotExist) {
+			return Revision{}, "", fmt.Errorf("machine %s in %s: %w", name, v.Dir, ErrNotFound)
+		}
 		return Revision{}, "", fmt.Errorf("machine %s: no link %s: %w", name, link, ErrRemoved)
 	}
 	if err != nil {
