@@ -47,7 +47,7 @@ buildfarm.mode, buildfarm.dir, buildfarm.blksize); flags override it.
 		fl.PrintDefaults()
 	}
 	cmdline := fl.String("cmdline", "/proc/cmdline", "kernel command line `file` to read buildfarm.* parameters from")
-	tftpAddr := fl.String("tftp", "", "agent's TFTP server `HOST:PORT` (default from the command line, else 10.0.2.2:69)")
+	tftpAddr := fl.String("tftp", "", "agent's TFTP server `HOST:PORT` (default from the command line, else 10.0.2.2:23401)")
 	mode := fl.String("mode", "", "build or bootstrap (default from the command line, else build)")
 	dir := fl.String("dir", "", "work `directory` (default from the command line, else /build)")
 	if err := fl.Parse(args); err != nil {

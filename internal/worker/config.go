@@ -28,7 +28,7 @@ type Config struct {
 // networking, where the host (the agent's namespace) is 10.0.2.2.
 func DefaultConfig() Config {
 	return Config{
-		TFTP:      "10.0.2.2:69",
+		TFTP:      "10.0.2.2:23401",
 		Mode:      ModeBuild,
 		Dir:       "/build",
 		BlockSize: 65464,
@@ -48,7 +48,7 @@ func (c *Config) ParseCmdline(cmdline string) error {
 		switch name {
 		case "buildfarm.tftp":
 			if _, _, err := net.SplitHostPort(value); err != nil {
-				value = net.JoinHostPort(value, "69")
+				value = net.JoinHostPort(value, "23401")
 			}
 			if _, _, err := net.SplitHostPort(value); err != nil {
 				return fmt.Errorf("kernel parameter %s: %w", f, err)

@@ -19,7 +19,8 @@
 //
 // Configuration comes from the kernel command line (/proc/cmdline):
 //
-//	buildfarm.tftp=HOST[:PORT]      the agent's TFTP server (10.0.2.2:69)
+//	buildfarm.tftp=HOST[:PORT]      the agent's TFTP server (10.0.2.2:23401; not port
+//	                                69, which QEMU's user-mode networking answers itself)
 //	buildfarm.mode=build|bootstrap  what to do (build)
 //	buildfarm.dir=DIR               the work directory (/build)
 //	buildfarm.blksize=N             TFTP block size (65464)

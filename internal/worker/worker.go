@@ -145,7 +145,7 @@ func (w *Worker) Build(ctx context.Context) error {
 		}
 		w.log.Error("sources", "err", err)
 		res.Results = append(res.Results, manifest.OperationResult{
-			Operation: op, Status: manifest.StatusAbort, Log: err.Error() + "\n",
+			Operation: op, Status: manifest.StatusAbort, Log: manifest.Text(err.Error() + "\n"),
 		})
 		res.Status = manifest.StatusAbort
 	} else {
@@ -228,7 +228,7 @@ func (w *Worker) runStep(ctx context.Context, s manifest.Step, dir string, task 
 	w.progress(ctx, s.Operation, "finished",
 		manifest.Pair{Name: "status", Value: st.String()},
 		manifest.Pair{Name: "duration", Value: d.String()})
-	return manifest.OperationResult{Operation: s.Operation, Status: st, Log: log.String()}
+	return manifest.OperationResult{Operation: s.Operation, Status: st, Log: manifest.Text(log.String())}
 }
 
 // Bootstrap installs the toolchain the agent serves and reports its

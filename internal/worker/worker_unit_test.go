@@ -17,7 +17,7 @@ func TestParseCmdline(t *testing.T) {
 			c.TFTP, c.Mode = "10.0.2.2:6969", ModeBootstrap
 			return c
 		}(), ""},
-		{"buildfarm.tftp=192.168.1.1", func() Config { c := DefaultConfig(); c.TFTP = "192.168.1.1:69"; return c }(), ""},
+		{"buildfarm.tftp=192.168.1.1", func() Config { c := DefaultConfig(); c.TFTP = "192.168.1.1:23401"; return c }(), ""},
 		{"buildfarm.dir=/work buildfarm.blksize=1468", func() Config {
 			c := DefaultConfig()
 			c.Dir, c.BlockSize = "/work", 1468

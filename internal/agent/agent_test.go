@@ -1,0 +1,248 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/image"
+	"github.com/buildfarm/buildfarm/internal/machine"
+	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/netns"
+	"github.com/buildfarm/buildfarm/internal/testenv"
+)
+
+// bin holds the binaries built once for the tests: buildfarm (for the
+// tests that run the agent as a process) and buildfarm-worker.
+var bin struct {
+	once      sync.Once
+	dir, err  string
+	buildfarm string
+	worker    string
+}
+
+func binaries(t *testing.T) (buildfarm, worker string) {
+	t.Helper()
+	bin.once.Do(func() {
+		dir, err := os.MkdirTemp("", "buildfarm-agent-test-")
+		if err != nil {
+			bin.err = err.Error()
+			return
+		}
+		bin.dir = dir
+		bin.buildfarm = filepath.Join(dir, "buildfarm")
+		bin.worker = filepath.Join(dir, "buildfarm-worker")
+		for _, b := range []struct{ out, pkg string }{{bin.buildfarm, "../../cmd/buildfarm"}, {bin.worker, "../../cmd/buildfarm-worker"}} {
+			cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				bin.err = "go build " + b.pkg + ": " + err.Error() + ": " + string(out)
+				return
+			}
+		}
+	})
+	if bin.err != "" {
+		t.Fatal(bin.err)
+	}
+	return bin.buildfarm, bin.worker
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bin.dir != "" {
+		os.RemoveAll(bin.dir)
+	}
+	os.Exit(code)
+}
+
+// farm is a build host for a test: a machines directory with one volume
+// holding the busybox machine, and a TFTP directory.
+type farm struct {
+	machines, tftp string
+	log            bytes.Buffer
+	mu             sync.Mutex
+}
+
+func (f *farm) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.log.Write(p)
+}
+
+// newFarm builds the busybox machine (with opts' extras) and adds it to a
+// volume: on btrfs on a loop device, or on the fallback backend in a
+// temporary directory.
+func newFarm(t *testing.T, btrfs bool, opts image.Options) *farm {
+	t.Helper()
+	testenv.NeedVM(t)
+	testenv.NeedRoot(t)
+	testenv.NeedKernel(t)
+	_, worker := binaries(t)
+	root := t.TempDir()
+	if btrfs {
+		root = testenv.Btrfs(t, 2<<30)
+	}
+	f := &farm{machines: filepath.Join(root, "machines"), tftp: filepath.Join(root, "tftp")}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent log:\n%s", f.log.String())
+		}
+	})
+	opts.Preset, opts.Out, opts.Worker = "busybox", filepath.Join(t.TempDir(), "busybox"), worker
+	if _, err := image.Build(context.Background(), opts); err != nil {
+		t.Fatal(err)
+	}
+	v, err := (&machine.Store{Dir: f.machines}).Volume(machine.DefaultVolume, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Add(context.Background(), "busybox", machine.Source{Dir: opts.Out}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { checkNothingLeft(t, f) })
+	return f
+}
+
+func (f *farm) options() Options {
+	o := DefaultOptions()
+	o.Machines, o.TFTP = f.machines, f.tftp
+	o.Accel = "tcg"
+	o.RAM = 256
+	o.BootstrapStartup, o.BuildStartup = 30*time.Second, 30*time.Second
+	o.BootstrapTimeout, o.BuildTimeout = 60*time.Second, 60*time.Second
+	o.ShutdownTimeout = 10 * time.Second
+	return o
+}
+
+// run runs the agent in-process and returns what it dumped.
+func (f *farm) run(t *testing.T, o Options) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	a, err := New(o, slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug})), &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	err = a.Run(ctx, nil)
+	return out.String(), err
+}
+
+func parseResult(t *testing.T, out string) *manifest.Result {
+	t.Helper()
+	ms, err := manifest.Parse(strings.NewReader(out), "dumped result")
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("dumped result %q: %v", out, err)
+	}
+	res, err := manifest.ParseResult(ms[0], "dumped result", manifest.Strict)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// checkNothingLeft fails the test if a QEMU, a task snapshot or a network
+// namespace of ours survived.
+func checkNothingLeft(t *testing.T, f *farm) {
+	t.Helper()
+	if out, _ := exec.Command("pgrep", "-af", "qemu-system.*"+filepath.Base(f.tftp)).Output(); len(out) > 0 {
+		t.Errorf("QEMU left running:\n%s", out)
+	}
+	ms, _ := filepath.Glob(filepath.Join(f.machines, "*", "busybox", "busybox-default-*"))
+	for _, m := range ms {
+		if !strings.HasSuffix(m, ".lock") {
+			t.Errorf("snapshot left behind: %s", m)
+		}
+	}
+	if names, _ := netns.List(); len(names) > 0 {
+		t.Errorf("network namespaces left behind: %v", names)
+	}
+}
+
+func fakeRequest(example string) string {
+	return filepath.Join("..", "..", "examples", example, "task.manifest")
+}
+
+// TestBuildHello is the first end-to-end path: bootstrap the busybox
+// machine, build examples/hello in a one-shot VM, and examples/hello-broken.
+func TestBuildHello(t *testing.T) {
+	for _, backend := range []struct {
+		name  string
+		btrfs bool
+	}{{"btrfs", true}, {"fallback", false}} {
+		t.Run(backend.name, func(t *testing.T) {
+			f := newFarm(t, backend.btrfs, image.Options{})
+			o := f.options()
+			o.FakeRequest, o.DumpResult = fakeRequest("hello"), true
+			out, err := f.run(t, o)
+			if err != nil {
+				t.Fatalf("agent: %v", err)
+			}
+			res := parseResult(t, out)
+			if res.Status != manifest.StatusSuccess || len(res.Results) != 4 {
+				t.Fatalf("result %v with %d operations, want success with 4:\n%s", res.Status, len(res.Results), out)
+			}
+			for _, r := range res.Results {
+				if r.Status != manifest.StatusSuccess || !strings.Contains(r.Log, "$ sh ./") {
+					t.Errorf("%s: %v, log %q", r.Operation, r.Status, r.Log)
+				}
+			}
+			if !strings.Contains(f.log.String(), "machine bootstrapped") {
+				t.Errorf("the machine was not bootstrapped")
+			}
+			if backend.name == "fallback" {
+				return
+			}
+			// The machine is bootstrapped now: the next task uses it as
+			// it is, and a failing test is an error with its log.
+			o.FakeRequest = fakeRequest("hello-broken")
+			out, err = f.run(t, o)
+			if err != nil {
+				t.Fatalf("agent: %v", err)
+			}
+			res = parseResult(t, out)
+			last := res.Results[len(res.Results)-1]
+			if res.Status != manifest.StatusError || last.Operation != "test" || last.Status != manifest.StatusError ||
+				!strings.Contains(last.Log, "FAIL: greeting: got 'Hello, Wrold!'") {
+				t.Errorf("hello-broken: %v, last operation %s %v %q; want error in test with the failing test's log", res.Status, last.Operation, last.Status, last.Log)
+			}
+			if n := strings.Count(f.log.String(), "machine bootstrapped"); n != 1 {
+				t.Errorf("bootstrapped %d times over two runs, want once", n)
+			}
+		})
+	}
+}
+
+// TestMisbootSuspends: a machine whose worker never starts is retried, then
+// suspended and reported; the agent goes on, and stops the VM when it exits.
+func TestMisbootSuspends(t *testing.T) {
+	hang := filepath.Join(t.TempDir(), "init")
+	os.WriteFile(hang, []byte("#!/bin/sh\necho 'init: hanging on purpose'\nexec sleep 3600\n"), 0o755)
+	f := newFarm(t, false, image.Options{InitOverride: hang})
+	o := f.options()
+	o.FakeBootstrap = true
+	o.FakeRequest, o.DumpResult = fakeRequest("hello"), true
+	o.BuildStartup, o.BuildRetries = 6*time.Second, 1
+	out, err := f.run(t, o)
+	if err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	res := parseResult(t, out)
+	if res.Status != manifest.StatusAbnormal || !strings.Contains(res.Results[0].Log, "mis-boot") {
+		t.Errorf("result %v %q, want abnormal, mis-boot", res.Status, res.Results[0].Log)
+	}
+	log := f.log.String()
+	if n := strings.Count(log, "build VM mis-booted; retrying"); n != 1 {
+		t.Errorf("%d retries logged, want 1", n)
+	}
+	if !strings.Contains(log, "VM suspended for investigation") || !strings.Contains(log, "qmp=") {
+		t.Errorf("no report of the suspended VM in the log")
+	}
+}

@@ -1,0 +1,53 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// A session is one VM's run: a machine directory to boot, a TFTP directory
+// with get/ (what the guest may read) and put/ (where its uploads land),
+// the mode the worker runs in, the file whose upload ends the job, and the
+// three deadlines.
+type session struct {
+	name       string // the VM's name, for logs and errors
+	machineDir string // the snapshot to boot
+	tftpDir    string // holds get/ and put/
+	mode       string // worker mode: build or bootstrap
+	want       string // the upload that ends the job
+	startup    time.Duration
+	timeout    time.Duration
+	shutdown   time.Duration
+	mac        string
+}
+
+// Errors of a session, for decisions with errors.Is.
+var (
+	// ErrMisboot means the VM made no TFTP request before the startup
+	// deadline: it did not boot, and may be retried.
+	ErrMisboot = errors.New("no TFTP request before the startup deadline (mis-boot)")
+	// ErrTimeout means the job did not finish before its deadline; the VM
+	// was suspended for investigation.
+	ErrTimeout = errors.New("deadline passed before the result was uploaded")
+	// ErrNoResult means the guest stopped without uploading its result.
+	ErrNoResult = errors.New("guest stopped without uploading its result")
+)
+
+func (s *session) getDir() string { return filepath.Join(s.tftpDir, "get") }
+func (s *session) putDir() string { return filepath.Join(s.tftpDir, "put") }
+
+// prepare makes the session's TFTP directory afresh.
+func (s *session) prepare() error {
+	if err := os.RemoveAll(s.tftpDir); err != nil {
+		return fmt.Errorf("tftp directory %s: %w", s.tftpDir, err)
+	}
+	for _, d := range []string{s.getDir(), s.putDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("tftp directory %s: %w", d, err)
+		}
+	}
+	return nil
+}
