@@ -45,7 +45,13 @@ func imageBuildCmd(e *env) *cobra.Command {
   manifest  the build2 machine manifest
 
 Presets: busybox, debian. The debian preset runs debootstrap once and keeps
-the result in the cache directory.`,
+the result in the cache directory.
+
+--add, --remove and --init-override act on the initramfs. Before it starts
+the worker, the init runs the executables in /etc/buildfarm/rc.d (add them
+with --add), in name order, in /build, with BUILDFARM_ROOT set to the
+worker's root (/, or /mnt/root for the debian preset, where a hook may
+chroot). The console shows the init's progress as "init: ..." lines.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			for _, s := range adds {

@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
@@ -110,5 +114,66 @@ func TestParseSize(t *testing.T) {
 		if got != tc.want || (err == nil) != (tc.want != 0) {
 			t.Errorf("parseSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
 		}
+	}
+}
+
+// openPTY returns the two ends of a new pseudo-terminal.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(); s.Close() })
+	return m, s
+}
+
+// TestImageBuildProgress: on a terminal, image build shows status lines,
+// each rewriting the last, and clears the line when done.
+func TestImageBuildProgress(t *testing.T) {
+	testenv.NeedKernel(t)
+	testenv.NeedProgram(t, "mkfs.ext4")
+	bb := testenv.NeedProgram(t, "busybox")
+	master, slave := openPTY(t)
+	if !isTerminal(slave) {
+		t.Fatal("isTerminal(a pty) = false")
+	}
+	r, w, _ := os.Pipe()
+	defer r.Close()
+	defer w.Close()
+	if isTerminal(w) {
+		t.Fatal("isTerminal(a pipe) = true")
+	}
+	shown := make(chan string)
+	go func() {
+		b, _ := io.ReadAll(master) // ends with EIO once the slave is closed
+		shown <- string(b)
+	}()
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"image", "build", "--out", filepath.Join(t.TempDir(), "m"), "--worker", bb, "--disk-size", "8M"},
+		strings.NewReader(""), &out, slave)
+	slave.Close()
+	got := <-shown
+	if err != nil {
+		t.Fatalf("image build: %v\nterminal: %q", err, got)
+	}
+	for _, want := range []string{"\r\x1b[Kwriting the initramfs", "\r\x1b[Khashing the machine files"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("terminal shows %q, want it to contain %q", got, want)
+		}
+	}
+	if !strings.HasSuffix(got, "\r\x1b[K") {
+		t.Errorf("terminal shows %q, want the status line cleared at the end", got)
 	}
 }
