@@ -3,12 +3,14 @@ package agent
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -244,5 +246,104 @@ func TestMisbootSuspends(t *testing.T) {
 	}
 	if !strings.Contains(log, "VM suspended for investigation") || !strings.Contains(log, "qmp=") {
 		t.Errorf("no report of the suspended VM in the log")
+	}
+}
+
+// startAgent runs the buildfarm binary's agent on f with args, and waits
+// until its VM's QEMU runs; it returns the agent and QEMU's pid.
+func startAgent(t *testing.T, f *farm, args ...string) (*exec.Cmd, int) {
+	t.Helper()
+	buildfarm, _ := binaries(t)
+	args = append([]string{"agent", "--machines", f.machines, "--tftp", f.tftp, "--accel", "tcg", "--ram", "256",
+		"--fake-bootstrap", "--build-startup", "60s"}, args...)
+	cmd := exec.Command(buildfarm, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+f.tftp).Output(); len(out) > 0 {
+			var pid int
+			fmt.Sscan(string(out), &pid)
+			return cmd, pid
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("no QEMU started by %v", args)
+	return nil, 0
+}
+
+func gone(pid int, within time.Duration) bool {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if err := syscall.Kill(pid, 0); err != nil {
+			return true
+		}
+		// A zombie has exited too: its parent has not reaped it yet.
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(b), ") Z ") {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
+
+func snapshots(f *farm) []string {
+	ms, _ := filepath.Glob(filepath.Join(f.machines, "*", "busybox", "busybox-default-*"))
+	var out []string
+	for _, m := range ms {
+		if !strings.HasSuffix(m, ".lock") {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestKillAndRestart: SIGKILL of the agent mid-build takes its QEMU with
+// it, and the next start leaves no snapshot and no namespace behind.
+func TestKillAndRestart(t *testing.T) {
+	f := newFarm(t, false, image.Options{})
+	agent, qemu := startAgent(t, f, "--fake-request", fakeRequest("hello"), "--dump-result")
+	if len(snapshots(f)) != 1 {
+		t.Fatalf("snapshots while building: %v, want one", snapshots(f))
+	}
+	agent.Process.Signal(syscall.SIGKILL)
+	agent.Wait()
+	if !gone(qemu, 5*time.Second) {
+		syscall.Kill(qemu, syscall.SIGKILL)
+		t.Fatalf("QEMU %d outlived its SIGKILLed agent", qemu)
+	}
+	if len(snapshots(f)) != 1 {
+		t.Fatalf("snapshots after the crash: %v, want the one left behind", snapshots(f))
+	}
+	// The next start cleans up; --dump-machines then exits.
+	buildfarm, _ := binaries(t)
+	out, err := exec.Command(buildfarm, "agent", "--machines", f.machines, "--tftp", f.tftp, "--fake-bootstrap", "--dump-machines").CombinedOutput()
+	if err != nil {
+		t.Fatalf("restarted agent: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "name: busybox") || !strings.Contains(string(out), "removed a stray snapshot") {
+		t.Errorf("restarted agent said:\n%s\nwant the machine header and the stray snapshot removed", out)
+	}
+	if s := snapshots(f); len(s) != 0 {
+		t.Errorf("snapshots after a restart: %v", s)
+	}
+}
+
+// TestSIGTERM: SIGTERM stops the VM, deletes the snapshot and exits 0.
+func TestSIGTERM(t *testing.T) {
+	f := newFarm(t, false, image.Options{})
+	agent, qemu := startAgent(t, f, "--fake-request", fakeRequest("hello"), "--dump-result")
+	agent.Process.Signal(syscall.SIGTERM)
+	if err := agent.Wait(); err != nil {
+		t.Errorf("agent after SIGTERM: %v, want exit 0", err)
+	}
+	if !gone(qemu, time.Second) {
+		t.Errorf("QEMU %d still running after the agent exited", qemu)
+	}
+	if s := snapshots(f); len(s) != 0 {
+		t.Errorf("snapshots after SIGTERM: %v", s)
 	}
 }
