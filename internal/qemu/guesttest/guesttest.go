@@ -32,19 +32,16 @@ var (
 	Network     = []string{"virtio_pci", "virtio_net"}
 )
 
-// Prelude starts every init script. It leaves $PATH set, busybox's applets
-// installed, and acpid running.
+// Prelude starts every init script. It leaves $PATH set and acpid
+// running. (Write links busybox's applets and writes acpid's power button
+// action into the image, which saves time at boot under TCG.)
 const Prelude = `#!/bin/busybox sh
-/bin/busybox --install -s /bin
 export PATH=/bin
 mount -t devtmpfs dev /dev
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 exec </dev/console >/dev/console 2>&1
 for m in $(cat /etc/modules); do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
-mkdir -p /etc/acpi/PWRF
-printf '#!/bin/sh\npoweroff -f\n' >/etc/acpi/PWRF/00000080
-chmod +x /etc/acpi/PWRF/00000080
 # acpid opens the event devices once: wait for devtmpfs to make them.
 n=0
 while [ "$(ls /sys/class/input | grep -c event)" != "$(ls /dev/input 2>/dev/null | grep -c event)" ] && [ $n -lt 200 ]; do
@@ -81,8 +78,9 @@ func Initramfs(t testing.TB, k cache.Kernel, body string, modules ...string) str
 }
 
 // Write writes to out an initramfs whose /init is the script init, with
-// static busybox and the modules named (and what they depend on), listed
-// in load order in /etc/modules.
+// static busybox and its applets linked in /bin, the modules named (and
+// what they depend on) listed in load order in /etc/modules, and
+// /etc/acpi/PWRF/00000080, acpid's action for the power button: poweroff -f.
 func Write(ctx context.Context, out string, k cache.Kernel, init string, modules ...string) error {
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
@@ -112,6 +110,21 @@ func Write(ctx context.Context, out string, k cache.Kernel, init string, modules
 		if err := copyFile(filepath.Join(k.Modules, rel), filepath.Join(root, "lib/modules", name+".ko"), 0o644); err != nil {
 			return err
 		}
+	}
+	applets, err := proc.Output(ctx, busybox, "--list")
+	if err != nil {
+		return err
+	}
+	for _, a := range strings.Fields(string(applets)) {
+		if err := os.Symlink("busybox", filepath.Join(root, "bin", a)); err != nil && !os.IsExist(err) {
+			return err
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, "etc/acpi/PWRF"), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/acpi/PWRF/00000080"), []byte("#!/bin/sh\npoweroff -f\n"), 0o755); err != nil {
+		return err
 	}
 	if err := os.WriteFile(filepath.Join(root, "etc/modules"), []byte(strings.Join(names, "\n")+"\n"), 0o644); err != nil {
 		return err
