@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,6 +90,28 @@ func New(cfg Config, dir string, log *slog.Logger) (*VM, error) {
 	}
 	if cfg.Name == "" {
 		cfg.Name = filepath.Base(dir)
+	}
+	// QEMU runs in dir: paths relative to ours would not find their files.
+	abs := func(p *string) error {
+		if *p == "" || filepath.IsAbs(*p) {
+			return nil
+		}
+		a, err := filepath.Abs(*p)
+		*p = a
+		return err
+	}
+	cfg.Drives = slices.Clone(cfg.Drives)
+	paths := []*string{&cfg.Kernel, &cfg.Initrd, &cfg.SerialLog, &cfg.QMPSocket, &cfg.NetNS}
+	if cfg.Firmware != "default" {
+		paths = append(paths, &cfg.Firmware)
+	}
+	for i := range cfg.Drives {
+		paths = append(paths, &cfg.Drives[i].Path)
+	}
+	for _, p := range paths {
+		if err := abs(p); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", cfg.Name, err)
+		}
 	}
 	if cfg.SerialLog == "" {
 		cfg.SerialLog = filepath.Join(dir, SerialLogName)

@@ -509,3 +509,25 @@ func TestInfoPTYAndVNC(t *testing.T) {
 		t.Errorf("VNC greeting = %q, %v, want RFB", b, err)
 	}
 }
+
+func TestRelativePaths(t *testing.T) {
+	// Paths relative to the caller's directory must reach QEMU absolute,
+	// since QEMU runs in the VM's own directory.
+	dir := t.TempDir()
+	t.Chdir(dir)
+	cfg := qemu.Config{Accel: qemu.TCG, Kernel: "m/kernel", Initrd: "m/initrd", Drives: []qemu.Drive{{Path: "m/disk.img"}}}
+	vm, err := qemu.New(cfg, "vm", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Join(vm.Args(), " ")
+	for _, want := range []string{"-kernel " + dir + "/m/kernel", "-initrd " + dir + "/m/initrd", "file=" + dir + "/m/disk.img,",
+		"path=" + dir + "/vm/serial.log", "unix:" + dir + "/vm/qmp.sock,"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("Args() = %s, want it to hold %s", args, want)
+		}
+	}
+	if cfg.Drives[0].Path != "m/disk.img" {
+		t.Errorf("New changed the caller's drives: %v", cfg.Drives)
+	}
+}
