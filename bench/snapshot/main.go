@@ -1,0 +1,339 @@
+// Command snapshot measures what a task's machine snapshot costs on each
+// storage backend of package machine, against a plain copy of the machine,
+// for a 1 GiB and a 20 GiB disk. Run it as root (it makes a btrfs file
+// system on a loop device, and removes it when done):
+//
+//	go run ./bench/snapshot [-runs 5] [-dir /tmp] [-copy20]
+//
+// It prints a Markdown table for bench/README.md. See its "Snapshots"
+// section for what exactly each disk holds and what is measured.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/buildfarm/buildfarm/internal/machine"
+	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/proc"
+)
+
+const gib = 1 << 30
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench/snapshot: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, out io.Writer) (err error) {
+	fl := flag.NewFlagSet("snapshot", flag.ContinueOnError)
+	runs := fl.Int("runs", 5, "snapshots per backend and size (median reported)")
+	base := fl.String("dir", os.TempDir(), "a directory on a file system without reflinks (ext4)")
+	copy20 := fl.Bool("copy20", false, "also copy the 20 GiB machine once (writes 20 GiB more to -dir; about a minute)")
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp(*base, "bench-snapshot-")
+	if err != nil {
+		return err
+	}
+	// Clean-ups run in reverse; a failing one is reported with the rest.
+	var cleanups []func() error
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			err = errors.Join(err, cleanups[i]())
+		}
+	}()
+	cleanups = append(cleanups, func() error { return os.RemoveAll(work) })
+	bctx := context.WithoutCancel(ctx)
+
+	// 1. The btrfs file system: a sparse 32 GiB file on a loop device.
+	img := filepath.Join(work, "btrfs.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		return err
+	}
+	if err := os.Truncate(img, 32*gib); err != nil {
+		return err
+	}
+	if err := proc.Run(ctx, nil, "mkfs.btrfs", "-q", img); err != nil {
+		return err
+	}
+	o, err := proc.Output(ctx, "losetup", "--find", "--show", img)
+	if err != nil {
+		return err
+	}
+	dev := strings.TrimSpace(string(o))
+	cleanups = append(cleanups, func() error { return proc.Run(bctx, nil, "losetup", "-d", dev) })
+	bdir := filepath.Join(work, "btrfs")
+	if err := os.Mkdir(bdir, 0o755); err != nil {
+		return err
+	}
+	if err := proc.Run(ctx, nil, "mount", "-t", "btrfs", dev, bdir); err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() error { return proc.Run(bctx, nil, "umount", bdir) })
+	edir := filepath.Join(work, "ext4")
+	if err := os.Mkdir(edir, 0o755); err != nil {
+		return err
+	}
+	if b, err := machine.IsBtrfs(edir); err != nil || b {
+		return fmt.Errorf("-dir %s: want a file system without reflinks (btrfs: %v, %v)", *base, b, err)
+	}
+
+	// 2. The machines. 1 GiB: real pseudo-random data, on both. 20 GiB on
+	// btrfs: the 1 GiB disk cloned 20 times into one file (real extents,
+	// no holes); on ext4: fallocate'd (allocated, unwritten extents).
+	btrfsB, err := machine.NewBackend(bdir, machine.BackendBtrfs)
+	if err != nil {
+		return err
+	}
+	fallbackB, err := machine.NewBackend(bdir, machine.BackendFallback)
+	if err != nil {
+		return err
+	}
+	type size struct {
+		name       string
+		btrfs, ext string // machine directories
+	}
+	sizes := []size{{"1 GiB", filepath.Join(bdir, "m1"), filepath.Join(edir, "m1")},
+		{"20 GiB", filepath.Join(bdir, "m20"), filepath.Join(edir, "m20")}}
+	for _, s := range sizes {
+		if err := btrfsB.Create(ctx, s.btrfs); err != nil {
+			return err
+		}
+		cleanups = append(cleanups, func() error { return btrfsB.Delete(bctx, s.btrfs) })
+		for _, d := range []string{s.btrfs, s.ext} {
+			if err := writeMachineFiles(d); err != nil {
+				return err
+			}
+		}
+	}
+	fmt.Fprintln(os.Stderr, "writing the 1 GiB disks")
+	for _, d := range []string{sizes[0].btrfs, sizes[0].ext} {
+		if err := writeRandom(filepath.Join(d, machine.RawDisk), gib); err != nil {
+			return err
+		}
+	}
+	if err := cloneRepeated(filepath.Join(sizes[0].btrfs, machine.RawDisk), filepath.Join(sizes[1].btrfs, machine.RawDisk), 20); err != nil {
+		return err
+	}
+	if err := fallocate(filepath.Join(sizes[1].ext, machine.RawDisk), 20*gib); err != nil {
+		return err
+	}
+	for _, s := range sizes {
+		if err := btrfsB.SetReadOnly(ctx, s.btrfs); err != nil {
+			return err
+		}
+		if err := fallbackB.SetReadOnly(ctx, s.ext); err != nil {
+			return err
+		}
+	}
+	unix.Sync()
+
+	// 3. Measure, interleaved per run: each way snapshots (or copies) the
+	// machine directory, and the result is deleted before the next run.
+	type way struct {
+		name string
+		snap func(ctx context.Context, s size, dst string) (string, error)
+		del  func(ctx context.Context, dst string) error
+		dir  func(s size) string
+	}
+	cp := func(ctx context.Context, src, dst string) (string, error) {
+		return "cp", proc.Run(ctx, nil, "cp", "-a", "--reflink=never", "--sparse=never", src, dst)
+	}
+	ways := []way{
+		{"btrfs snapshot", func(ctx context.Context, s size, dst string) (string, error) {
+			return btrfsB.Snapshot(ctx, s.btrfs, dst)
+		},
+			func(ctx context.Context, d string) error { return btrfsB.Delete(ctx, d) }, func(s size) string { return bdir }},
+		{"fallback on btrfs", func(ctx context.Context, s size, dst string) (string, error) {
+			return fallbackB.Snapshot(ctx, s.btrfs, dst)
+		},
+			func(ctx context.Context, d string) error { return fallbackB.Delete(ctx, d) }, func(s size) string { return bdir }},
+		{"fallback on ext4", func(ctx context.Context, s size, dst string) (string, error) {
+			return fallbackB.Snapshot(ctx, s.ext, dst)
+		},
+			func(ctx context.Context, d string) error { return fallbackB.Delete(ctx, d) }, func(s size) string { return edir }},
+		{"plain copy (cp) on ext4", func(ctx context.Context, s size, dst string) (string, error) { return cp(ctx, s.ext, dst) },
+			func(ctx context.Context, d string) error { return fallbackB.Delete(ctx, d) }, func(s size) string { return edir }},
+	}
+	type result struct {
+		method      string
+		snap, del   []time.Duration
+		notMeasured bool
+	}
+	results := map[string]*result{}
+	for _, s := range sizes {
+		for i := 0; i < *runs; i++ {
+			for _, w := range ways {
+				key := s.name + "/" + w.name
+				r := results[key]
+				if r == nil {
+					r = &result{}
+					results[key] = r
+				}
+				if s.name == "20 GiB" && strings.HasPrefix(w.name, "plain copy") && (!*copy20 || i > 0) {
+					r.notMeasured = !*copy20 // 20 GiB of writes: see the README
+					continue
+				}
+				dst := filepath.Join(w.dir(s), fmt.Sprintf("snap-%d", i))
+				t0 := time.Now()
+				m, err := w.snap(ctx, s, dst)
+				d := time.Since(t0)
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", w.name, s.name, err)
+				}
+				t0 = time.Now()
+				if err := w.del(ctx, dst); err != nil {
+					return err
+				}
+				r.snap, r.del, r.method = append(r.snap, d), append(r.del, time.Since(t0)), m
+				fmt.Fprintf(os.Stderr, "%s %s run %d: %v (%s)\n", s.name, w.name, i+1, d.Round(time.Microsecond), m)
+			}
+		}
+	}
+
+	// 4. The table: medians, and the copy's time over each way's.
+	fmt.Fprintf(out, "| disk | way | how | snapshot (median of %d) | delete | copy ÷ snapshot |\n|---|---|---|---:|---:|---:|\n", *runs)
+	copy1 := median(results["1 GiB/plain copy (cp) on ext4"].snap)
+	for _, s := range sizes {
+		copyT, note := copy1, ""
+		if s.name == "20 GiB" {
+			copyT, note = 20*copy1, " (copy: 20 × the 1 GiB copy, not measured)"
+			if *copy20 {
+				copyT, note = results["20 GiB/plain copy (cp) on ext4"].snap[0], " (copy: one run)"
+			}
+		}
+		for _, w := range ways {
+			r := results[s.name+"/"+w.name]
+			if r.notMeasured {
+				fmt.Fprintf(out, "| %s | %s | | ≈ %s, extrapolated | | |\n", s.name, w.name, fmtDur(copyT))
+				continue
+			}
+			sn := median(r.snap)
+			fmt.Fprintf(out, "| %s | %s | %s | %s | %s | %s%s |\n", s.name, w.name, r.method, fmtDur(sn), fmtDur(median(r.del)),
+				fmtRatio(float64(copyT)/float64(sn)), note)
+		}
+	}
+	return nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}
+
+func fmtRatio(r float64) string {
+	if r >= 100 {
+		return fmt.Sprintf("%.0f×", r)
+	}
+	return fmt.Sprintf("%.1f×", r)
+}
+
+// writeMachineFiles writes a machine's small files.
+func writeMachineFiles(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	m := manifest.Machine{ID: "bench", Name: "bench", Summary: "snapshot benchmark", Type: "kvm"}
+	if err := manifest.WriteFile(filepath.Join(dir, machine.ManifestFile), []manifest.Manifest{m.Manifest()}); err != nil {
+		return err
+	}
+	kernel := make([]byte, 8<<20)
+	for i := range kernel {
+		kernel[i] = byte(i)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kernel"), kernel, 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "cmdline"), []byte("console=ttyS0 panic=-1\n"), 0o644)
+}
+
+// writeRandom writes n bytes of pseudo-random data to path and syncs it.
+func writeRandom(path string, n int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := rand.NewChaCha8([32]byte{1})
+	buf := make([]byte, 4<<20)
+	for off := int64(0); off < n; off += int64(len(buf)) {
+		r.Read(buf)
+		if _, err := f.Write(buf); err != nil {
+			return err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// cloneRepeated makes dst times copies of src back to back, by FICLONERANGE.
+func cloneRepeated(src, dst string, times int) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	for i := 0; i < times; i++ {
+		err := unix.IoctlFileCloneRange(int(out.Fd()), &unix.FileCloneRange{
+			Src_fd: int64(in.Fd()), Src_length: uint64(fi.Size()), Dest_offset: uint64(i) * uint64(fi.Size())})
+		if err != nil {
+			return fmt.Errorf("clone %s into %s: %w", src, dst, err)
+		}
+	}
+	return out.Close()
+}
+
+// fallocate allocates n bytes for the new file path.
+func fallocate(path string, n int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, n); err != nil {
+		return fmt.Errorf("fallocate %s: %w", path, err)
+	}
+	return f.Close()
+}
