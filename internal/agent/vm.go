@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -107,12 +108,18 @@ func (a *Agent) boot(ctx context.Context, s *session, last bool) (*running, erro
 	if err != nil {
 		return fail(err)
 	}
+	// Each request is logged only in verbose mode; the guest's progress
+	// reports are logged as they arrive either way.
+	var tftpLog *slog.Logger
+	if a.log.Enabled(ctx, slog.LevelDebug) {
+		tftpLog = a.log.With("vm", s.name)
+	}
 	srv := &tftp.Server{
 		Root:           s.tftpDir,
 		Rules:          rules,
 		MaxPutSize:     maxUpload,
 		MaxTotalPut:    maxUpload,
-		Log:            a.log.With("vm", s.name),
+		Log:            tftpLog,
 		ListenTransfer: listenTransfer,
 		OnRequest: func(req tftp.Request) {
 			once1.Do(func() { close(firstRequest) })
