@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +17,10 @@ import (
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/initramfs"
+	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/testenv"
+	"github.com/buildfarm/buildfarm/internal/tftp"
 )
 
 var worker struct {
@@ -196,9 +199,11 @@ type vm struct {
 }
 
 // boot starts QEMU on the machine directory dir under TCG with qboot, its
-// disk unless noDisk, user networking with QEMU's own TFTP server serving
-// tftpDir, and the NIC's MAC mac (QEMU's default when empty). QEMU is
-// killed, by pid, when the test ends.
+// disk unless noDisk, user networking, and the NIC's MAC mac (QEMU's default
+// when empty). A TFTP server of ours serves tftpDir (writes allowed) to the
+// guest as 10.0.2.2:PORT, which buildfarm.tftp on the command line tells
+// the worker; the worker finds no task there and exits. QEMU is killed, by
+// pid, and the server stopped when the test ends.
 func boot(t *testing.T, dir, tftpDir, mac string, noDisk bool) *vm {
 	t.Helper()
 	qemu := testenv.NeedProgram(t, "qemu-system-x86_64")
@@ -206,14 +211,28 @@ func boot(t *testing.T, dir, tftpDir, mac string, noDisk bool) *vm {
 	if err != nil {
 		t.Fatal(err)
 	}
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	srv := &tftp.Server{Root: tftpDir, AllowPut: true}
+	go func() { served <- srv.Serve(ctx, conn) }()
+	t.Cleanup(func() {
+		stop()
+		<-served
+		conn.Close()
+	})
+	port := conn.LocalAddr().(*net.UDPAddr).Port
 	serial := filepath.Join(t.TempDir(), "serial.log")
-	nic := "user,model=virtio-net-pci,tftp=" + tftpDir
+	nic := "user,model=virtio-net-pci"
 	if mac != "" {
 		nic += ",mac=" + mac
 	}
 	args := []string{"-M", "pc", "-accel", "tcg", "-m", "512", "-smp", "1",
 		"-kernel", filepath.Join(dir, KernelFile), "-initrd", filepath.Join(dir, InitrdFile),
-		"-append", strings.TrimSpace(string(cmdline)),
+		"-append", fmt.Sprintf("%s buildfarm.tftp=10.0.2.2:%d", strings.TrimSpace(string(cmdline)), port),
 		"-nic", nic, "-serial", "file:" + serial,
 		"-display", "none", "-nodefaults", "-no-reboot"}
 	if _, err := os.Stat("/usr/share/qemu/qboot.rom"); err == nil {
@@ -291,7 +310,8 @@ func TestBootBusybox(t *testing.T) {
 	hook := write(t, filepath.Join(src, "hook"), `#!/bin/sh
 echo "hook: in $(pwd), key $(cat /root/.ssh/authorized_keys)"
 grep -q ' /build ext4 ' /proc/mounts && echo "hook: /build is ext4"
-tftp -g -r greeting -l /tmp/greeting 10.0.2.2 && echo "hook: tftp says $(cat /tmp/greeting)"
+port=$(sed -n 's/.*buildfarm.tftp=10.0.2.2:\([0-9]*\).*/\1/p' /proc/cmdline)
+tftp -g -r greeting -l /tmp/greeting 10.0.2.2 "$port" && echo "hook: tftp says $(cat /tmp/greeting)"
 `, 0o755)
 	key := write(t, filepath.Join(src, "key.pub"), "ssh-ed25519 AAAAtest test@buildfarm\n", 0o644)
 	tftpDir := t.TempDir()
@@ -305,13 +325,19 @@ tftp -g -r greeting -l /tmp/greeting 10.0.2.2 && echo "hook: tftp says $(cat /tm
 	if err != nil {
 		t.Fatal(err)
 	}
-	manifest, err := os.ReadFile(filepath.Join(out, ManifestFile))
+	ms, err := manifest.ReadFile(filepath.Join(out, ManifestFile))
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("manifest: %v, %d manifests", err, len(ms))
+	}
+	mm, err := manifest.ParseMachine(ms[0], ManifestFile, manifest.Strict)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantManifest := fmt.Sprintf(": 1\nid: %s\nname: busybox\n", m.ID)
-	if !strings.HasPrefix(string(manifest), wantManifest) || !strings.Contains(string(manifest), "\ntype: kvm\nmac: "+m.MAC+"\n") {
-		t.Errorf("manifest:\n%s\nwant it to start %q and hold type and mac", manifest, wantManifest)
+	if mm.ID != m.ID || mm.Name != "busybox" || mm.Type != "kvm" || mm.MAC != m.MAC || !strings.Contains(mm.Summary, "busybox") {
+		t.Errorf("manifest: %+v, want id %s, name busybox, type kvm, mac %s", mm, m.ID, m.MAC)
+	}
+	if id, err := machineID(context.Background(), out); err != nil || id != m.ID {
+		t.Errorf("machine id of %s = %s, %v; the manifest says %s", out, id, err, m.ID)
 	}
 
 	for _, tc := range []struct {
@@ -348,6 +374,11 @@ tftp -g -r greeting -l /tmp/greeting 10.0.2.2 && echo "hook: tftp says $(cat /tm
 			console := v.waitExit(t, 90*time.Second)
 			t.Logf("booted, ran and powered off in %v", time.Since(start).Round(time.Millisecond))
 			expectInOrder(t, console, tc.want...)
+			// The worker reported its progress to our TFTP server.
+			if b, err := os.ReadFile(filepath.Join(tftpDir, "progress")); err != nil || len(b) == 0 {
+				t.Errorf("no progress from the worker over TFTP: %q, %v", b, err)
+			}
+			os.Remove(filepath.Join(tftpDir, "progress"))
 			if strings.Contains(console, "FAILED") {
 				t.Errorf("console reports a failure:\n%s", console)
 			}

@@ -8,7 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
+
+	"github.com/buildfarm/buildfarm/internal/manifest"
 )
 
 // MAC returns the machine's MAC address: locally administered, unicast,
@@ -59,11 +60,6 @@ func (c ctxReader) Read(p []byte) (int, error) {
 
 // writeManifest writes the build2 machine manifest of m.
 func writeManifest(file string, m *Machine, summary string) error {
-	var b strings.Builder
-	fmt.Fprintf(&b, ": 1\nid: %s\nname: %s\nsummary: %s\ntype: kvm\nmac: %s\n",
-		m.ID, m.Name, strings.ReplaceAll(summary, "\n", " "), m.MAC)
-	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
-		return fmt.Errorf("write manifest: %w", err)
-	}
-	return nil
+	mm := manifest.Machine{ID: m.ID, Name: m.Name, Summary: summary, Type: "kvm", MAC: m.MAC}
+	return manifest.WriteFile(file, []manifest.Manifest{mm.Manifest()})
 }
