@@ -12,8 +12,11 @@
 //	    <name>-<toolchain>/          bootstrapped for that toolchain
 //	    <name>-<toolchain>-<xxx>/    a task's one-shot snapshot, or a bootstrap
 //	                                 in progress (renamed into place when done)
-//	    .lock                        flock: one bootstrap or removal at a time
+//	    .lock                        flock: one bootstrap, upgrade or removal at a time
 //	    .<name>-<toolchain>-<xxx>.lock  held by the owner of that snapshot
+//	    .<name>-<toolchain>.use      flock: shared while a task snapshot is
+//	                                 copied, exclusive while a bootstrap
+//	                                 replaces the machine
 //
 // The backend is picked per volume from the file system type (statfs): on
 // btrfs every one of those directories is a subvolume and a snapshot is

@@ -207,7 +207,14 @@ func (v *Volume) enumerate(ctx context.Context, name, tc string, want Want) (_ *
 		}
 		if errors.Is(err, ErrRemoved) {
 			v.Log.Info("machine unlinked; deleting its bootstrapped machine", "machine", name, "dir", bdir)
-			return nil, v.Backend.Delete(ctx, bdir)
+			if err := v.Backend.Delete(ctx, bdir); err != nil {
+				return nil, err
+			}
+			err := os.Remove(filepath.Join(mdir, useLockName(filepath.Base(bdir))))
+			if errors.Is(err, fs.ErrNotExist) {
+				err = nil
+			}
+			return nil, err
 		}
 		if err != nil {
 			return nil, err
@@ -307,7 +314,7 @@ func (b *Bootstrapping) Commit(ctx context.Context, bm *manifest.BootstrappedMac
 		err = v.Backend.SetReadOnly(ctx, b.Dir)
 	}
 	if err == nil {
-		err = renameReplace(b.Dir, b.target)
+		err = b.replace(ctx)
 	}
 	if err != nil {
 		b.Snapshot.Delete(ctx)
@@ -317,6 +324,17 @@ func (b *Bootstrapping) Commit(ctx context.Context, bm *manifest.BootstrappedMac
 	err = b.Snapshot.Delete(ctx)
 	v.Log.Info("machine bootstrapped", "dir", b.target, "revision", b.Revision.String())
 	return err
+}
+
+// replace puts the snapshot in place of the bootstrapped machine, once no
+// task snapshot is being copied from it.
+func (b *Bootstrapping) replace(ctx context.Context) error {
+	use, err := lock(ctx, filepath.Join(filepath.Dir(b.target), useLockName(filepath.Base(b.target))))
+	if err != nil {
+		return err
+	}
+	defer use.Unlock()
+	return renameReplace(b.Dir, b.target)
 }
 
 // Abort deletes the snapshot of a failed bootstrap and releases the lock.

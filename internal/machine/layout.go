@@ -144,3 +144,8 @@ func randomSuffix() string {
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// useLockName is the lock that keeps a bootstrapped machine in place while
+// a task snapshot copies it (shared) and that Commit takes to replace it
+// (exclusive): a copy by the fallback backend is not atomic.
+func useLockName(bootstrapped string) string { return "." + bootstrapped + ".use" }

@@ -21,12 +21,16 @@ const lockPoll = 50 * time.Millisecond
 
 // tryLock takes an exclusive lock on path (created if missing) without
 // waiting; ok is false when another holder has it.
-func tryLock(path string) (l *Lock, ok bool, err error) {
+func tryLock(path string) (l *Lock, ok bool, err error) { return tryFlock(path, unix.LOCK_EX) }
+
+// tryFlock takes a lock of kind how (LOCK_EX or LOCK_SH) on path without
+// waiting.
+func tryFlock(path string, how int) (l *Lock, ok bool, err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return nil, false, fmt.Errorf("lock %s: %w", path, err)
 	}
-	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	err = unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
 	if errors.Is(err, unix.EWOULDBLOCK) {
 		f.Close()
 		return nil, false, nil
@@ -40,11 +44,15 @@ func tryLock(path string) (l *Lock, ok bool, err error) {
 
 // lock takes an exclusive lock on path, waiting until it is free or ctx is
 // done.
-func lock(ctx context.Context, path string) (*Lock, error) {
+func lock(ctx context.Context, path string) (*Lock, error) { return flock(ctx, path, unix.LOCK_EX) }
+
+// flock takes a lock of kind how on path, waiting until it can or ctx is
+// done.
+func flock(ctx context.Context, path string, how int) (*Lock, error) {
 	t := time.NewTicker(lockPoll)
 	defer t.Stop()
 	for {
-		l, ok, err := tryLock(path)
+		l, ok, err := tryFlock(path, how)
 		if err != nil || ok {
 			return l, err
 		}

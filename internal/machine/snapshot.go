@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // Snapshot is a task's one-shot copy of a bootstrapped machine,
@@ -64,7 +66,12 @@ func (v *Volume) SnapshotForTask(ctx context.Context, name, tc string) (*Snapsho
 	} else if err != nil {
 		return nil, fmt.Errorf("machine %s: %w", name, err)
 	}
+	use, err := flock(ctx, filepath.Join(v.machineDir(name), useLockName(filepath.Base(src))), unix.LOCK_SH)
+	if err != nil {
+		return nil, err
+	}
 	s, err := v.newWork(ctx, name, tc, src)
+	use.Unlock()
 	if err != nil {
 		return nil, err
 	}

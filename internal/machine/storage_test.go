@@ -165,7 +165,7 @@ func TestLifecycle(t *testing.T) {
 			if c.Decision.Reason != "not bootstrapped" || c.Revision != (Revision{1, 0}) || c.Machine.ID != "id1" {
 				t.Errorf("first Enumerate = %+v", c)
 			}
-			if got := listNames(t, mdir); !slices.Equal(got, []string{".lock", "m-1", "m-1.0", "m-default"}) {
+			if got := listNames(t, mdir); !slices.Equal(got, []string{".lock", ".m-default.use", "m-1", "m-1.0", "m-default"}) {
 				t.Errorf("after bootstrap the machine holds %q", got)
 			}
 			if c := enumerateOne(t, s, "m"); c.Decision.Action != ActionUse || c.Dir != filepath.Join(mdir, "m-default") {
@@ -235,7 +235,7 @@ func TestLifecycle(t *testing.T) {
 			if _, err := v.Upgrade(ctx, "m", Source{Dir: filepath.Join(src, "r3")}); err != nil {
 				t.Fatal(err)
 			}
-			if got := listNames(t, mdir); !slices.Equal(got, []string{".lock", "m-1", "m-1.1", "m-1.2", "m-default"}) {
+			if got := listNames(t, mdir); !slices.Equal(got, []string{".lock", ".m-default.use", "m-1", "m-1.1", "m-1.2", "m-default"}) {
 				t.Errorf("after the second upgrade the machine holds %q", got)
 			}
 

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestMain lets the test binary play an agent that crashes mid-task.
@@ -188,5 +190,43 @@ func TestEnumerateLinkMoved(t *testing.T) {
 	}
 	if got := listNames(t, filepath.Join(v.Dir, "m")); !slices.Equal(got, []string{".lock", "m-1", "m-1.0", "m-1.1"}) {
 		t.Errorf("after Abort the machine holds %q", got)
+	}
+}
+
+// TestCommitWaitsForCopy: a bootstrap is not put in place while a task
+// snapshot is being copied from the bootstrapped machine it replaces.
+func TestCommitWaitsForCopy(t *testing.T) {
+	bc := backendCases()[1]
+	ctx := context.Background()
+	s, v := storeWithMachine(t, bc)
+	bootstrap(t, s, "m", 'B')
+	newer := Want{ToolchainID: "tc2", Versions: testWant.Versions}
+	cs, err := s.Enumerate(ctx, "default", newer)
+	if err != nil || len(cs) != 1 || cs[0].Bootstrap == nil {
+		t.Fatalf("Enumerate for a new toolchain = %v, %v", cs, err)
+	}
+	writeMark(t, cs[0].Bootstrap.Dir, markBootstrap, 'C')
+	// A task snapshot in progress holds the shared use lock.
+	copying, err := flock(ctx, filepath.Join(v.Dir, "m", useLockName("m-default")), unix.LOCK_SH)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cs[0].Bootstrap.Commit(ctx, bootstrapManifest(cs[0], newer)) }()
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("Commit returned %v while a copy was in progress", err)
+	default:
+	}
+	if got := readMark(t, filepath.Join(v.Dir, "m", "m-default"), markBootstrap); got != 'B' {
+		t.Errorf("bootstrapped machine replaced during the copy: mark %q, want 'B'", got)
+	}
+	copying.Unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := readMark(t, filepath.Join(v.Dir, "m", "m-default"), markBootstrap); got != 'C' {
+		t.Errorf("after Commit: mark %q, want 'C'", got)
 	}
 }
