@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/qemu/guesttest"
 	"github.com/buildfarm/buildfarm/internal/testenv"
@@ -89,5 +90,68 @@ func TestMachineConfig(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, cfg); diff != "" {
 		t.Errorf("machineConfig(%s) differs (-want +got):\n%s", dir, diff)
+	}
+}
+
+// acpiHook is an rc.d hook for the image builder's init that makes the
+// guest power off on the ACPI power button, as vm boot-test asks it to.
+const acpiHook = `#!/bin/sh
+insmod /opt/acpi/button.ko
+insmod /opt/acpi/evdev.ko
+n=0
+while [ "$(ls /sys/class/input | grep -c event)" != "$(ls /dev/input 2>/dev/null | grep -c event)" ] && [ $n -lt 200 ]; do
+	usleep 10000; n=$((n + 1))
+done
+acpid -d -c /etc/acpi </dev/null >/dev/console 2>&1 &
+n=0
+while [ "$(ls -l /proc/$!/fd 2>/dev/null | grep -c /dev/input/)" != "$(ls /dev/input | grep -c event)" ] && [ $n -lt 200 ]; do
+	usleep 10000; n=$((n + 1))
+done
+`
+
+// TestVMBootTestImage boots what the image builder makes, with the real
+// buildfarm-worker, plus a hook that handles the power button.
+func TestVMBootTestImage(t *testing.T) {
+	testenv.NeedVM(t)
+	testenv.NeedProgram(t, "qemu-system-x86_64")
+	testenv.NeedProgram(t, "mkfs.ext4")
+	gobin := testenv.NeedProgram(t, "go")
+	k := testenv.NeedKernel(t)
+	tmp := t.TempDir()
+
+	worker := filepath.Join(tmp, "buildfarm-worker")
+	build := proc.Command(t.Context(), gobin, "build", "-o", worker, "../buildfarm-worker")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if err := proc.Wait(build); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{"acpi-hook": acpiHook, "poweroff": "#!/bin/sh\npoweroff -f\n"}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(tmp, name), []byte(data), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	order, err := guesttest.LoadOrder(k.Modules, guesttest.PowerButton...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"image", "build", "--preset", "busybox", "--out", filepath.Join(tmp, "m"), "--worker", worker, "--disk-size", "16M",
+		"--add", filepath.Join(tmp, "acpi-hook") + ":/etc/buildfarm/rc.d/50-acpi",
+		"--add", filepath.Join(tmp, "poweroff") + ":/etc/acpi/PWRF/00000080"}
+	for _, rel := range order {
+		args = append(args, "--add", filepath.Join(k.Modules, rel)+":/opt/acpi/"+filepath.Base(rel))
+	}
+	if stdout, stderr, code := runManifest(t, "", args...); code != 0 {
+		t.Fatalf("image build: exit %d\n%s%s", code, stdout, stderr)
+	}
+
+	stdout, stderr, code := runManifest(t, "", "vm", "boot-test", filepath.Join(tmp, "m"), "--accel", "tcg", "--timeout", "90")
+	if code != 0 {
+		t.Fatalf("vm boot-test of the image: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	t.Logf("vm boot-test:\n%s", stdout)
+	if !regexp.MustCompile(`(?m)^first sign of life: +\d+\.\d\ds  buildfarm-worker \S+: started$`).MatchString(stdout) ||
+		!regexp.MustCompile(`(?m)^power-off: +\d+\.\d\ds  clean`).MatchString(stdout) {
+		t.Errorf("vm boot-test of the image printed:\n%s\nwant the worker's first sign of life and a clean power-off", stdout)
 	}
 }
