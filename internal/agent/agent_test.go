@@ -78,9 +78,9 @@ func (f *farm) Write(p []byte) (int, error) {
 	return f.log.Write(p)
 }
 
-// newFarm builds the busybox machine (with opts' extras) and adds it to a
-// volume: on btrfs on a loop device, or on the fallback backend in a
-// temporary directory.
+// newFarm builds a machine (the busybox preset unless opts names another,
+// with opts' extras) and adds it to a volume: on btrfs on a loop device, or
+// on the fallback backend in a temporary directory.
 func newFarm(t *testing.T, btrfs bool, opts image.Options) *farm {
 	t.Helper()
 	testenv.NeedVM(t)
@@ -89,7 +89,7 @@ func newFarm(t *testing.T, btrfs bool, opts image.Options) *farm {
 	_, worker := binaries(t)
 	root := t.TempDir()
 	if btrfs {
-		root = testenv.Btrfs(t, 2<<30)
+		root = testenv.Btrfs(t, 8<<30) // sparse: room for the debian machine's 2 GiB disk
 	}
 	f := &farm{machines: filepath.Join(root, "machines"), tftp: filepath.Join(root, "tftp")}
 	t.Cleanup(func() {
@@ -97,7 +97,10 @@ func newFarm(t *testing.T, btrfs bool, opts image.Options) *farm {
 			t.Logf("agent log:\n%s", f.log.String())
 		}
 	})
-	opts.Preset, opts.Out, opts.Worker = "busybox", filepath.Join(t.TempDir(), "busybox"), worker
+	if opts.Preset == "" {
+		opts.Preset = "busybox"
+	}
+	opts.Out, opts.Worker = filepath.Join(t.TempDir(), opts.Preset), worker
 	if _, err := image.Build(context.Background(), opts); err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +108,7 @@ func newFarm(t *testing.T, btrfs bool, opts image.Options) *farm {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.Add(context.Background(), "busybox", machine.Source{Dir: opts.Out}); err != nil {
+	if _, err := v.Add(context.Background(), opts.Preset, machine.Source{Dir: opts.Out}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { checkNothingLeft(t, f) })
@@ -154,14 +157,11 @@ func parseResult(t *testing.T, out string) *manifest.Result {
 // namespace of ours survived.
 func checkNothingLeft(t *testing.T, f *farm) {
 	t.Helper()
-	if out, _ := exec.Command("pgrep", "-af", "qemu-system.*"+filepath.Base(f.tftp)).Output(); len(out) > 0 {
+	if out, _ := exec.Command("pgrep", "-af", "qemu-system.*"+f.tftp).Output(); len(out) > 0 {
 		t.Errorf("QEMU left running:\n%s", out)
 	}
-	ms, _ := filepath.Glob(filepath.Join(f.machines, "*", "busybox", "busybox-default-*"))
-	for _, m := range ms {
-		if !strings.HasSuffix(m, ".lock") {
-			t.Errorf("snapshot left behind: %s", m)
-		}
+	for _, m := range snapshots(f) {
+		t.Errorf("snapshot left behind: %s", m)
 	}
 	if names, _ := netns.List(); len(names) > 0 {
 		t.Errorf("network namespaces left behind: %v", names)
@@ -291,7 +291,7 @@ func gone(pid int, within time.Duration) bool {
 }
 
 func snapshots(f *farm) []string {
-	ms, _ := filepath.Glob(filepath.Join(f.machines, "*", "busybox", "busybox-default-*"))
+	ms, _ := filepath.Glob(filepath.Join(f.machines, "*", "*", "*-default-*"))
 	var out []string
 	for _, m := range ms {
 		if !strings.HasSuffix(m, ".lock") {
@@ -345,5 +345,30 @@ func TestSIGTERM(t *testing.T) {
 	}
 	if s := snapshots(f); len(s) != 0 {
 		t.Errorf("snapshots after SIGTERM: %v", s)
+	}
+}
+
+// TestBuildHelloC builds a C project with make and tests it with make check
+// on the debian machine: a real compiler in a one-shot VM.
+func TestBuildHelloC(t *testing.T) {
+	f := newFarm(t, true, image.Options{Preset: "debian"})
+	o := f.options()
+	o.FakeBootstrap = true
+	o.RAM = 512
+	o.FakeRequest, o.DumpResult = fakeRequest("hello-c"), true
+	out, err := f.run(t, o)
+	if err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	res := parseResult(t, out)
+	if res.Status != manifest.StatusSuccess || len(res.Results) != 4 {
+		t.Fatalf("result %v with %d operations, want success with 4:\n%s", res.Status, len(res.Results), out)
+	}
+	logs := map[string]string{}
+	for _, r := range res.Results {
+		logs[r.Operation] = r.Log
+	}
+	if !strings.Contains(logs["update"], "cc -O2 -Wall -Werror") || !strings.Contains(logs["test"], "PASS: named") {
+		t.Errorf("update log %q, test log %q: want the compiler run and the tests passing", logs["update"], logs["test"])
 	}
 }
