@@ -126,6 +126,7 @@ func get(ctx context.Context, addr, remote string, w io.Writer, opt Options) (in
 		err = r.finish()
 	}
 	if err != nil {
+		tellPeer(l, err)
 		l.close()
 		return got, err
 	}
@@ -181,6 +182,7 @@ func put(ctx context.Context, addr, remote string, src io.Reader, size int64, op
 	}
 	sent, err := newSender(l, p, src).run(ctx)
 	if err != nil {
+		tellPeer(l, err)
 		return err
 	}
 	if size >= 0 && sent != size {

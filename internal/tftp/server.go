@@ -482,10 +482,8 @@ func (v *serving) read(ctx context.Context, l *link, req *RequestPacket, resolve
 	}
 	src := bufio.NewReaderSize(f, max(64<<10, 2*n.p.blksize))
 	sent, err := newSender(l, n.p, src).run(ctx)
-	if err != nil {
-		return sent, err
-	}
-	return sent, nil
+	tellPeer(l, err)
+	return sent, err
 }
 
 // handshake sends an OACK for a read request and waits for its ACK 0.
@@ -580,12 +578,18 @@ func (v *serving) write(ctx context.Context, l *link, req *RequestPacket, resolv
 	}
 	pw := &putWriter{s: s, w: f}
 	bw := bufio.NewWriterSize(pw, 256<<10)
-	ok := false
-	defer func() {
-		if !ok {
+	ok, cleaned := false, false
+	cleanup := func() {
+		if !cleaned {
+			cleaned = true
 			f.Close()
 			v.root.Remove(tmp)
 			s.totalPut.Add(-pw.counted)
+		}
+	}
+	defer func() {
+		if !ok {
+			cleanup()
 		}
 	}()
 	r := newReceiver(l, n.p, bw)
@@ -599,22 +603,23 @@ func (v *serving) write(ctx context.Context, l *link, req *RequestPacket, resolv
 	}
 	got, err := r.run(ctx, first)
 	if err == nil {
-		err = bw.Flush()
-		if err != nil {
-			r.sendWriteError(err)
+		if err = bw.Flush(); err != nil {
+			err = writeAbort(err)
 		}
 	}
 	if err == nil {
 		if err = f.Close(); err != nil {
-			r.sendWriteError(err)
+			err = writeAbort(err)
 		}
 	}
 	if err == nil {
 		if err = v.root.Rename(tmp, name); err != nil {
-			l.sendError(openError(req.Filename, err).Code, "server cannot put the file in place")
+			err = &abort{tell: openError(req.Filename, err), err: err}
 		}
 	}
 	if err != nil {
+		cleanup() // before the client hears of the failure
+		tellPeer(l, err)
 		return got, nil, err
 	}
 	ok = true

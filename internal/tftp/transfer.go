@@ -83,7 +83,7 @@ func (s *sender) fill() error {
 }
 
 // run sends everything and returns the number of payload bytes sent.
-// readErr reports a failure of src, which the peer is told about.
+// A failure of src is an *abort.
 func (s *sender) run(ctx context.Context) (sent int64, err error) {
 	base := int64(1) // the first block not acknowledged
 	tries := 0
@@ -96,8 +96,7 @@ func (s *sender) run(ctx context.Context) (sent int64, err error) {
 		for b := base; b <= top; b++ {
 			if b > s.filled {
 				if err := s.fill(); err != nil {
-					s.l.sendError(ErrUndefined, "server cannot read the file")
-					return sent, &readError{err}
+					return sent, &abort{tell: &Error{Code: ErrUndefined, Message: "cannot read the file"}, err: err}
 				}
 				if s.last != 0 && top > s.last {
 					top = s.last
@@ -150,13 +149,6 @@ func (s *sender) run(ctx context.Context) (sent int64, err error) {
 		}
 	}
 }
-
-// readError is a failure of the local source or sink, as opposed to the
-// network.
-type readError struct{ err error }
-
-func (e *readError) Error() string { return e.err.Error() }
-func (e *readError) Unwrap() error { return e.err }
 
 func peerError(pkt []byte) error {
 	p, err := Decode(pkt)
@@ -261,18 +253,16 @@ func (r *receiver) run(ctx context.Context, first []byte) (got int64, err error)
 		}
 		payload := pkt[4:]
 		if len(payload) > r.p.blksize {
-			r.l.sendError(ErrIllegal, fmt.Sprintf("block %d has %d bytes, more than the block size %d", block, len(payload), r.p.blksize))
-			return got, fmt.Errorf("block %d from %v has %d bytes, more than the block size %d", block, r.l.peer, len(payload), r.p.blksize)
+			e := &Error{Code: ErrIllegal, Message: fmt.Sprintf("block %d has %d bytes, more than the block size %d", block, len(payload), r.p.blksize)}
+			return got, &abort{tell: e, err: e}
 		}
 		if r.limit > 0 && got+int64(len(payload)) > r.limit {
 			e := r.over(r.limit)
-			r.l.sendError(e.Code, e.Message)
-			return got, e
+			return got, &abort{tell: e, err: e}
 		}
 		if len(payload) > 0 {
 			if _, err := r.dst.Write(payload); err != nil {
-				r.sendWriteError(err)
-				return got, &readError{err}
+				return got, writeAbort(err)
 			}
 		}
 		got += int64(len(payload))
@@ -294,16 +284,35 @@ func (r *receiver) run(ctx context.Context, first []byte) (got int64, err error)
 	}
 }
 
-func (r *receiver) sendWriteError(err error) {
-	if errors.Is(err, errTotalPut) {
-		r.l.sendError(ErrDiskFull, "uploads exceed the server's limit")
-		return
+// abort is a transfer that ends for a local reason; the peer is to be
+// told with tell once the local side has cleaned up (a half upload
+// removed before the client hears of its failure).
+type abort struct {
+	tell *Error
+	err  error
+}
+
+func (a *abort) Error() string { return a.err.Error() }
+func (a *abort) Unwrap() error { return a.err }
+
+// tellPeer sends the peer the error of an abort, if err is one.
+func tellPeer(l *link, err error) {
+	var a *abort
+	if errors.As(err, &a) {
+		l.sendError(a.tell.Code, a.tell.Message)
 	}
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		r.l.sendError(ErrDiskFull, "disk full on the server")
-		return
+}
+
+// writeAbort is the abort for a failure to write what was received.
+func writeAbort(err error) *abort {
+	tell := &Error{Code: ErrUndefined, Message: "cannot write the file"}
+	switch {
+	case errors.Is(err, errTotalPut):
+		tell = &Error{Code: ErrDiskFull, Message: "uploads exceed the server's limit"}
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		tell = &Error{Code: ErrDiskFull, Message: "disk full"}
 	}
-	r.l.sendError(ErrUndefined, "server cannot write the file")
+	return &abort{tell: tell, err: err}
 }
 
 // finish sends the final ACK.
