@@ -26,20 +26,31 @@ func tryLock(path string) (l *Lock, ok bool, err error) { return tryFlock(path, 
 // tryFlock takes a lock of kind how (LOCK_EX or LOCK_SH) on path without
 // waiting.
 func tryFlock(path string, how int) (l *Lock, ok bool, err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return nil, false, fmt.Errorf("lock %s: %w", path, err)
-	}
-	err = unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
-	if errors.Is(err, unix.EWOULDBLOCK) {
+	// A holder may delete the lock file as it releases it (the clean-up of
+	// a task snapshot). A lock on a file no longer at path locks nothing:
+	// open path again.
+	for range 10 {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o644)
+		if err != nil {
+			return nil, false, fmt.Errorf("lock %s: %w", path, err)
+		}
+		err = unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, false, nil
+		}
+		if err != nil {
+			f.Close()
+			return nil, false, fmt.Errorf("lock %s: %w", path, err)
+		}
+		var held, named unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &held) == nil && unix.Stat(path, &named) == nil &&
+			held.Dev == named.Dev && held.Ino == named.Ino {
+			return &Lock{f: f}, true, nil
+		}
 		f.Close()
-		return nil, false, nil
 	}
-	if err != nil {
-		f.Close()
-		return nil, false, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return &Lock{f: f}, true, nil
+	return nil, false, fmt.Errorf("lock %s: the file keeps being replaced", path)
 }
 
 // lock takes an exclusive lock on path, waiting until it is free or ctx is

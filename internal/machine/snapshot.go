@@ -66,9 +66,22 @@ func (v *Volume) SnapshotForTask(ctx context.Context, name, tc string) (*Snapsho
 	} else if err != nil {
 		return nil, fmt.Errorf("machine %s: %w", name, err)
 	}
+	// Refuse at once when the machine is unlinked; look again after the
+	// snapshot, for a Remove that started meanwhile.
+	if _, _, err := v.Current(name); err != nil {
+		return nil, err
+	}
 	use, err := flock(ctx, filepath.Join(v.machineDir(name), useLockName(filepath.Base(src))), unix.LOCK_SH)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("machine %s: %w", name, ErrRemoved)
+	}
 	if err != nil {
 		return nil, err
+	}
+	// Remove deletes the machine under the exclusive lock: look again.
+	if _, err := os.Stat(src); err != nil {
+		use.Unlock()
+		return nil, fmt.Errorf("machine %s: %w", name, ErrRemoved)
 	}
 	s, err := v.newWork(ctx, name, tc, src)
 	use.Unlock()

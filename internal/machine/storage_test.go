@@ -336,3 +336,68 @@ func TestRemoveTimeout(t *testing.T) {
 		})
 	}
 }
+
+// TestRemoveRacingTasks starts tasks in a loop while the machine is
+// removed: every task either gets a whole snapshot or is told the machine
+// is gone, and Remove leaves nothing behind.
+func TestRemoveRacingTasks(t *testing.T) {
+	for _, bc := range backendCases()[:2] {
+		t.Run(bc.name, func(t *testing.T) {
+			ctx := context.Background()
+			s, v := storeWithMachine(t, bc)
+			bootstrap(t, s, "m", 'B')
+			stop := make(chan struct{})
+			var started, refused int
+			var taskErr error
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					task, err := v.SnapshotForTask(ctx, "m", "default")
+					switch {
+					case errors.Is(err, ErrRemoved) || errors.Is(err, ErrNotBootstrapped) || errors.Is(err, ErrNotFound):
+						refused++
+						continue
+					case err != nil:
+						taskErr = err
+						return
+					}
+					started++
+					if _, _, err := Disk(task.Dir); err != nil {
+						taskErr = err
+					}
+					time.Sleep(20 * time.Millisecond) // the task runs
+					if err := task.Delete(ctx); err != nil {
+						taskErr = err
+						return
+					}
+				}
+			}()
+			time.Sleep(200 * time.Millisecond)
+			rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			err := v.Remove(rctx, "m", nil)
+			time.Sleep(100 * time.Millisecond)
+			close(stop)
+			wg.Wait()
+			if err != nil {
+				t.Fatalf("Remove: %v", err)
+			}
+			if taskErr != nil {
+				t.Errorf("a task failed otherwise than with the machine gone: %v", taskErr)
+			}
+			if started == 0 || refused == 0 {
+				t.Errorf("%d tasks started, %d refused; want some of each", started, refused)
+			}
+			if _, err := os.Lstat(filepath.Join(v.Dir, "m")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("machine directory after Remove: %v, want it gone", err)
+			}
+		})
+	}
+}

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -191,8 +190,8 @@ func (v *Volume) Add(ctx context.Context, name string, src Source) (*Installed, 
 // switches the link to it by an atomic rename, so that an agent sees either
 // the old revision or the new one. Running tasks keep their snapshots;
 // agents bootstrap the new revision when they next enumerate. The previous
-// revision is kept (for a rollback, and as the parent of incremental
-// sends); older ones are deleted.
+// revision (the one the link pointed to) is kept, for a rollback and as the
+// parent of incremental sends; other ones are deleted.
 func (v *Volume) Upgrade(ctx context.Context, name string, src Source) (*Installed, error) {
 	if err := CheckName(name); err != nil {
 		return nil, err
@@ -224,7 +223,8 @@ type Installed struct {
 //     (within the directory: a read-only subvolume cannot move to another).
 //  4. Switch the link: a new symlink under a temporary name, renamed over
 //     <name>-<P>.
-//  5. Upgrade: delete revisions older than the previous one.
+//  5. Upgrade: delete the revisions other than the new one and the one the
+//     link pointed to before.
 func (v *Volume) install(ctx context.Context, name string, src Source, add bool) (*Installed, error) {
 	mdir := v.machineDir(name)
 	ml, err := lock(ctx, filepath.Join(mdir, lockFile))
@@ -232,11 +232,10 @@ func (v *Volume) install(ctx context.Context, name string, src Source, add bool)
 		return nil, err
 	}
 	defer ml.Unlock()
-	if !add {
-		if _, _, err := v.Current(name); err != nil {
-			return nil, fmt.Errorf("upgrade: %w", err)
-		}
-	} else if _, _, err := v.Current(name); err == nil {
+	prev, _, err := v.Current(name)
+	if !add && err != nil {
+		return nil, fmt.Errorf("upgrade: %w", err)
+	} else if add && err == nil {
 		return nil, fmt.Errorf("add machine %s: %w (upgrade it instead)", name, ErrExists)
 	}
 	imp, err := v.importSource(ctx, name, src)
@@ -267,9 +266,8 @@ func (v *Volume) install(ctx context.Context, name string, src Source, add bool)
 	}
 	v.Log.Info("machine revision installed", "machine", name, "revision", rev.String(), "backend", v.Backend.Name(), "how", imp.method)
 	if !add {
-		sort.Slice(revs, func(i, j int) bool { return revs[i].Number > revs[j].Number })
-		for i, r := range revs {
-			if i == 0 { // the previous revision stays
+		for _, r := range revs {
+			if r == prev { // the previous revision stays
 				continue
 			}
 			if err := v.Backend.Delete(ctx, filepath.Join(mdir, revisionName(name, r))); err != nil {
@@ -504,47 +502,54 @@ func (v *Volume) Remove(ctx context.Context, name string, progress RemoveProgres
 	}
 	defer ml.Unlock()
 
-	start := time.Now()
-	lastReport := time.Time{}
-	for {
-		busy, err := v.cleanWork(ctx, name)
-		if err != nil {
-			return err
-		}
-		if len(busy) == 0 {
-			break
-		}
-		if time.Since(lastReport) >= time.Second {
-			lastReport = time.Now()
-			if progress != nil {
-				progress(busy, time.Since(start))
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("remove machine %s: still in use by %v: %w", name, busy, context.Cause(ctx))
-		case <-time.After(100 * time.Millisecond):
-		}
+	if err := v.waitIdle(ctx, name, progress); err != nil {
+		return err
 	}
+	// No task snapshot may be half-copied from a bootstrapped machine while
+	// it is deleted: hold their use locks, and wait for snapshots that
+	// were made just before.
 	if es, err = v.entries(name); err != nil {
 		return err
 	}
 	for _, e := range es {
-		p := filepath.Join(mdir, e.name)
-		if e.name == lockFile {
-			continue
+		if e.kind == kindBootstrapped {
+			use, err := lock(ctx, filepath.Join(mdir, useLockName(e.name)))
+			if err != nil {
+				return fmt.Errorf("remove machine %s: %w", name, err)
+			}
+			defer use.Unlock()
 		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return fmt.Errorf("remove machine %s: %w", name, err)
-		}
-		if fi.IsDir() {
-			err = v.Backend.Delete(ctx, p)
-		} else {
-			err = os.Remove(p)
-		}
-		if err != nil {
-			return fmt.Errorf("remove machine %s: %w", name, err)
+	}
+	if err := v.waitIdle(ctx, name, progress); err != nil {
+		return err
+	}
+	// Directories first, bootstrapped machines first of all, then the lock
+	// files: a task snapshot that takes a use lock from now on finds its
+	// bootstrapped machine gone.
+	if es, err = v.entries(name); err != nil {
+		return err
+	}
+	slices.SortStableFunc(es, func(a, b entry) int { return cmpBool(b.kind == kindBootstrapped, a.kind == kindBootstrapped) })
+	for _, dirs := range []bool{true, false} {
+		for _, e := range es {
+			p := filepath.Join(mdir, e.name)
+			fi, err := os.Lstat(p)
+			if errors.Is(err, fs.ErrNotExist) { // deleted by the first pass
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("remove machine %s: %w", name, err)
+			}
+			switch {
+			case fi.IsDir() != dirs || e.name == lockFile:
+			case dirs:
+				err = v.Backend.Delete(ctx, p)
+			default:
+				err = os.Remove(p)
+			}
+			if err != nil {
+				return fmt.Errorf("remove machine %s: %w", name, err)
+			}
 		}
 	}
 	if err := os.RemoveAll(mdir); err != nil {
@@ -552,6 +557,38 @@ func (v *Volume) Remove(ctx context.Context, name string, progress RemoveProgres
 	}
 	v.Log.Info("machine removed", "machine", name)
 	return nil
+}
+
+// waitIdle waits until machine name has no task snapshots, bootstraps or
+// imports in progress, deleting those whose owners are gone.
+func (v *Volume) waitIdle(ctx context.Context, name string, progress RemoveProgress) error {
+	start := time.Now()
+	var lastReport time.Time
+	for {
+		busy, err := v.cleanWork(ctx, name)
+		if err != nil || len(busy) == 0 {
+			return err
+		}
+		if progress != nil && time.Since(lastReport) >= time.Second {
+			lastReport = time.Now()
+			progress(busy, time.Since(start))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("remove machine %s: still in use by %v: %w", name, busy, context.Cause(ctx))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
 
 // cleanWork deletes the task snapshots, bootstraps in progress and imports
