@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/buildfarm/buildfarm/internal/accel"
+	"github.com/buildfarm/buildfarm/internal/agent"
 	"github.com/buildfarm/buildfarm/internal/cache"
 	"github.com/buildfarm/buildfarm/internal/netns"
 	"github.com/buildfarm/buildfarm/internal/proc"
@@ -35,8 +36,8 @@ type checkResult struct {
 func init() {
 	register(func(e *env) *cobra.Command {
 		var (
-			reprobe bool
-			tftp    string
+			reprobe  bool
+			tftpPort int
 		)
 		cmd := &cobra.Command{
 			Use:   "doctor",
@@ -48,8 +49,8 @@ func init() {
           cached; --reprobe runs it again)
   btrfs   mkfs.btrfs and the kernel's btrfs support (machines snapshot by
           reflink copies without it)
-  tftp    a UDP port for the agent's TFTP server: 69 in a VM's own network
-          namespace, or --tftp ADDR on the host
+  tftp    the agent's TFTP port (--tftp-port), free in a VM's own network
+          namespace, or on the host when namespaces cannot be made
   kernel  a guest kernel in the cache
 
 Exit status 0 when builds can run, 1 otherwise; a failing line says what to
@@ -64,7 +65,7 @@ do.`,
 					{"qemu", checkQEMU},
 					{"accel", func(ctx context.Context) checkResult { return checkAccel(ctx, e, reprobe) }},
 					{"btrfs", checkBtrfs},
-					{"tftp", func(ctx context.Context) checkResult { return checkTFTP(ctx, tftp) }},
+					{"tftp", func(ctx context.Context) checkResult { return checkTFTP(ctx, tftpPort) }},
 					{"kernel", checkKernel},
 				}
 				failed := 0
@@ -82,7 +83,7 @@ do.`,
 			},
 		}
 		cmd.Flags().BoolVar(&reprobe, "reprobe", false, "run the accelerator's test boot again rather than use the cached verdict")
-		cmd.Flags().StringVar(&tftp, "tftp", "", "check this host address (for example 127.0.0.1:69) for the TFTP server instead of a VM's namespace")
+		cmd.Flags().IntVar(&tftpPort, "tftp-port", agent.DefaultOptions().TFTPPort+1, "the agent's TFTP `port` (its --tftp-port plus the instance number)")
 		return cmd
 	})
 }
@@ -160,26 +161,27 @@ func kernelHasFS(fs string) bool {
 	return false
 }
 
-func checkTFTP(ctx context.Context, addr string) checkResult {
-	if addr != "" {
-		c, err := net.ListenPacket("udp", addr)
+// checkTFTP checks the agent's TFTP port (the first instance's): inside a
+// VM's own network namespace, where the agent serves each VM, or on the
+// host when namespaces cannot be made (the agent's --no-netns).
+func checkTFTP(ctx context.Context, port int) checkResult {
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	ns, nsErr := netns.New(ctx)
+	if nsErr == nil {
+		defer ns.Delete(context.WithoutCancel(ctx))
+		c, err := ns.ListenPacket(ctx, "udp4", addr)
 		if err != nil {
-			return checkResult{checkFail, fmt.Sprintf("UDP %s: %v: stop what holds it or pick another --tftp address", addr, err)}
+			return checkResult{checkFail, fmt.Sprintf("UDP %s in a VM's network namespace: %v", addr, err)}
 		}
 		c.Close()
-		return checkResult{checkOK, fmt.Sprintf("UDP %s is free", addr)}
+		return checkResult{checkOK, fmt.Sprintf("UDP %s is free in a VM's own network namespace (the guest's 10.0.2.2:%d)", addr, port)}
 	}
-	ns, err := netns.New(ctx)
+	c, err := net.ListenPacket("udp4", addr)
 	if err != nil {
-		return checkResult{checkFail, fmt.Sprintf("cannot make a VM's network namespace (run as root, with iproute2): %v", err)}
-	}
-	defer ns.Delete(context.WithoutCancel(ctx))
-	c, err := ns.ListenPacket(ctx, "udp", "127.0.0.1:69")
-	if err != nil {
-		return checkResult{checkFail, fmt.Sprintf("UDP 127.0.0.1:69 in a VM's network namespace: %v", err)}
+		return checkResult{checkFail, fmt.Sprintf("no network namespaces (%v), and UDP %s on the host: %v: stop what holds it or pick another --tftp-port", nsErr, addr, err)}
 	}
 	c.Close()
-	return checkResult{checkOK, "UDP 127.0.0.1:69 is free in a VM's own network namespace"}
+	return checkResult{checkWarn, fmt.Sprintf("UDP %s is free on the host, but no network namespaces (%v): guests are not isolated; run the agent as root, or with --no-netns", addr, nsErr)}
 }
 
 func checkKernel(context.Context) checkResult {

@@ -419,7 +419,7 @@ func (v *VM) Forcedown(ctx context.Context) error {
 			return false
 		}
 	}
-	if wait(0) {
+	if !v.started.Load() || wait(0) {
 		return nil
 	}
 	qctx, cancel := context.WithTimeout(ctx, time.Second)

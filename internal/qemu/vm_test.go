@@ -212,6 +212,11 @@ func TestStartFailures(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		if err := vm.Forcedown(ctx); err != nil {
+			t.Errorf("Forcedown() before Start = %v, want nil", err)
+		}
 		if err := vm.Start(t.Context()); err == nil || !strings.Contains(err.Error(), "not empty") {
 			t.Errorf("Start() in a non-empty directory = %v, want an error saying so", err)
 		}
