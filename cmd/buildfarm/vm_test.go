@@ -95,19 +95,7 @@ func TestMachineConfig(t *testing.T) {
 
 // acpiHook is an rc.d hook for the image builder's init that makes the
 // guest power off on the ACPI power button, as vm boot-test asks it to.
-const acpiHook = `#!/bin/sh
-insmod /opt/acpi/button.ko
-insmod /opt/acpi/evdev.ko
-n=0
-while [ "$(ls /sys/class/input | grep -c event)" != "$(ls /dev/input 2>/dev/null | grep -c event)" ] && [ $n -lt 200 ]; do
-	usleep 10000; n=$((n + 1))
-done
-acpid -d -c /etc/acpi </dev/null >/dev/console 2>&1 &
-n=0
-while [ "$(ls -l /proc/$!/fd 2>/dev/null | grep -c /dev/input/)" != "$(ls /dev/input | grep -c event)" ] && [ $n -lt 200 ]; do
-	usleep 10000; n=$((n + 1))
-done
-`
+const acpiHook = "#!/bin/sh\ninsmod /opt/acpi/button.ko\ninsmod /opt/acpi/evdev.ko\n" + guesttest.PowerButtonScript
 
 // TestVMBootTestImage boots what the image builder makes, with the real
 // buildfarm-worker, plus a hook that handles the power button.

@@ -42,13 +42,19 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 exec </dev/console >/dev/console 2>&1
 for m in $(cat /etc/modules); do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
-# acpid opens the event devices once: wait for devtmpfs to make them.
+` + PowerButtonScript
+
+// PowerButtonScript starts busybox acpid, once the button and evdev
+// modules are loaded, and returns when it listens: a power-down sent
+// earlier would be lost. acpid's action for the power button is the
+// executable /etc/acpi/PWRF/00000080 (Write makes one: poweroff -f).
+const PowerButtonScript = `# acpid opens the event devices once: wait for devtmpfs to make them.
 n=0
 while [ "$(ls /sys/class/input | grep -c event)" != "$(ls /dev/input 2>/dev/null | grep -c event)" ] && [ $n -lt 200 ]; do
 	usleep 10000; n=$((n + 1))
 done
-acpid -d -c /etc/acpi &  # -d: stay in the foreground, log to the console
-# and wait until it listens, so that a power-down sent from now on works.
+acpid -d -c /etc/acpi </dev/null >/dev/console 2>&1 &  # -d: in the foreground, logging to the console
+# and wait until it listens.
 n=0
 while [ "$(ls -l /proc/$!/fd 2>/dev/null | grep -c /dev/input/)" != "$(ls /dev/input | grep -c event)" ] && [ $n -lt 200 ]; do
 	usleep 10000; n=$((n + 1))
