@@ -206,15 +206,7 @@ func (v *Volume) enumerate(ctx context.Context, name, tc string, want Want) (_ *
 			return nil, nil // removed meanwhile
 		}
 		if errors.Is(err, ErrRemoved) {
-			v.Log.Info("machine unlinked; deleting its bootstrapped machine", "machine", name, "dir", bdir)
-			if err := v.Backend.Delete(ctx, bdir); err != nil {
-				return nil, err
-			}
-			err := os.Remove(filepath.Join(mdir, useLockName(filepath.Base(bdir))))
-			if errors.Is(err, fs.ErrNotExist) {
-				err = nil
-			}
-			return nil, err
+			return nil, v.deleteBootstrapped(ctx, name, tc)
 		}
 		if err != nil {
 			return nil, err
@@ -265,6 +257,27 @@ func (v *Volume) enumerate(ctx context.Context, name, tc string, want Want) (_ *
 	v.Log.Info("machine enumerated", "machine", name, "revision", rev.String(), "toolchain", tc,
 		"action", c.Decision.Action.String(), "reason", c.Decision.Reason)
 	return c, nil
+}
+
+// deleteBootstrapped deletes <name>-<toolchain> of an unlinked machine,
+// once no task snapshot is being copied from it.
+func (v *Volume) deleteBootstrapped(ctx context.Context, name, tc string) error {
+	mdir := v.machineDir(name)
+	bdir := filepath.Join(mdir, bootstrappedName(name, tc))
+	if _, err := os.Lstat(bdir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	v.Log.Info("machine unlinked; deleting its bootstrapped machine", "machine", name, "dir", bdir)
+	up := filepath.Join(mdir, useLockName(filepath.Base(bdir)))
+	use, err := lock(ctx, up)
+	if err != nil {
+		return err
+	}
+	defer use.Unlock()
+	if err := v.Backend.Delete(ctx, bdir); err != nil {
+		return err
+	}
+	return os.Remove(up)
 }
 
 func readMachine(path string) (*manifest.Machine, error) {
