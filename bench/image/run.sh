@@ -19,7 +19,9 @@ RUNS=${RUNS:-7}
 CACHE="${BUILDFARM_CACHE:-$HOME/.cache/buildfarm}"
 work=$(mktemp -d /tmp/bench-image.XXXXXX)
 root="$work/rootfs"
+tftpd=""
 cleanup() {
+	[ -z "$tftpd" ] || kill "$tftpd" 2>/dev/null || true
 	for m in proc sys dev; do
 		mountpoint -q "$root/$m" 2>/dev/null && umount "$root/$m"
 	done
@@ -34,12 +36,18 @@ ourmods=$(sed -n 's/.* \([0-9]*\) modules:.*/\1/p' "$work/built")
 m="$work/m"
 gzip -9n <"$m/initrd" >"$work/initrd.gz"
 ver=$(cat "$CACHE/kernel/version")
+# The worker's TFTP server: it finds no task there and exits, and the guest
+# powers off.
+mkdir -p "$work/tftp"
+port=$((20000 + $$ % 10000))
+"$work/buildfarm" tftp serve --root "$work/tftp" --listen "127.0.0.1:$port" --allow-put 2>/dev/null &
+tftpd=$!
 
 echo "== boot: busybox machine, kernel $ver, TCG, qboot, $RUNS runs each, interleaved"
 boot() { # initrd -> "wall cpu" seconds
 	/usr/bin/time -f "%e %U %S" -o "$work/time" qemu-system-x86_64 -M pc -accel tcg \
 		-bios /usr/share/qemu/qboot.rom -m 512 -smp 1 \
-		-kernel "$m/kernel" -initrd "$1" -append "$(cat "$m/cmdline")" \
+		-kernel "$m/kernel" -initrd "$1" -append "$(cat "$m/cmdline") buildfarm.tftp=10.0.2.2:$port" \
 		-drive "file=$m/disk.img,if=virtio,format=raw,snapshot=on" \
 		-nic user,model=virtio-net-pci -serial "file:$work/serial" \
 		-display none -nodefaults -no-reboot
