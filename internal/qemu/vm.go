@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -311,8 +312,11 @@ func (v *VM) finish(err error) {
 // startError wraps err as a failed start with QEMU's output and a diagnosis.
 func (v *VM) startError(err error) error {
 	out := v.outputTail()
-	return &Error{VM: v.cfg.Name, Op: "start", Err: err, Output: out,
-		Diagnosis: diagnose(out), Command: v.CommandLine()}
+	d := diagnose(out)
+	if errors.Is(err, exec.ErrNotFound) {
+		d = "QEMU is not installed: install Debian's qemu-system-x86 (scripts/deps does)"
+	}
+	return &Error{VM: v.cfg.Name, Op: "start", Err: err, Output: out, Diagnosis: d, Command: v.CommandLine()}
 }
 
 // outputTail returns the end of what QEMU printed.

@@ -238,6 +238,21 @@ func TestStartFailures(t *testing.T) {
 		}
 	})
 
+	t.Run("no qemu", func(t *testing.T) {
+		cfg := paused("noqemu")
+		cfg.Accel = qemu.TCG
+		cfg.Binary = "qemu-system-nonexistent"
+		vm, err := qemu.New(cfg, filepath.Join(t.TempDir(), "vm"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = vm.Start(t.Context())
+		var qe *qemu.Error
+		if !errors.As(err, &qe) || !errors.Is(err, exec.ErrNotFound) || !strings.Contains(qe.Diagnosis, "install") {
+			t.Errorf("Start() without QEMU = %v, want exec.ErrNotFound and a diagnosis saying to install it", err)
+		}
+	})
+
 	t.Run("tap busy", func(t *testing.T) {
 		testenv.NeedRoot(t)
 		ns := newNS(t)
