@@ -310,7 +310,7 @@ type Bootstrapping struct {
 	Revision Revision
 	Machine  *manifest.Machine // the revision's machine manifest
 
-	lock   *Lock
+	lock   *heldLock
 	target string // <name>-<toolchain>
 }
 

@@ -10,9 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Lock is an flock(2) held on a file. Locks taken through separate calls
+// heldLock is an flock(2) held on a file. Locks taken through separate calls
 // conflict even within one process.
-type Lock struct {
+type heldLock struct {
 	f *os.File
 }
 
@@ -21,11 +21,11 @@ const lockPoll = 50 * time.Millisecond
 
 // tryLock takes an exclusive lock on path (created if missing) without
 // waiting; ok is false when another holder has it.
-func tryLock(path string) (l *Lock, ok bool, err error) { return tryFlock(path, unix.LOCK_EX) }
+func tryLock(path string) (l *heldLock, ok bool, err error) { return tryFlock(path, unix.LOCK_EX) }
 
 // tryFlock takes a lock of kind how (LOCK_EX or LOCK_SH) on path without
 // waiting.
-func tryFlock(path string, how int) (l *Lock, ok bool, err error) {
+func tryFlock(path string, how int) (l *heldLock, ok bool, err error) {
 	// A holder may delete the lock file as it releases it (the clean-up of
 	// a task snapshot). A lock on a file no longer at path locks nothing:
 	// open path again.
@@ -46,7 +46,7 @@ func tryFlock(path string, how int) (l *Lock, ok bool, err error) {
 		var held, named unix.Stat_t
 		if unix.Fstat(int(f.Fd()), &held) == nil && unix.Stat(path, &named) == nil &&
 			held.Dev == named.Dev && held.Ino == named.Ino {
-			return &Lock{f: f}, true, nil
+			return &heldLock{f: f}, true, nil
 		}
 		f.Close()
 	}
@@ -55,11 +55,11 @@ func tryFlock(path string, how int) (l *Lock, ok bool, err error) {
 
 // lock takes an exclusive lock on path, waiting until it is free or ctx is
 // done.
-func lock(ctx context.Context, path string) (*Lock, error) { return flock(ctx, path, unix.LOCK_EX) }
+func lock(ctx context.Context, path string) (*heldLock, error) { return flock(ctx, path, unix.LOCK_EX) }
 
 // flock takes a lock of kind how on path, waiting until it can or ctx is
 // done.
-func flock(ctx context.Context, path string, how int) (*Lock, error) {
+func flock(ctx context.Context, path string, how int) (*heldLock, error) {
 	t := time.NewTicker(lockPoll)
 	defer t.Stop()
 	for {
@@ -76,7 +76,7 @@ func flock(ctx context.Context, path string, how int) (*Lock, error) {
 }
 
 // Unlock releases the lock. It may be called more than once.
-func (l *Lock) Unlock() error {
+func (l *heldLock) Unlock() error {
 	if l == nil || l.f == nil {
 		return nil
 	}

@@ -24,7 +24,7 @@ type Snapshot struct {
 
 	v        *Volume
 	lockPath string
-	lock     *Lock
+	lock     *heldLock
 	once     sync.Once
 	err      error
 }

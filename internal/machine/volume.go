@@ -299,7 +299,7 @@ type imported struct {
 	dir       string // .import-<xxx>, the subvolume itself or (receive) its parent
 	subvolume string // the read-only result; "" once renamed into place
 	method    string
-	lock      *Lock
+	lock      *heldLock
 }
 
 // importSource makes a read-only copy of src in the machine directory.
