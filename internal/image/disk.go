@@ -63,6 +63,9 @@ func mkfs(ctx context.Context, file string, size int64, label, src string) error
 // debianDisk makes the debian preset's disk: the cached debootstrap rootfs
 // with the worker (and root's authorized key) added.
 func debianDisk(ctx context.Context, disk string, size int64, name string, opts Options, worker string, st status, log *slog.Logger) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the debian preset needs root: debootstrap, and unpacking the rootfs with its owners")
+	}
 	tarball, err := debootstrapTarball(ctx, opts.Mirror, st, log)
 	if err != nil {
 		return err

@@ -6,7 +6,8 @@
 #    (the image builder wrote them in dependency order).
 # 3. Mount the build disk, /dev/vda (ext4): on /build (the worker's root is
 #    this initramfs), or as the root to chroot into (the rootfs preset).
-#    A guest without a disk still works, in a tmpfs-free /build.
+#    A guest without a disk still works: /build is then a directory of the
+#    initramfs, in memory.
 # 4. Network: static 10.0.2.15/24 via 10.0.2.2 when the NIC has the magic
 #    MAC 00:01:02:03:04:0b (tap on a bridge), DHCP (udhcpc) otherwise.
 # 5. Run the hooks in /etc/buildfarm/rc.d, in name order, with
