@@ -35,6 +35,14 @@ type link struct {
 	mu        sync.Mutex
 	closed    bool
 
+	// Segmentation offload (batch.go).
+	gso, gro bool
+	gsoOOB   []byte
+	grobuf   []byte // a coalesced read
+	oob      []byte
+	pending  []byte // the packets of grobuf not yet returned
+	segsize  int
+
 	scratch []byte // for error packets
 }
 
@@ -135,6 +143,7 @@ func fromSockaddr(sa syscall.Sockaddr) netip.AddrPort {
 func (l *link) connect() {
 	if syscall.Connect(l.fd, l.sockaddr(l.peer)) == nil {
 		l.connected = true
+		l.enableOffload()
 	}
 }
 
@@ -205,7 +214,14 @@ func (l *link) recv(ctx context.Context, buf []byte, deadline time.Time) ([]byte
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		n, from, err := l.read(buf, deadline)
+		if len(l.pending) > 0 {
+			// The next packet of a coalesced read, from the peer.
+			n := min(l.segsize, len(l.pending))
+			pkt := l.pending[:n]
+			l.pending = l.pending[n:]
+			return pkt, nil
+		}
+		pkt, from, err := l.read(buf, deadline)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -229,31 +245,32 @@ func (l *link) recv(ctx context.Context, buf []byte, deadline time.Time) ([]byte
 			l.sendTo(l.scratch, from)
 			continue
 		}
-		return buf[:n], nil
+		return pkt, nil
 	}
 }
 
-// read reads one packet, from anyone.
-func (l *link) read(buf []byte, deadline time.Time) (int, netip.AddrPort, error) {
+// read reads one packet, from anyone, into buf (or, coalesced packets, into
+// l.grobuf, keeping all but the first in l.pending).
+func (l *link) read(buf []byte, deadline time.Time) ([]byte, netip.AddrPort, error) {
 	if l.fd < 0 {
 		n, a, err := l.conn.ReadFrom(buf)
 		if err != nil {
-			return 0, netip.AddrPort{}, err
+			return nil, netip.AddrPort{}, err
 		}
 		from, err := addrPort(a)
-		return n, from, err
+		return buf[:n], from, err
 	}
 	for {
 		wait := time.Until(deadline)
 		if wait <= 0 {
-			return 0, netip.AddrPort{}, os.ErrDeadlineExceeded
+			return nil, netip.AddrPort{}, os.ErrDeadlineExceeded
 		}
 		// Set the kernel's timeout only when it is off by more than a
 		// tenth: a lock-step transfer then makes no extra system call.
 		if wait > l.rcvtimeo+10*time.Millisecond || wait < l.rcvtimeo*9/10 {
 			tv := syscall.NsecToTimeval(wait.Nanoseconds())
 			if err := syscall.SetsockoptTimeval(l.fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
-				return 0, netip.AddrPort{}, err
+				return nil, netip.AddrPort{}, err
 			}
 			l.rcvtimeo = wait
 		}
@@ -263,7 +280,17 @@ func (l *link) read(buf []byte, deadline time.Time) (int, netip.AddrPort, error)
 			sa   syscall.Sockaddr
 			err  error
 		)
-		if l.connected {
+		if l.gro && l.connected {
+			var seg int
+			n, seg, err = l.recvGRO()
+			if err == nil {
+				if seg > 0 && n > seg {
+					l.pending, l.segsize = l.grobuf[seg:n], seg
+					return l.grobuf[:seg], from, nil
+				}
+				return l.grobuf[:n], from, nil
+			}
+		} else if l.connected {
 			n, err = syscall.Read(l.fd, buf)
 		} else {
 			n, sa, err = syscall.Recvfrom(l.fd, buf, 0)
@@ -275,11 +302,11 @@ func (l *link) read(buf []byte, deadline time.Time) (int, netip.AddrPort, error)
 		case err == syscall.EAGAIN || err == syscall.EINTR:
 			continue // the loop checks the deadline
 		case err != nil:
-			return 0, netip.AddrPort{}, err
+			return nil, netip.AddrPort{}, err
 		}
 		// After shutdown (cancellation), reads return 0 bytes at once;
 		// recv then sees ctx done.
-		return n, from, nil
+		return buf[:n], from, nil
 	}
 }
 

@@ -480,7 +480,12 @@ func (v *serving) read(ctx context.Context, l *link, req *RequestPacket, resolve
 			return 0, err
 		}
 	}
-	src := bufio.NewReaderSize(f, max(64<<10, 2*n.p.blksize))
+	// Small blocks are read ahead in bigger chunks; big ones straight
+	// into their packets.
+	var src io.Reader = f
+	if n.p.blksize < 8192 {
+		src = bufio.NewReaderSize(f, 64<<10)
+	}
 	sent, err := newSender(l, n.p, src).run(ctx)
 	tellPeer(l, err)
 	return sent, err

@@ -14,7 +14,7 @@ import (
 
 // testServer serves s on a loopback port until the test ends and returns
 // its address.
-func testServer(t *testing.T, s *Server) string {
+func testServer(t testing.TB, s *Server) string {
 	t.Helper()
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
@@ -49,14 +49,18 @@ func randomBytes(n int, seed uint64) []byte {
 	return b
 }
 
-func writeFile(t *testing.T, name string, data []byte) {
+func writeFile(t testing.TB, name string, data []byte) {
 	t.Helper()
+	if err := writeFileErr(name, data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeFileErr(name string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	if err := os.WriteFile(name, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	return os.WriteFile(name, data, 0o644)
 }
 
 func ctxT(t *testing.T) context.Context {

@@ -93,18 +93,24 @@ func (s *sender) run(ctx context.Context) (sent int64, err error) {
 		if s.last != 0 && top > s.last {
 			top = s.last
 		}
-		for b := base; b <= top; b++ {
-			if b > s.filled {
-				if err := s.fill(); err != nil {
-					return sent, &abort{tell: &Error{Code: ErrUndefined, Message: "cannot read the file"}, err: err}
-				}
-				if s.last != 0 && top > s.last {
-					top = s.last
-				}
+		for s.filled < top && s.last == 0 {
+			if err := s.fill(); err != nil {
+				return sent, &abort{tell: &Error{Code: ErrUndefined, Message: "cannot read the file"}, err: err}
 			}
-			if err := s.l.send(s.slot(b)[:s.lens[b%int64(s.p.window)]]); err != nil {
+		}
+		if s.last != 0 && top > s.last {
+			top = s.last
+		}
+		// The window is one or two runs of consecutive slots of the ring.
+		size := int64(4 + s.p.blksize)
+		w := int64(s.p.window)
+		for b := base; b <= top; {
+			end := min(top, b+w-1-b%w) // the last block before the ring wraps
+			run := s.ring[b%w*size : end%w*size+int64(s.lens[end%w])]
+			if err := s.l.sendRun(run, int(size)); err != nil {
 				return sent, err
 			}
+			b = end + 1
 		}
 		// Wait for an ACK that acknowledges blocks of the window.
 		deadline := time.Now().Add(s.p.timeout)

@@ -1,0 +1,246 @@
+// Command tftp compares buildfarm's TFTP server and client with tftpd-hpa
+// on loopback, in one run: a file of -size bytes is fetched by busybox's
+// client from our server and from tftpd-hpa at blksize 1468 and 65464
+// (lock-step: busybox knows no windowsize), and by our client from our
+// server at blksize 1468 with windowsize 16. Each case runs -reps times,
+// interleaved; the table shows the medians and the ratios.
+//
+// Run it from the module root, as root (tftpd-hpa's -u root):
+//
+//	go run ./bench/tftp
+//
+// It needs busybox and in.tftpd (Debian: busybox-static, tftpd-hpa) and
+// builds cmd/buildfarm into a temporary directory.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/proc"
+)
+
+func main() {
+	reps := flag.Int("reps", 5, "runs of each case; the median counts")
+	size := flag.Int64("size", 64<<20, "file size in bytes")
+	flag.Parse()
+	if err := run(context.Background(), *reps, *size); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/tftp:", err)
+		os.Exit(1)
+	}
+}
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort() (string, error) {
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return c.LocalAddr().String(), nil
+}
+
+// server is a TFTP server process.
+type server struct {
+	addr string
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startServer(ctx context.Context, name string, args ...string) (*server, error) {
+	cmd := proc.Command(ctx, name, args...)
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	s := &server{cmd: cmd, done: make(chan error, 1)}
+	go func() { s.done <- cmd.Wait() }()
+	return s, nil
+}
+
+func (s *server) stop() {
+	proc.KillGroup(s.cmd, 15)
+	<-s.done
+}
+
+// waitReady fetches a small file until the server at addr answers.
+func waitReady(ctx context.Context, bb, addr, dir string) error {
+	host, port, _ := net.SplitHostPort(addr)
+	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(50 * time.Millisecond) {
+		if proc.Run(ctx, nil, bb, "tftp", "-g", "-r", "ready", "-l", filepath.Join(dir, "ready"), host, port) == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("no TFTP server answers at %s", addr)
+}
+
+type benchCase struct {
+	name string
+	args func(out string) (string, []string)
+}
+
+func run(ctx context.Context, reps int, size int64) error {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return err
+	}
+	tftpd, err := exec.LookPath("in.tftpd")
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "bench-tftp-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	root, out := filepath.Join(dir, "root"), filepath.Join(dir, "out")
+	for _, d := range []string{root, out} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	bf := filepath.Join(dir, "buildfarm")
+	if err := proc.Run(ctx, nil, "go", "build", "-o", bf, "./cmd/buildfarm"); err != nil {
+		return err
+	}
+	want, err := makeFile(filepath.Join(root, "big"), size)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(root, "ready"), []byte("ready"), 0o644); err != nil {
+		return err
+	}
+
+	oursAddr, err := freePort()
+	if err != nil {
+		return err
+	}
+	ours, err := startServer(ctx, bf, "tftp", "serve", "--root", root, "--listen", oursAddr)
+	if err != nil {
+		return err
+	}
+	defer ours.stop()
+	hpaAddr, err := freePort()
+	if err != nil {
+		return err
+	}
+	hpa, err := startServer(ctx, tftpd, "-L", "-a", hpaAddr, "-s", "-u", "root", root)
+	if err != nil {
+		return err
+	}
+	defer hpa.stop()
+	for _, a := range []string{oursAddr, hpaAddr} {
+		if err := waitReady(ctx, bb, a, out); err != nil {
+			return err
+		}
+	}
+
+	busybox := func(addr string, blksize int) func(string) (string, []string) {
+		host, port, _ := net.SplitHostPort(addr)
+		return func(local string) (string, []string) {
+			return bb, []string{"tftp", "-g", "-r", "big", "-l", local, "-b", strconv.Itoa(blksize), host, port}
+		}
+	}
+	cases := []benchCase{
+		{"busybox from tftpd-hpa, blksize 1468", busybox(hpaAddr, 1468)},
+		{"busybox from ours, blksize 1468", busybox(oursAddr, 1468)},
+		{"busybox from tftpd-hpa, blksize 65464", busybox(hpaAddr, 65464)},
+		{"busybox from ours, blksize 65464", busybox(oursAddr, 65464)},
+		{"ours from ours, blksize 1468, windowsize 16", func(local string) (string, []string) {
+			return bf, []string{"tftp", "get", oursAddr, "big", local, "--blksize", "1468", "--windowsize", "16"}
+		}},
+	}
+	times := make([][]time.Duration, len(cases))
+	for r := 0; r < reps; r++ {
+		for i, c := range cases {
+			local := filepath.Join(out, fmt.Sprintf("big-%d", i))
+			os.Remove(local)
+			name, args := c.args(local)
+			start := time.Now()
+			if err := proc.Run(ctx, nil, name, args...); err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			times[i] = append(times[i], time.Since(start))
+			if err := check(local, want); err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			fmt.Fprintf(os.Stderr, "run %d: %-45s %v\n", r+1, c.name, times[i][r].Round(time.Millisecond))
+		}
+	}
+	med := make([]time.Duration, len(cases))
+	for i := range cases {
+		slices.Sort(times[i])
+		med[i] = times[i][len(times[i])/2]
+	}
+	fmt.Printf("%d MiB over loopback, median of %d runs each (%s)\n\n", size>>20, reps, time.Now().UTC().Format("2006-01-02"))
+	fmt.Println("| case | median | all runs |")
+	fmt.Println("|---|---|---|")
+	for i, c := range cases {
+		var all []string
+		for _, t := range times[i] {
+			all = append(all, fmt.Sprintf("%.2f", t.Seconds()))
+		}
+		fmt.Printf("| %s | %.3f s | %s |\n", c.name, med[i].Seconds(), strings.Join(all, " "))
+	}
+	ratio := func(base, ours time.Duration) float64 { return base.Seconds() / ours.Seconds() }
+	fmt.Println()
+	fmt.Println("| comparison | ratio (tftpd-hpa time / ours) | goal |")
+	fmt.Println("|---|---|---|")
+	fmt.Printf("| our server vs tftpd-hpa, busybox, blksize 1468 | %.2f | >= 1 |\n", ratio(med[0], med[1]))
+	fmt.Printf("| our server vs tftpd-hpa, busybox, blksize 65464 | %.2f | >= 1 |\n", ratio(med[2], med[3]))
+	fmt.Printf("| ours windowsize 16 vs tftpd-hpa + busybox lock-step, blksize 1468 | %.2f | >= 5 |\n", ratio(med[0], med[4]))
+	return nil
+}
+
+// makeFile writes size pseudo-random bytes to name and returns their hash.
+func makeFile(name string, size int64) ([]byte, error) {
+	f, err := os.Create(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	block := make([]byte, 1<<20)
+	seed := sha256.Sum256([]byte("buildfarm tftp bench"))
+	for written := int64(0); written < size; {
+		for i := 0; i < len(block); i += len(seed) {
+			seed = sha256.Sum256(seed[:])
+			copy(block[i:], seed[:])
+		}
+		n := min(int64(len(block)), size-written)
+		if _, err := io.MultiWriter(f, h).Write(block[:n]); err != nil {
+			return nil, err
+		}
+		written += n
+	}
+	return h.Sum(nil), f.Close()
+}
+
+// check compares the hash of the file name with want.
+func check(name string, want []byte) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return err
+	}
+	if !bytes.Equal(h.Sum(nil), want) {
+		return fmt.Errorf("%s differs from the file served", name)
+	}
+	return nil
+}

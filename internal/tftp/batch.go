@@ -1,0 +1,114 @@
+package tftp
+
+import (
+	"encoding/binary"
+	"errors"
+	"syscall"
+	"unsafe"
+)
+
+// Linux UDP segmentation offload: a window of equal-sized DATA packets goes
+// out in one sendmsg (UDP_SEGMENT, GSO), and a receiver that asked for
+// UDP_GRO gets consecutive packets of one sender in one recvmsg. On
+// loopback or inside a VM's namespace this moves a window with one system
+// call a side instead of one a packet. Either end works without the other,
+// and both fall back to a packet at a time where the kernel refuses.
+const (
+	solUDP     = 17  // SOL_UDP
+	udpSegment = 103 // UDP_SEGMENT
+	udpGRO     = 104 // UDP_GRO
+
+	// gsoMaxSegments and gsoMaxBytes bound one GSO send (the kernel's
+	// UDP_MAX_SEGMENTS and the largest IP datagram).
+	gsoMaxSegments = 64
+	gsoMaxBytes    = 65000
+)
+
+// enableOffload turns on GRO for l's descriptor and notes whether GSO may
+// be tried.
+func (l *link) enableOffload() {
+	l.gso = true
+	if syscall.SetsockoptInt(l.fd, solUDP, udpGRO, 1) == nil {
+		l.gro = true
+		l.grobuf = make([]byte, 1<<16)
+		l.oob = make([]byte, syscall.CmsgSpace(4))
+	}
+}
+
+// sendRun sends b, consecutive packets of seg bytes each but the last
+// (which may be shorter), to the peer.
+func (l *link) sendRun(b []byte, seg int) error {
+	per := min(gsoMaxSegments, gsoMaxBytes/seg)
+	for len(b) > 0 {
+		if !l.gso || !l.connected || per < 2 || len(b) <= seg {
+			end := min(seg, len(b))
+			if err := l.send(b[:end]); err != nil {
+				return err
+			}
+			b = b[end:]
+			continue
+		}
+		end := min(per*seg, len(b))
+		err := l.sendGSO(b[:end], seg)
+		if err != nil {
+			if errors.Is(err, syscall.EIO) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOPROTOOPT) || errors.Is(err, syscall.EOPNOTSUPP) {
+				l.gso = false // a packet at a time from now on
+				continue
+			}
+			if isTransient(err) {
+				err = nil
+			} else {
+				return err
+			}
+		}
+		b = b[end:]
+	}
+	return nil
+}
+
+func (l *link) sendGSO(b []byte, seg int) error {
+	if l.gsoOOB == nil {
+		l.gsoOOB = make([]byte, syscall.CmsgSpace(2))
+		h := (*syscall.Cmsghdr)(unsafe.Pointer(&l.gsoOOB[0]))
+		h.Level = solUDP
+		h.Type = udpSegment
+		h.SetLen(syscall.CmsgLen(2))
+	}
+	binary.NativeEndian.PutUint16(l.gsoOOB[syscall.CmsgLen(0):], uint16(seg))
+	return ignoreInterrupt(func() error {
+		_, err := syscall.SendmsgN(l.fd, b, l.gsoOOB, nil, 0)
+		return err
+	})
+}
+
+// recvGRO reads from the connected descriptor into l.grobuf with
+// recvmsg, without allocating, and returns the length read and the
+// segment size of a coalesced read (0 if not coalesced).
+func (l *link) recvGRO() (n, seg int, err error) {
+	iov := syscall.Iovec{Base: &l.grobuf[0]}
+	iov.SetLen(len(l.grobuf))
+	msg := syscall.Msghdr{Iov: &iov, Iovlen: 1, Control: &l.oob[0]}
+	msg.SetControllen(len(l.oob))
+	r, _, e := syscall.Syscall(syscall.SYS_RECVMSG, uintptr(l.fd), uintptr(unsafe.Pointer(&msg)), 0)
+	if e != 0 {
+		return 0, 0, e
+	}
+	return int(r), groSegment(l.oob[:msg.Controllen]), nil
+}
+
+// groSegment returns the segment size that a UDP_GRO control message in
+// oob gives, or 0.
+func groSegment(oob []byte) int {
+	for len(oob) >= syscall.SizeofCmsghdr {
+		h := (*syscall.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		if h.Len < syscall.SizeofCmsghdr || int(h.Len) > len(oob) {
+			return 0
+		}
+		data := oob[syscall.CmsgLen(0):h.Len]
+		if h.Level == solUDP && h.Type == udpGRO && len(data) >= 4 {
+			return int(binary.NativeEndian.Uint32(data))
+		}
+		oob = oob[min(len(oob), syscall.CmsgSpace(int(h.Len)-syscall.CmsgLen(0))):]
+	}
+	return 0
+}
