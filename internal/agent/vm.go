@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/netns"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/tftp"
@@ -255,7 +256,7 @@ type machineFiles struct {
 }
 
 // loadMachineFiles finds the VM files in dir: kernel, initrd and cmdline for
-// direct kernel boot, and disk.img (raw) or disk.qcow2 (an overlay).
+// direct kernel boot, and the disk (machine.Disk).
 func loadMachineFiles(dir string) (*machineFiles, error) {
 	m := &machineFiles{}
 	exists := func(name string) bool { _, err := os.Stat(filepath.Join(dir, name)); return err == nil }
@@ -268,11 +269,12 @@ func loadMachineFiles(dir string) (*machineFiles, error) {
 			m.cmdline = strings.TrimSpace(string(b))
 		}
 	}
+	disk, format, err := machine.Disk(dir)
 	switch {
-	case exists("disk.qcow2"):
-		m.disk, m.diskFormat = filepath.Join(dir, "disk.qcow2"), "qcow2"
-	case exists("disk.img"):
-		m.disk, m.diskFormat = filepath.Join(dir, "disk.img"), "raw"
+	case err == nil:
+		m.disk, m.diskFormat = disk, format
+	case !errors.Is(err, machine.ErrNotFound):
+		return nil, err
 	}
 	if m.kernel == "" && m.disk == "" {
 		return nil, fmt.Errorf("machine %s: no kernel and no disk.img to boot", dir)

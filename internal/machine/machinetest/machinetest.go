@@ -6,60 +6,22 @@ package machinetest
 
 import (
 	"bytes"
-	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/buildfarm/buildfarm/internal/manifest"
-	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
-// BtrfsMount makes a 512 MiB btrfs file system in a file under t.TempDir,
-// attaches it to a loop device and mounts it; the clean-up unmounts it and
-// detaches the device. It skips t unless VM tests run as root.
+// BtrfsMount makes a 512 MiB btrfs file system on a loop device and mounts
+// it (testenv.Btrfs); the clean-up unmounts it and detaches the device. It
+// skips t unless VM tests run as root.
 func BtrfsMount(t *testing.T) string {
 	t.Helper()
 	testenv.NeedVM(t)
-	testenv.NeedRoot(t)
-	for _, p := range []string{"mkfs.btrfs", "btrfs", "losetup", "mount", "umount"} {
-		testenv.NeedProgram(t, p)
-	}
-	ctx := context.Background()
-	img := filepath.Join(t.TempDir(), "btrfs.img")
-	f, err := os.Create(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(512 << 20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	if err := proc.Run(ctx, nil, "mkfs.btrfs", "-q", img); err != nil {
-		t.Fatal(err)
-	}
-	out, err := proc.Output(ctx, "losetup", "--find", "--show", img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() {
-		if err := proc.Run(context.Background(), nil, "losetup", "-d", dev); err != nil {
-			t.Errorf("detach %s: %v", dev, err)
-		}
-	})
-	mnt := t.TempDir()
-	if err := proc.Run(ctx, nil, "mount", "-t", "btrfs", dev, mnt); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := proc.Run(context.Background(), nil, "umount", mnt); err != nil {
-			t.Errorf("unmount %s: %v", mnt, err)
-		}
-	})
-	return mnt
+	testenv.NeedProgram(t, "btrfs")
+	return testenv.Btrfs(t, 512<<20)
 }
 
 // DiskSize is the size of the disks MakeMachine writes.
