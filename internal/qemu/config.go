@@ -111,6 +111,11 @@ type Config struct {
 	Paused    bool     // start with the CPUs stopped (-S), to be resumed over QMP
 	Extra     []string // more QEMU arguments, for example a machine manifest's options
 
+	// Incoming restores a guest's saved state instead of booting it
+	// (-incoming; see IncomingFile and VM.SaveState). The rest of the
+	// configuration must match the saved VM's.
+	Incoming string
+
 	// NetNS is the network namespace file (for example
 	// /run/netns/bf-123-1) to run QEMU in; empty for the caller's.
 	NetNS string
@@ -258,6 +263,9 @@ func (c *Config) Args() ([]string, error) {
 	}
 	if c.Paused {
 		a = append(a, "-S")
+	}
+	if c.Incoming != "" {
+		a = append(a, "-incoming", c.Incoming)
 	}
 	return append(a, c.Extra...), nil
 }

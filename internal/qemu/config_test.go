@@ -53,6 +53,10 @@ func TestArgsGolden(t *testing.T) {
 			c.Paused = true
 			c.Net.Mode = NetNone
 		}},
+		{"incoming", func(c *Config) {
+			c.Kernel, c.Initrd = "/m/kernel", "/m/initrd"
+			c.Incoming = "exec:cat '/m/state'"
+		}},
 		{"explicit-firmware", func(c *Config) {
 			c.Kernel = "/m/kernel"
 			c.Firmware = "default"

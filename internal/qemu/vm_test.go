@@ -551,3 +551,55 @@ func TestRelativePaths(t *testing.T) {
 		t.Errorf("New changed the caller's drives: %v", cfg.Drives)
 	}
 }
+
+// TestWarmStart saves a booted guest's state and restores it in a new
+// QEMU, which goes on where the first stopped and still powers off.
+func TestWarmStart(t *testing.T) {
+	testenv.NeedVM(t)
+	k := testenv.NeedKernel(t)
+	initrd := guesttest.Initramfs(t, k, `echo "`+guesttest.StartedLine+`"
+while :; do echo "tick $(cut -d' ' -f1 /proc/uptime)"; sleep 0.2; done
+`, guesttest.PowerButton...)
+	cfg := qemu.Config{Name: "warm", Kernel: k.Image, Initrd: initrd, Append: guesttest.Append, Net: qemu.Net{Mode: qemu.NetNone}}
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+
+	first := start(t, cfg)
+	if _, err := first.WaitConsole(ctx, "a tick", qemu.Contains("tick ")); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(t.TempDir(), "state")
+	t0 := time.Now()
+	if err := first.SaveState(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(state)
+	if err != nil || fi.Size() < 1<<20 {
+		t.Fatalf("saved state %s: %v, want a file of some MB", state, err)
+	}
+	t.Logf("saved %d MB in %v", fi.Size()>>20, time.Since(t0).Round(time.Millisecond))
+	if st, err := first.Status(ctx); err != nil || st != "postmigrate" {
+		t.Errorf("Status() after SaveState = %q, %v, want postmigrate", st, err)
+	}
+	if err := first.Forcedown(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	if cfg.Incoming, err = qemu.IncomingFile(state); err != nil {
+		t.Fatal(err)
+	}
+	t1 := time.Now()
+	second := start(t, cfg)
+	line, err := second.WaitConsole(ctx, "a tick after the restore", qemu.Contains("tick "))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("restored to %q in %v", line, time.Since(t1).Round(time.Millisecond))
+	if strings.Contains(second.SerialTail(4096), "Linux version") || strings.Contains(second.SerialTail(4096), "started") {
+		t.Errorf("the restored guest booted again; console:\n%s", second.SerialTail(4096))
+	}
+	ok, err := second.Shutdown(ctx)
+	if err != nil || !ok {
+		t.Errorf("Shutdown() of the restored guest = %v, %v, want true", ok, err)
+	}
+}
