@@ -66,6 +66,7 @@ func TestDoctorNoKernel(t *testing.T) {
 func TestDoctorTFTPBusy(t *testing.T) {
 	// Taken on the host, a port is still free in a VM's namespace; without
 	// namespaces (not root) the host's port is what counts.
+	testenv.NeedVM(t)
 	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
