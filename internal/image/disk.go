@@ -123,6 +123,19 @@ func debootstrapTarball(ctx context.Context, mirror string, st status, log *slog
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("cache: %w", err)
 	}
+	// One debootstrap at a time: a second builder (another test package, a
+	// second agent) waits for the first and then uses its tarball.
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("cache: %w", err)
+	}
+	defer lock.Close()
+	if err := flock(ctx, lock); err != nil {
+		return "", fmt.Errorf("cache lock %s: %w", lock.Name(), err)
+	}
+	if _, err := os.Stat(tarball); err == nil {
+		return tarball, nil
+	}
 	tmp, err := os.MkdirTemp(dir, "debootstrap.tmp-")
 	if err != nil {
 		return "", fmt.Errorf("cache: %w", err)
@@ -215,4 +228,20 @@ func unmountUnder(dir string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// flock takes an exclusive lock on f, waiting for it until ctx ends. The
+// lock goes with f's close.
+func flock(ctx context.Context, f *os.File) error {
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
