@@ -181,7 +181,7 @@ func (v *VM) Start(ctx context.Context) error {
 	if err := <-started; err != nil {
 		return err
 	}
-	v.log.Debug("qemu started", "pid", v.pid, "cmd", v.CommandLine())
+	v.log.Debug("qemu started", "pid", v.PID(), "cmd", v.CommandLine())
 
 	// QEMU makes its QMP socket early, but after we return from fork.
 	var c *qmp.Client
