@@ -170,11 +170,25 @@ func (p *Prober) save(file string, v Verdict) error {
 	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
 		return err
 	}
-	tmp := file + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+	// A temporary file of its own: agents of one host may probe at once.
+	f, err := os.CreateTemp(filepath.Dir(file), CacheName+".*")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, file)
+	_, err = f.Write(append(b, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), file)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
 }
 
 // Probe tests KVM now, without the cache.
