@@ -2,7 +2,9 @@
 // VM and Args turns it into QEMU's command line, purely (golden-tested); VM
 // is the running machine: Start once in an empty working directory of its
 // own, Wait (safe for many callers), Shutdown by ACPI power-down with a
-// deadline, Forcedown, Suspend and Resume over QMP (package qmp), Info.
+// deadline, Forcedown, Suspend and Resume over QMP (package qmp), Info,
+// WaitConsole; SaveState and Config.Incoming save a running guest and
+// restore it in a new QEMU (a warm start).
 //
 // A QEMU never outlives its parent: it runs in its own process group with
 // Pdeathsig SIGKILL, started from an OS thread that is locked for the life
