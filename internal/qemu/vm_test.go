@@ -379,20 +379,37 @@ func TestIsolation(t *testing.T) {
 	nsUDP := listenUDP(true, "ns-udp-ok")
 	hostTCP := listenTCP(false, "host-tcp-LEAK")
 	hostUDP := listenUDP(false, "host-udp-LEAK")
+	// And a service on all the host's addresses, tried at its own address.
+	ext, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ext.Close() })
+	go serveTCP(ext, "host-ext-LEAK")
+	hostIP := "192.0.2.1" // TEST-NET-1 when the host has no address but loopback
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() {
+				hostIP = ipn.IP.String()
+				break
+			}
+		}
+	}
 
 	body := fmt.Sprintf(`ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
-tcp() { r=$(nc -w 2 10.0.2.2 $2 </dev/null 2>&1); echo "RESULT $1 ${r:-nothing}"; }
-udp() { rm -f /tmp/f; timeout 3 tftp -g -r f -l /tmp/f 10.0.2.2 $2 >/dev/null 2>&1; echo "RESULT $1 $(cat /tmp/f 2>/dev/null || echo nothing)"; }
-tcp ns-tcp %d
-udp ns-udp %d
-tcp host-tcp %d
-udp host-udp %d
+tcp() { r=$(nc -w 2 $2 $3 </dev/null 2>&1); echo "RESULT $1 ${r:-nothing}"; }
+udp() { rm -f /tmp/f; timeout 3 tftp -g -r f -l /tmp/f $2 $3 >/dev/null 2>&1; echo "RESULT $1 $(cat /tmp/f 2>/dev/null || echo nothing)"; }
+tcp ns-tcp 10.0.2.2 %d
+udp ns-udp 10.0.2.2 %d
+tcp host-tcp 10.0.2.2 %d
+udp host-udp 10.0.2.2 %d
+tcp host-ext %s %d
 echo RESULT done
 poweroff -f
-`, nsTCP, nsUDP, hostTCP, hostUDP)
+`, nsTCP, nsUDP, hostTCP, hostUDP, hostIP, ext.Addr().(*net.TCPAddr).Port)
 	initrd := guesttest.Initramfs(t, k, body, guesttest.Network...)
 	vm := start(t, qemu.Config{Name: "isolated", Kernel: k.Image, Initrd: initrd, Append: guesttest.Append, NetNS: ns.Path()})
 	if err := vm.Wait(ctx); err != nil {
@@ -419,6 +436,7 @@ poweroff -f
 		{"ns-udp", true},
 		{"host-tcp", false},
 		{"host-udp", false},
+		{"host-ext", false},
 	} {
 		got := results[c.name]
 		if c.reached && got != c.name+"-ok" {
