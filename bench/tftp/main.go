@@ -162,6 +162,7 @@ func run(ctx context.Context, reps int, size int64) error {
 			return bf, []string{"tftp", "get", oursAddr, "big", local, "--blksize", "1468", "--windowsize", "16"}
 		}},
 	}
+	loadBefore := loadAvg()
 	times := make([][]time.Duration, len(cases))
 	for r := 0; r < reps; r++ {
 		for i, c := range cases {
@@ -180,11 +181,14 @@ func run(ctx context.Context, reps int, size int64) error {
 		}
 	}
 	med := make([]time.Duration, len(cases))
+	best := make([]time.Duration, len(cases))
 	for i := range cases {
 		slices.Sort(times[i])
 		med[i] = times[i][len(times[i])/2]
+		best[i] = times[i][0]
 	}
-	fmt.Printf("%d MiB over loopback, median of %d runs each (%s)\n\n", size>>20, reps, time.Now().UTC().Format("2006-01-02"))
+	fmt.Printf("%d MiB over loopback, median of %d runs each (%s; load average before %s, after %s)\n\n",
+		size>>20, reps, time.Now().UTC().Format("2006-01-02"), loadBefore, loadAvg())
 	fmt.Println("| case | median | all runs |")
 	fmt.Println("|---|---|---|")
 	for i, c := range cases {
@@ -196,11 +200,19 @@ func run(ctx context.Context, reps int, size int64) error {
 	}
 	ratio := func(base, ours time.Duration) float64 { return base.Seconds() / ours.Seconds() }
 	fmt.Println()
-	fmt.Println("| comparison | ratio (tftpd-hpa time / ours) | goal |")
-	fmt.Println("|---|---|---|")
-	fmt.Printf("| our server vs tftpd-hpa, busybox, blksize 1468 | %.2f | >= 1 |\n", ratio(med[0], med[1]))
-	fmt.Printf("| our server vs tftpd-hpa, busybox, blksize 65464 | %.2f | >= 1 |\n", ratio(med[2], med[3]))
-	fmt.Printf("| ours windowsize 16 vs tftpd-hpa + busybox lock-step, blksize 1468 | %.2f | >= 5 |\n", ratio(med[0], med[4]))
+	fmt.Println("| comparison | ratio of medians (tftpd-hpa / ours) | ratio of fastest runs | goal |")
+	fmt.Println("|---|---|---|---|")
+	for _, c := range []struct {
+		name       string
+		base, ours int
+		goal       string
+	}{
+		{"our server vs tftpd-hpa, busybox, blksize 1468", 0, 1, ">= 1"},
+		{"our server vs tftpd-hpa, busybox, blksize 65464", 2, 3, ">= 1"},
+		{"ours windowsize 16 vs tftpd-hpa + busybox lock-step, blksize 1468", 0, 4, ">= 5"},
+	} {
+		fmt.Printf("| %s | %.2f | %.2f | %s |\n", c.name, ratio(med[c.base], med[c.ours]), ratio(best[c.base], best[c.ours]), c.goal)
+	}
 	return nil
 }
 
@@ -243,4 +255,14 @@ func check(name string, want []byte) error {
 		return fmt.Errorf("%s differs from the file served", name)
 	}
 	return nil
+}
+
+// loadAvg returns the 1-minute load average: other work on the machine
+// moves lock-step figures a lot.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Fields(string(b))[0]
 }
