@@ -76,7 +76,10 @@ func (o Options) request(tsize int64) []Option {
 }
 
 // Get reads the file remote from the server at addr (HOST:PORT) into w and
-// returns the number of bytes read.
+// returns the number of bytes read. It returns once it has acknowledged
+// the last block; its socket stays open in the background for a moment
+// (until ctx is done at the latest) to acknowledge the last block again
+// should the server resend it (RFC 1350's dallying).
 func Get(ctx context.Context, addr, remote string, w io.Writer, opt Options) (int64, error) {
 	n, err := get(ctx, addr, remote, w, opt)
 	if err != nil {

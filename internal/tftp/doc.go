@@ -4,7 +4,7 @@
 //
 // It implements RFC 1350 (octet mode; netascii is refused with an error),
 // option negotiation (RFC 2347) with blksize (RFC 2348, 8 to 65464), tsize
-// and timeout (RFC 2349) and windowsize (RFC 7440). Blocks numbers roll over
+// and timeout (RFC 2349) and windowsize (RFC 7440). Block numbers roll over
 // from 65535 to 0, as tftpd-hpa, atftp and busybox expect, so files of any
 // size transfer. A duplicate ACK never causes a retransmission (no
 // sorcerer's apprentice); lost packets are retransmitted on timeout a
@@ -19,9 +19,12 @@
 // listening socket itself: Serve and ServeIdle take the caller's, so the
 // agent can open it inside a VM's network namespace.
 //
-// The package needs nothing beyond the standard library and
-// golang.org/x/sys, so the static worker binary that uses the client (Get,
-// Put) stays small.
+// On Linux, transfer sockets are used directly in blocking mode and
+// connected to the peer, like tftpd-hpa's, and a window goes out as one
+// UDP GSO send and comes in as one GRO receive where the kernel allows.
+//
+// The package needs nothing beyond the standard library, so the static
+// worker binary that uses the client (Get, Put) stays small.
 //
 // The tests exercise the real peers tftpd-hpa (in.tftpd), tftp-hpa (tftp),
 // atftp and busybox tftp; they run when BUILDFARM_VM_TESTS=1.

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -327,6 +328,9 @@ func TestPutsThatFail(t *testing.T) {
 func TestMalformed(t *testing.T) {
 	root := t.TempDir()
 	writeFile(t, filepath.Join(root, "ok"), []byte("ok"))
+	if err := syscall.Mkfifo(filepath.Join(root, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	addr := testServer(t, &Server{Root: root})
 	long := strings.Repeat("x", 65000)
 	tests := []struct {
@@ -361,6 +365,7 @@ func TestMalformed(t *testing.T) {
 		{"missing file", rrq("missing"), ErrNotFound},
 		{"a directory", rrq("."), ErrAccess},
 		{"write refused", appendRequest(nil, OpWrite, "new", nil), ErrAccess},
+		{"a FIFO, which must not hang the server", rrq("fifo"), ErrAccess},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

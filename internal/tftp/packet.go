@@ -84,8 +84,8 @@ const (
 	modeMail     = "mail"
 )
 
-// Packet is a decoded TFTP packet: one of *Request, *Data, *Ack, *Error and
-// *OptionAck.
+// Packet is a decoded TFTP packet: one of *RequestPacket, *Data, *Ack,
+// *Error and *OptionAck.
 type Packet interface{ packet() }
 
 // RequestPacket is a read (RRQ) or write (WRQ) request.

@@ -134,3 +134,35 @@ func TestRollover(t *testing.T) {
 		})
 	}
 }
+
+// TestIPv6 runs a transfer each way over ::1, windowed and not.
+func TestIPv6(t *testing.T) {
+	conn, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	root := t.TempDir()
+	data := randomBytes(50_000, 6)
+	writeFile(t, filepath.Join(root, "f"), data)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&Server{Root: root, AllowPut: true}).Serve(ctx, conn) }()
+	defer func() {
+		cancel()
+		<-done
+		conn.Close()
+	}()
+	addr := conn.LocalAddr().String()
+	for _, opt := range []Options{{}, {BlockSize: 1468, WindowSize: 16, TransferSize: true}} {
+		var got bytes.Buffer
+		if _, err := Get(ctxT(t), addr, "f", &got, opt); err != nil || !bytes.Equal(got.Bytes(), data) {
+			t.Fatalf("Get over %s with %+v: %d bytes, %v", addr, opt, got.Len(), err)
+		}
+		if err := Put(ctxT(t), addr, "back", bytes.NewReader(data), int64(len(data)), opt); err != nil {
+			t.Fatalf("Put over %s with %+v: %v", addr, opt, err)
+		}
+		if back, _ := os.ReadFile(filepath.Join(root, "back")); !bytes.Equal(back, data) {
+			t.Fatalf("Put over %s with %+v: the server has %d bytes", addr, opt, len(back))
+		}
+	}
+}
