@@ -90,6 +90,8 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 	check(a.AddFile("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n")))
 	check(a.AddFile("etc/group", 0o644, []byte("root:x:0:\n")))
 	check(a.AddFile("etc/hostname", 0o644, []byte(c.name+"\n")))
+	// busybox acpid's action for the ACPI power button.
+	check(a.AddFile("etc/acpi/PWRF/00000080", 0o755, []byte("#!/bin/sh\npoweroff -f\n")))
 
 	// The worker, unless it runs from the root on the disk.
 	if !c.preset.RootOnDisk {

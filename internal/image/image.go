@@ -42,12 +42,16 @@ var Presets = map[string]Preset{
 
 // GuestModules are the kernel modules every guest loads (with what they
 // depend on): the virtio PCI transport, then the block, network and console
-// devices, and ext4 for the disk (built into Debian's cloud kernel).
-var GuestModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4"}
+// devices, ext4 for the disk (built into Debian's cloud kernel), and the
+// ACPI power button with evdev, so that the guest powers off when QEMU
+// presses the button (QMP system_powerdown).
+var GuestModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4", "button", "evdev"}
 
 // Cmdline is the kernel command line of the machines Build makes. panic=-1
-// turns a guest panic into a reboot, which QEMU's -no-reboot makes an exit.
-const Cmdline = "console=ttyS0 quiet panic=-1"
+// turns a guest panic into a reboot, which QEMU's -no-reboot makes an exit;
+// no_timer_check skips the IO-APIC timer check, which can fail (and panic
+// the guest) under TCG on a loaded host.
+const Cmdline = "console=ttyS0 quiet panic=-1 no_timer_check"
 
 var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 

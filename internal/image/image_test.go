@@ -347,7 +347,7 @@ tftp -g -r greeting -l /tmp/greeting 10.0.2.2 "$port" && echo "hook: tftp says $
 		want   []string
 	}{
 		{"dhcp", "", false, []string{
-			"init: modules loaded: virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net virtio_console\n",
+			"init: modules loaded: virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net virtio_console button evdev\n",
 			"init: disk /dev/vda mounted on /build",
 			"udhcpc: lease of 10.0.2.15 obtained from 10.0.2.2",
 			"init: network eth0 (52:54:00:12:34:56): 10.0.2.15/24 by DHCP",

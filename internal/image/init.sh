@@ -3,7 +3,8 @@
 #
 # 1. Mount /proc, /sys and /dev (devtmpfs).
 # 2. Load the kernel modules listed in /etc/buildfarm/modules, in that order
-#    (the image builder wrote them in dependency order).
+#    (the image builder wrote them in dependency order), and start acpid so
+#    that the ACPI power button powers the guest off.
 # 3. Mount the build disk, /dev/vda (ext4): on /build (the worker's root is
 #    this initramfs), or as the root to chroot into (the rootfs preset).
 #    A guest without a disk still works: /build is then a directory of the
@@ -50,6 +51,22 @@ while read -r ko; do
 done </etc/buildfarm/modules
 say "modules loaded:$loaded"
 [ -z "$failed" ] || say "modules FAILED:$failed"
+
+# The ACPI power button (QMP system_powerdown) powers the guest off: busybox
+# acpid runs /etc/acpi/PWRF/00000080. acpid opens the event devices once,
+# so wait for devtmpfs to make them, and then until it has them open: a
+# power-down pressed before that would be lost.
+n=0
+while [ "$(ls /sys/class/input | grep -c event)" != "$(ls /dev/input 2>/dev/null | grep -c event)" ] && [ $n -lt 200 ]; do
+	usleep 10000
+	n=$((n + 1))
+done
+acpid -d -c /etc/acpi </dev/null >/dev/null 2>&1 &
+n=0
+while [ "$(ls -l /proc/$!/fd 2>/dev/null | grep -c /dev/input/)" != "$(ls /dev/input 2>/dev/null | grep -c event)" ] && [ $n -lt 200 ]; do
+	usleep 10000
+	n=$((n + 1))
+done
 
 # The disk: wait briefly for devtmpfs to make the node once the driver has
 # seen the device.
