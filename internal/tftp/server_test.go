@@ -166,3 +166,41 @@ func TestIPv6(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrent runs many transfers at once, each way, windowed and not.
+func TestConcurrent(t *testing.T) {
+	root := t.TempDir()
+	data := randomBytes(300_000, 8)
+	writeFile(t, filepath.Join(root, "f"), data)
+	addr := testServer(t, &Server{Root: root, AllowPut: true})
+	errs := make(chan error, 32)
+	for i := range 16 {
+		go func() {
+			opt := Options{BlockSize: 1468, WindowSize: 1 + i%4*8}
+			var got bytes.Buffer
+			if _, err := Get(ctxT(t), addr, "f", &got, opt); err != nil {
+				errs <- err
+				return
+			}
+			if !bytes.Equal(got.Bytes(), data) {
+				errs <- fmt.Errorf("Get %d: %d bytes differ", i, got.Len())
+				return
+			}
+			name := fmt.Sprintf("up-%d", i)
+			if err := Put(ctxT(t), addr, name, bytes.NewReader(data), -1, opt); err != nil {
+				errs <- err
+				return
+			}
+			if back, _ := os.ReadFile(filepath.Join(root, name)); !bytes.Equal(back, data) {
+				errs <- fmt.Errorf("Put %d: %d bytes differ", i, len(back))
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
