@@ -188,7 +188,7 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, idle time.Durat
 			if n > maxRequest {
 				err = malformed("request of more than %d bytes", maxRequest)
 			}
-			v.log.Warn("tftp: malformed request", "peer", from, "error", err)
+			v.log.Debug("tftp: malformed request", "peer", from, "error", err)
 			if n >= 2 && binary.BigEndian.Uint16(pkt) != opERROR {
 				reply = appendError(reply[:0], ErrIllegal, err.Error())
 				conn.WriteTo(reply, from)
