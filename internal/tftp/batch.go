@@ -88,8 +88,17 @@ func (l *link) recvGRO() (n, seg int, err error) {
 	iov := syscall.Iovec{Base: &l.grobuf[0]}
 	iov.SetLen(len(l.grobuf))
 	msg := syscall.Msghdr{Iov: &iov, Iovlen: 1, Control: &l.oob[0]}
+	// First without waiting, and without telling Go's scheduler about a
+	// system call that cannot block: a lock-step peer's answer is often
+	// there already, and entering a blocking call wakes scheduler threads
+	// (measured: 20-30% of a lock-step transfer's time).
 	msg.SetControllen(len(l.oob))
-	r, _, e := syscall.Syscall(syscall.SYS_RECVMSG, uintptr(l.fd), uintptr(unsafe.Pointer(&msg)), 0)
+	r, _, e := syscall.RawSyscall(syscall.SYS_RECVMSG, uintptr(l.fd), uintptr(unsafe.Pointer(&msg)), syscall.MSG_DONTWAIT)
+	if e == 0 {
+		return int(r), groSegment(l.oob[:msg.Controllen]), nil
+	}
+	msg.SetControllen(len(l.oob))
+	r, _, e = syscall.Syscall(syscall.SYS_RECVMSG, uintptr(l.fd), uintptr(unsafe.Pointer(&msg)), 0)
 	if e != 0 {
 		return 0, 0, e
 	}
@@ -111,4 +120,21 @@ func groSegment(oob []byte) int {
 		oob = oob[min(len(oob), syscall.CmsgSpace(int(h.Len)-syscall.CmsgLen(0))):]
 	}
 	return 0
+}
+
+// write sends b to the connected peer: without waiting first, as in
+// recvGRO, then, should the socket's buffer be full, waiting.
+func (l *link) write(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	_, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(l.fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), syscall.MSG_DONTWAIT, 0, 0)
+	switch e {
+	case 0:
+		return nil
+	case syscall.EAGAIN:
+		_, err := syscall.Write(l.fd, b)
+		return err
+	}
+	return e
 }

@@ -166,7 +166,7 @@ func (l *link) sendTo(b []byte, to netip.AddrPort) error {
 	var err error
 	switch {
 	case l.fd >= 0 && l.connected && to == l.peer:
-		err = ignoreInterrupt(func() error { _, err := syscall.Write(l.fd, b); return err })
+		err = ignoreInterrupt(func() error { return l.write(b) })
 	case l.fd >= 0:
 		err = ignoreInterrupt(func() error { return syscall.Sendto(l.fd, b, 0, l.sockaddr(to)) })
 	default:
