@@ -45,6 +45,7 @@ SIGTERM stops the running VM, deletes its snapshot and exits 0.`,
 		f.StringVar(&o.ToolchainVer, "toolchain-ver", o.ToolchainVer, "toolchain `version`")
 		f.StringVar(&o.ToolchainID, "toolchain-id", o.ToolchainID, "toolchain `id`; a new one re-bootstraps the machines")
 		f.StringVar(&o.Toolchain, "toolchain", o.Toolchain, "`directory` of toolchain files the worker installs at bootstrap")
+		f.StringVar(&o.Artifacts, "artifacts", o.Artifacts, "`directory` to keep tasks' artifacts in (NAME-VERSION/FILE); the worker uploads what the steps leave in $BUILDFARM_ARTIFACTS")
 		f.IntVar(&o.CPU, "cpu", o.CPU, "virtual `CPUs` per VM")
 		f.IntVar(&o.RAM, "ram", o.RAM, "`MiB` of memory per VM")
 		f.StringVar(&o.Accel, "accel", o.Accel, "accelerator: kvm, tcg, or auto (KVM only when a test guest really runs under it)")

@@ -222,7 +222,38 @@ func (a *Agent) performOnce(ctx context.Context, m *machineState, task *manifest
 		return nil, fmt.Errorf("vm %s: %w", s.name, perr)
 	}
 	a.shutdown(ctx, r)
+	a.keepArtifacts(s, task)
 	return res, nil
+}
+
+// keepArtifacts moves the artifacts the worker uploaded into
+// --artifacts/NAME-VERSION/, or just logs them without --artifacts.
+func (a *Agent) keepArtifacts(s *session, task *manifest.Task) {
+	files, _ := filepath.Glob(filepath.Join(s.putDir(), worker.ArtifactPrefix+"*"))
+	if len(files) == 0 {
+		return
+	}
+	dir := ""
+	if a.opts.Artifacts != "" {
+		dir = filepath.Join(a.opts.Artifacts, task.Name+"-"+task.Version)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			a.log.Error("artifacts not kept", "dir", dir, "err", err)
+			dir = ""
+		}
+	}
+	for _, f := range files {
+		name := strings.TrimPrefix(filepath.Base(f), worker.ArtifactPrefix)
+		if dir == "" {
+			a.log.Info("artifact (not kept: no --artifacts)", "task", task.Name, "name", name)
+			continue
+		}
+		dst := filepath.Join(dir, name)
+		if err := os.Rename(f, dst); err != nil {
+			a.log.Error("artifact not kept", "name", name, "err", err)
+			continue
+		}
+		a.log.Info("artifact", "task", task.Name, "file", dst)
+	}
 }
 
 // writeTask places the task manifest and its sources archive in dir.

@@ -183,6 +183,7 @@ func TestBuildHello(t *testing.T) {
 			f := newFarm(t, backend.btrfs, image.Options{})
 			o := f.options()
 			o.FakeRequest, o.DumpResult = fakeRequest("hello"), true
+			o.Artifacts = t.TempDir()
 			out, err := f.run(t, o)
 			if err != nil {
 				t.Fatalf("agent: %v", err)
@@ -195,6 +196,9 @@ func TestBuildHello(t *testing.T) {
 				if r.Status != manifest.StatusSuccess || !strings.Contains(r.Log, "$ sh ./") {
 					t.Errorf("%s: %v, log %q", r.Operation, r.Status, r.Log)
 				}
+			}
+			if b, err := os.ReadFile(filepath.Join(o.Artifacts, "hello-1.0.0", "hello")); err != nil || !strings.Contains(string(b), "Hello, World!") {
+				t.Errorf("artifact hello-1.0.0/hello = %q, %v; want the program the build made", b, err)
 			}
 			if !strings.Contains(f.log.String(), "machine bootstrapped") {
 				t.Errorf("the machine was not bootstrapped")

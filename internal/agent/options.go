@@ -18,6 +18,7 @@ type Options struct {
 	ToolchainVer  string
 	ToolchainID   string // changes when the toolchain does, forcing re-bootstrap
 	Toolchain     string // directory of toolchain files installed at bootstrap (optional)
+	Artifacts     string // directory to keep tasks' artifacts in, one subdirectory a task (optional)
 
 	CPU   int    // virtual CPUs per VM
 	RAM   int    // MiB per VM

@@ -5,7 +5,9 @@
 // sources archive the task names (buildfarm-archive), unpacks the sources,
 // runs the task's operations (configure, update, test, install: one shell
 // command each, in that order) each with its exit status, log and duration,
-// and uploads the result manifest (result.manifest) with the logs inside.
+// and uploads the files the steps left in $BUILDFARM_ARTIFACTS (as
+// artifact-NAME) and the result manifest (result.manifest) with the logs
+// inside.
 // A failing operation is an error and ends the build; a worker that cannot
 // go on (no task, no sources) reports abort.
 //

@@ -30,6 +30,9 @@ const (
 	ProgressFile  = "progress"
 	ToolchainFile = "toolchain.manifest"
 	BootstrapFile = "bootstrap.manifest"
+	// ArtifactPrefix starts the names of uploaded artifacts: the files the
+	// steps leave in $BUILDFARM_ARTIFACTS go up as artifact-NAME.
+	ArtifactPrefix = "artifact-"
 )
 
 // Version is the worker's protocol version, reported in the bootstrap
@@ -138,6 +141,9 @@ func (w *Worker) Build(ctx context.Context) error {
 	}
 	res := &manifest.Result{Name: task.Name, Version: task.Version, Status: manifest.StatusSuccess}
 	src := filepath.Join(w.cfg.Dir, "src")
+	if err := os.MkdirAll(w.artifacts(), 0o755); err != nil {
+		return err
+	}
 	if err := w.fetchSources(ctx, task, src); err != nil {
 		op := "configure"
 		if len(task.Steps) > 0 {
@@ -158,6 +164,7 @@ func (w *Worker) Build(ctx context.Context) error {
 			}
 		}
 	}
+	w.putArtifacts(ctx)
 	if err := w.putManifests(ctx, ResultFile, res.Manifest()); err != nil {
 		return err
 	}
@@ -206,6 +213,7 @@ func (w *Worker) runStep(ctx context.Context, s manifest.Step, dir string, task 
 		"BUILDFARM_OPERATION="+s.Operation,
 		"BUILDFARM_TARGET="+task.Target,
 		"BUILDFARM_DIR="+w.cfg.Dir,
+		"BUILDFARM_ARTIFACTS="+w.artifacts(),
 		"PATH="+filepath.Join(w.cfg.Dir, "toolchain", "bin")+":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
 	)
 	cmd.WaitDelay = 5 * time.Second
@@ -308,4 +316,56 @@ func matchAny(res []*regexp.Regexp, log string) bool {
 		}
 	}
 	return false
+}
+
+// artifacts is the directory whose files the worker uploads after the steps.
+func (w *Worker) artifacts() string { return filepath.Join(w.cfg.Dir, "artifacts") }
+
+// putArtifacts uploads the regular files of the artifacts directory, in name
+// order, as artifact-NAME. A failed upload is logged, not fatal: the result
+// matters more than its artifacts.
+func (w *Worker) putArtifacts(ctx context.Context) {
+	des, err := os.ReadDir(w.artifacts())
+	if err != nil {
+		return
+	}
+	for _, de := range des {
+		if !de.Type().IsRegular() || !validArtifact(de.Name()) {
+			w.log.Warn("artifact skipped: not a regular file with a plain name", "name", de.Name())
+			continue
+		}
+		p := filepath.Join(w.artifacts(), de.Name())
+		f, err := os.Open(p)
+		if err != nil {
+			w.log.Warn("artifact", "name", de.Name(), "err", err)
+			continue
+		}
+		fi, err := f.Stat()
+		if err == nil {
+			remote := ArtifactPrefix + de.Name()
+			if err = tftp.Put(ctx, w.cfg.TFTP, remote, f, fi.Size(), w.opts); err != nil {
+				err = fmt.Errorf("put %s to %s: %w", remote, w.cfg.TFTP, err)
+			}
+		}
+		f.Close()
+		if err != nil {
+			w.log.Warn("artifact not uploaded", "name", de.Name(), "err", err)
+			continue
+		}
+		w.log.Info("artifact uploaded", "name", de.Name(), "bytes", fi.Size())
+	}
+}
+
+// validArtifact reports whether name is a plain file name: letters, digits,
+// '.', '_' and '-', not starting with '.'.
+func validArtifact(name string) bool {
+	if name == "" || name[0] == '.' {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

@@ -160,6 +160,9 @@ func TestBuildExamples(t *testing.T) {
 					t.Errorf("%s log %q does not contain %q", op, logs[op], want)
 				}
 			}
+			if b, err := os.ReadFile(filepath.Join(session, "put", ArtifactPrefix+"hello")); tt.example == "hello" && (err != nil || !strings.Contains(string(b), "Hello, World!")) {
+				t.Errorf("artifact hello = %q, %v; want the built program", b, err)
+			}
 			if _, err := os.Stat(filepath.Join(session, "put", ProgressFile)); err != nil {
 				t.Errorf("no progress uploaded: %v", err)
 			}
