@@ -11,9 +11,11 @@
 // bounded number of times.
 //
 // The server faces code from builds that are not trusted. A Server maps
-// request names with bbot-style rules (see ParseRule) and resolves them
-// beneath its root with openat2(RESOLVE_BENEATH), so no name reaches
-// outside it through "..", an absolute name or a symlink. An upload lands
+// request names with bbot-style rules (see ParseRule), refuses ".." and
+// absolute names, and resolves the rest beneath its root through an os.Root
+// (descriptor-relative lookups that refuse symlinks leading out, free of
+// check-then-use races), so no name reaches outside it. Only regular files
+// are served, and an upload never replaces a symlink. An upload lands
 // in a temporary file renamed into place only when complete, within
 // per-transfer and per-server size limits. The server never opens its
 // listening socket itself: Serve and ServeIdle take the caller's, so the
