@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/buildfarm/buildfarm/internal/accel"
 	"github.com/buildfarm/buildfarm/internal/archive"
@@ -248,7 +249,7 @@ func (a *Agent) keepArtifacts(s *session, task *manifest.Task) {
 			continue
 		}
 		dst := filepath.Join(dir, name)
-		if err := os.Rename(f, dst); err != nil {
+		if err := moveFile(f, dst); err != nil {
 			a.log.Error("artifact not kept", "name", name, "err", err)
 			continue
 		}
@@ -357,4 +358,33 @@ func (a *Agent) accelerator(ctx context.Context) (string, error) {
 		a.accel, a.accelErr = p.Resolve(ctx, a.opts.Accel)
 	})
 	return a.accel, a.accelErr
+}
+
+// moveFile renames src to dst, copying across file systems.
+func moveFile(src, dst string) error {
+	err := os.Rename(src, dst)
+	if !errors.Is(err, syscall.EXDEV) {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.CreateTemp(filepath.Dir(dst), ".artifact-*")
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(out.Name(), dst)
+	}
+	if err != nil {
+		os.Remove(out.Name())
+		return err
+	}
+	return os.Remove(src)
 }
