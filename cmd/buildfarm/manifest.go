@@ -57,11 +57,6 @@ FILE:LINE:COLUMN: error: DESCRIPTION (FILE is <stdin> for standard input).`,
 			}
 			ms, err := manifest.Parse(bytes.NewReader(data), name)
 			if err != nil {
-				var me *manifest.Error
-				if errors.As(err, &me) {
-					fmt.Fprintln(e.stderr, me)
-					return silent(1, err)
-				}
 				return err
 			}
 			out := make([][][2]string, 0, len(ms))

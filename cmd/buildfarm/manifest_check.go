@@ -69,11 +69,6 @@ the description naming the manifest type and the field.`,
 				ms, err = manifest.Check(kind, ms, name, mode)
 			}
 			if err != nil {
-				var me *manifest.Error
-				if errors.As(err, &me) {
-					fmt.Fprintln(e.stderr, me)
-					return silent(1, err)
-				}
 				return err
 			}
 			return manifest.Serialize(e.stdout, ms)

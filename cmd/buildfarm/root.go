@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/buildfarm/buildfarm/internal/buildinfo"
+	"github.com/buildfarm/buildfarm/internal/manifest"
 )
 
 // exitError carries an exit status for errors that have already been
@@ -94,11 +95,16 @@ snapshot and report back. It speaks build2's manifest protocol (bbot, brep).`,
 	}
 	e.log = slog.New(slog.NewTextHandler(stderr, nil))
 	err := root.ExecuteContext(ctx)
-	if err != nil {
-		var ee *exitError
-		if !errors.As(err, &ee) {
-			fmt.Fprintf(stderr, "buildfarm: %v\n", err)
-		}
+	var ee *exitError
+	var me *manifest.Error
+	switch {
+	case err == nil, errors.As(err, &ee):
+	case errors.As(err, &me):
+		// A manifest error says where it is, as compilers do:
+		// FILE:LINE:COLUMN: error: DESCRIPTION.
+		fmt.Fprintln(stderr, me)
+	default:
+		fmt.Fprintf(stderr, "buildfarm: %v\n", err)
 	}
 	return err
 }
