@@ -3,25 +3,25 @@
 // they depend on, in load order, from the cached kernel's modules.dep),
 // and an init script whose prelude mounts /proc, /sys and /dev, loads the
 // modules and makes the ACPI power button power the guest off (busybox
-// acpid), so that QMP system_powerdown works. It packs the tree with the
-// cpio command and skips or fails the test like package testenv when a
-// tool or the kernel is missing.
+// acpid), so that QMP system_powerdown works. It writes the archive with
+// package initramfs and skips or fails the test like package testenv when
+// a tool or the kernel is missing.
 //
-// External tools: busybox (static, /bin/busybox), cpio.
+// External tools: busybox (static, /bin/busybox).
 package guesttest
 
 import (
-	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
 	"github.com/buildfarm/buildfarm/internal/cache"
+	"github.com/buildfarm/buildfarm/internal/initramfs"
 	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
@@ -75,7 +75,6 @@ const Append = "console=ttyS0 quiet panic=-1 no_timer_check"
 func Initramfs(t testing.TB, k cache.Kernel, body string, modules ...string) string {
 	t.Helper()
 	testenv.NeedProgram(t, "busybox")
-	testenv.NeedProgram(t, "cpio")
 	out := filepath.Join(t.TempDir(), "initrd")
 	if err := Write(t.Context(), out, k, Prelude+body, modules...); err != nil {
 		t.Fatal(err)
@@ -92,18 +91,26 @@ func Write(ctx context.Context, out string, k cache.Kernel, init string, modules
 	if err != nil {
 		return err
 	}
-	root, err := os.MkdirTemp("", "guesttest-")
+	var a initramfs.Archive
+	var errs []error
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, d := range []string{"bin", "dev", "proc", "sys", "etc", "tmp", "lib/modules"} {
+		check(a.AddDir(d, 0o755))
+	}
+	check(a.AddCharDevice("dev/console", 0o600, 5, 1))
+	check(a.AddFileFrom("bin/busybox", 0o755, busybox))
+	applets, err := proc.Output(ctx, busybox, "--list")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(root)
-	for _, d := range []string{"bin", "dev", "proc", "sys", "etc", "tmp", "lib/modules"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return err
+	for _, name := range strings.Fields(string(applets)) {
+		if name != "busybox" {
+			check(a.AddSymlink("bin/"+name, "busybox"))
 		}
-	}
-	if err := copyFile(busybox, filepath.Join(root, "bin/busybox"), 0o755); err != nil {
-		return err
 	}
 	order, err := LoadOrder(k.Modules, modules...)
 	if err != nil {
@@ -113,39 +120,19 @@ func Write(ctx context.Context, out string, k cache.Kernel, init string, modules
 	for _, rel := range order {
 		name := strings.TrimSuffix(filepath.Base(rel), ".ko")
 		names = append(names, name)
-		if err := copyFile(filepath.Join(k.Modules, rel), filepath.Join(root, "lib/modules", name+".ko"), 0o644); err != nil {
-			return err
-		}
+		check(a.AddFileFrom("lib/modules/"+name+".ko", 0o644, filepath.Join(k.Modules, rel)))
 	}
-	applets, err := proc.Output(ctx, busybox, "--list")
-	if err != nil {
-		return err
-	}
-	for _, a := range strings.Fields(string(applets)) {
-		if err := os.Symlink("busybox", filepath.Join(root, "bin", a)); err != nil && !os.IsExist(err) {
-			return err
-		}
-	}
-	if err := os.MkdirAll(filepath.Join(root, "etc/acpi/PWRF"), 0o755); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(root, "etc/acpi/PWRF/00000080"), []byte("#!/bin/sh\npoweroff -f\n"), 0o755); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(root, "etc/modules"), []byte(strings.Join(names, "\n")+"\n"), 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(root, "init"), []byte(init), 0o755); err != nil {
-		return err
+	check(a.AddFile("etc/acpi/PWRF/00000080", 0o755, []byte("#!/bin/sh\npoweroff -f\n")))
+	check(a.AddFile("etc/modules", 0o644, []byte(strings.Join(names, "\n")+"\n")))
+	check(a.AddFile("init", 0o755, []byte(init)))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("initramfs %s: %w", out, err)
 	}
 	f, err := os.Create(out)
 	if err != nil {
 		return err
 	}
-	cmd := proc.Command(ctx, "sh", "-c", "find . | cpio -o -H newc --quiet")
-	cmd.Dir = root
-	cmd.Stdout = f
-	err = proc.Wait(cmd)
+	_, err = a.WriteTo(f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -178,39 +165,17 @@ func MachineDir(t testing.TB, k cache.Kernel) string {
 // LoadOrder returns the module files (relative to dir, lib/modules/VERSION)
 // to load for the modules named, dependencies first, each once.
 func LoadOrder(dir string, modules ...string) ([]string, error) {
-	f, err := os.Open(filepath.Join(dir, "modules.dep"))
+	idx, err := initramfs.LoadModules(dir)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	deps := map[string][]string{} // module name -> its file, then its dependencies' files
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		file, rest, ok := strings.Cut(s.Text(), ":")
-		if !ok {
-			continue
-		}
-		name := strings.TrimSuffix(filepath.Base(file), ".ko")
-		deps[name] = append([]string{file}, strings.Fields(rest)...)
+	mods, err := idx.Closure(modules...)
+	if err != nil {
+		return nil, err
 	}
-	if err := s.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", f.Name(), err)
-	}
-	var order []string
-	for _, m := range modules {
-		d, ok := deps[m]
-		if !ok {
-			return nil, fmt.Errorf("%s: no module %s in modules.dep", dir, m)
-		}
-		// modules.dep lists the dependencies so that the last loads first.
-		for i := len(d) - 1; i >= 1; i-- {
-			if !slices.Contains(order, d[i]) {
-				order = append(order, d[i])
-			}
-		}
-		if !slices.Contains(order, d[0]) {
-			order = append(order, d[0])
-		}
+	order := make([]string, 0, len(mods))
+	for _, m := range mods {
+		order = append(order, m.Path)
 	}
 	return order, nil
 }
