@@ -135,3 +135,23 @@ func TestPackRoundTripAndReproducible(t *testing.T) {
 		t.Errorf("skip.me was packed although skipped")
 	}
 }
+
+// FuzzUnpack: any input either unpacks or fails, never panics, and never
+// writes outside its directory.
+func FuzzUnpack(f *testing.F) {
+	var b bytes.Buffer
+	src := f.TempDir()
+	os.WriteFile(filepath.Join(src, "a"), []byte("x"), 0o644)
+	os.Symlink("a", filepath.Join(src, "l"))
+	Pack(&b, src, nil)
+	f.Add(b.Bytes())
+	f.Add([]byte{0x1f, 0x8b, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		parent := t.TempDir()
+		Unpack(bytes.NewReader(data), filepath.Join(parent, "dest"))
+		des, err := os.ReadDir(parent)
+		if err != nil || len(des) > 1 {
+			t.Fatalf("Unpack wrote beside its directory: %v %v", des, err)
+		}
+	})
+}
