@@ -140,6 +140,21 @@ func (f *farm) run(t *testing.T, o Options) (string, error) {
 	return out.String(), err
 }
 
+// buildAll runs the agent on its fake request and wants a successful build
+// with all four operations.
+func (f *farm) buildAll(t *testing.T, o Options) *manifest.Result {
+	t.Helper()
+	out, err := f.run(t, o)
+	if err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	res := parseResult(t, out)
+	if res.Status != manifest.StatusSuccess || len(res.Results) != 4 {
+		t.Fatalf("result %v with %d operations, want success with 4:\n%s", res.Status, len(res.Results), out)
+	}
+	return res
+}
+
 func parseResult(t *testing.T, out string) *manifest.Result {
 	t.Helper()
 	ms, err := manifest.Parse(strings.NewReader(out), "dumped result")
@@ -184,14 +199,7 @@ func TestBuildHello(t *testing.T) {
 			o := f.options()
 			o.FakeRequest, o.DumpResult = fakeRequest("hello"), true
 			o.Artifacts = t.TempDir()
-			out, err := f.run(t, o)
-			if err != nil {
-				t.Fatalf("agent: %v", err)
-			}
-			res := parseResult(t, out)
-			if res.Status != manifest.StatusSuccess || len(res.Results) != 4 {
-				t.Fatalf("result %v with %d operations, want success with 4:\n%s", res.Status, len(res.Results), out)
-			}
+			res := f.buildAll(t, o)
 			for _, r := range res.Results {
 				if r.Status != manifest.StatusSuccess || !strings.Contains(r.Log, "$ sh ./") {
 					t.Errorf("%s: %v, log %q", r.Operation, r.Status, r.Log)
@@ -209,7 +217,7 @@ func TestBuildHello(t *testing.T) {
 			// The machine is bootstrapped now: the next task uses it as
 			// it is, and a failing test is an error with its log.
 			o.FakeRequest = fakeRequest("hello-broken")
-			out, err = f.run(t, o)
+			out, err := f.run(t, o)
 			if err != nil {
 				t.Fatalf("agent: %v", err)
 			}
@@ -360,14 +368,7 @@ func TestBuildHelloC(t *testing.T) {
 	o.FakeBootstrap = true
 	o.RAM = 512
 	o.FakeRequest, o.DumpResult = fakeRequest("hello-c"), true
-	out, err := f.run(t, o)
-	if err != nil {
-		t.Fatalf("agent: %v", err)
-	}
-	res := parseResult(t, out)
-	if res.Status != manifest.StatusSuccess || len(res.Results) != 4 {
-		t.Fatalf("result %v with %d operations, want success with 4:\n%s", res.Status, len(res.Results), out)
-	}
+	res := f.buildAll(t, o)
 	logs := map[string]string{}
 	for _, r := range res.Results {
 		logs[r.Operation] = r.Log
