@@ -178,7 +178,7 @@ func checkNothingLeft(t *testing.T, f *farm) {
 	for _, m := range snapshots(f) {
 		t.Errorf("snapshot left behind: %s", m)
 	}
-	if names, _ := netns.List(); len(names) > 0 {
+	if names, _ := netns.Ours(); len(names) > 0 {
 		t.Errorf("network namespaces left behind: %v", names)
 	}
 }

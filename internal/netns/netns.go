@@ -168,6 +168,23 @@ func List() ([]string, error) {
 	return names, nil
 }
 
+// Ours returns the names of the namespaces that this process made and has
+// not deleted, and those whose maker is gone: what a test checks is empty
+// when it ends, while other processes' live namespaces are theirs.
+func Ours() ([]string, error) {
+	names, err := List()
+	if err != nil {
+		return nil, err
+	}
+	var ours []string
+	for _, name := range names {
+		if pid := owner(name); pid == os.Getpid() || (pid != 0 && !alive(pid)) {
+			ours = append(ours, name)
+		}
+	}
+	return ours, nil
+}
+
 // owner returns the pid in a name bf-PID-N, or 0.
 func owner(name string) int {
 	rest, ok := strings.CutPrefix(name, prefix)
