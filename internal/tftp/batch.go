@@ -4,8 +4,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"syscall"
+	"time"
 	"unsafe"
 )
+
+// spinFor is how long a read polls before it blocks: about a loopback
+// round trip with a lock-step peer, so that the answer is taken while
+// the CPU is still awake rather than after the thread sleeps and is woken
+// (in a VM, a halted vCPU costs a hypervisor exit to wake).
+const spinFor = 50 * time.Microsecond
 
 // Linux UDP segmentation offload: a window of equal-sized DATA packets goes
 // out in one sendmsg (UDP_SEGMENT, GSO), and a receiver that asked for
@@ -89,16 +96,33 @@ func (l *link) recvGRO() (n, seg int, err error) {
 	iov.SetLen(len(l.grobuf))
 	msg := syscall.Msghdr{Iov: &iov, Iovlen: 1, Control: &l.oob[0]}
 	// First without waiting, and without telling Go's scheduler about a
-	// system call that cannot block: a lock-step peer's answer is often
-	// there already, and entering a blocking call wakes scheduler threads
-	// (measured: 20-30% of a lock-step transfer's time).
-	msg.SetControllen(len(l.oob))
-	r, _, e := syscall.RawSyscall(syscall.SYS_RECVMSG, uintptr(l.fd), uintptr(unsafe.Pointer(&msg)), syscall.MSG_DONTWAIT)
-	if e == 0 {
+	// system call that cannot block, polling for up to spinFor: a
+	// lock-step peer's answer is often there already or within a round
+	// trip, and entering a blocking call wakes scheduler threads and lets
+	// the CPU sleep (measured on loopback, busybox's client at blksize
+	// 1468: 1.95 s without the polling, 1.54 s with it).
+	try := func() (n, seg int, err error) {
+		msg.SetControllen(len(l.oob))
+		r, _, e := syscall.RawSyscall(syscall.SYS_RECVMSG, uintptr(l.fd), uintptr(unsafe.Pointer(&msg)), syscall.MSG_DONTWAIT)
+		if e != 0 {
+			return 0, 0, e
+		}
 		return int(r), groSegment(l.oob[:msg.Controllen]), nil
 	}
+	var start time.Time
+	for i := 0; ; i++ {
+		n, seg, err := try()
+		if err != syscall.EAGAIN {
+			return n, seg, err
+		}
+		if i == 0 {
+			start = time.Now()
+		} else if time.Since(start) >= spinFor {
+			break
+		}
+	}
 	msg.SetControllen(len(l.oob))
-	r, _, e = syscall.Syscall(syscall.SYS_RECVMSG, uintptr(l.fd), uintptr(unsafe.Pointer(&msg)), 0)
+	r, _, e := syscall.Syscall(syscall.SYS_RECVMSG, uintptr(l.fd), uintptr(unsafe.Pointer(&msg)), 0)
 	if e != 0 {
 		return 0, 0, e
 	}

@@ -36,12 +36,15 @@ func clampWindow(window, blksize int) int {
 
 // sender sends src as DATA blocks, window by window (RFC 7440; a window of
 // 1 is RFC 1350's lock-step), and waits for each window's ACK. The blocks
-// of the current window stay in a ring for retransmission.
+// of the current window stay in a ring for retransmission, and the next
+// window is read into the ring while the peer takes in the current one
+// (tftpd-hpa's read-ahead), so a lock-step transfer does not wait for the
+// file between a block's ACK and the next block.
 type sender struct {
 	l    *link
 	p    params
 	src  io.Reader
-	ring []byte // window slots of 4+blksize bytes
+	ring []byte // two windows of slots of 4+blksize bytes
 	lens []int  // packet length of each slot
 	recv []byte
 
@@ -52,14 +55,14 @@ type sender struct {
 func newSender(l *link, p params, src io.Reader) *sender {
 	return &sender{
 		l: l, p: p, src: src,
-		ring: make([]byte, p.window*(4+p.blksize)),
-		lens: make([]int, p.window),
+		ring: make([]byte, 2*p.window*(4+p.blksize)),
+		lens: make([]int, 2*p.window),
 		recv: make([]byte, 4+MaxBlockSize),
 	}
 }
 
 func (s *sender) slot(block int64) []byte {
-	i := int(block % int64(s.p.window))
+	i := int(block % int64(len(s.lens)))
 	size := 4 + s.p.blksize
 	return s.ring[i*size : (i+1)*size]
 }
@@ -74,7 +77,7 @@ func (s *sender) fill() error {
 	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
 		return err
 	}
-	s.lens[b%int64(s.p.window)] = 4 + n
+	s.lens[b%int64(len(s.lens))] = 4 + n
 	s.filled = b
 	if n < s.p.blksize {
 		s.last = b
@@ -103,14 +106,20 @@ func (s *sender) run(ctx context.Context) (sent int64, err error) {
 		}
 		// The window is one or two runs of consecutive slots of the ring.
 		size := int64(4 + s.p.blksize)
-		w := int64(s.p.window)
+		n := int64(len(s.lens))
 		for b := base; b <= top; {
-			end := min(top, b+w-1-b%w) // the last block before the ring wraps
-			run := s.ring[b%w*size : end%w*size+int64(s.lens[end%w])]
+			end := min(top, b+n-1-b%n) // the last block before the ring wraps
+			run := s.ring[b%n*size : end%n*size+int64(s.lens[end%n])]
 			if err := s.l.sendRun(run, int(size)); err != nil {
 				return sent, err
 			}
 			b = end + 1
+		}
+		// Read ahead the next window while the peer takes this one.
+		for s.last == 0 && s.filled < top+int64(s.p.window) {
+			if err := s.fill(); err != nil {
+				return sent, &abort{tell: &Error{Code: ErrUndefined, Message: "cannot read the file"}, err: err}
+			}
 		}
 		// Wait for an ACK that acknowledges blocks of the window.
 		deadline := time.Now().Add(s.p.timeout)
@@ -139,7 +148,7 @@ func (s *sender) run(ctx context.Context) (sent int64, err error) {
 					continue
 				}
 				for b := base; b < base+d; b++ {
-					sent += int64(s.lens[b%int64(s.p.window)] - 4)
+					sent += int64(s.lens[b%n] - 4)
 				}
 				base += d
 				tries = 0
