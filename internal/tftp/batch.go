@@ -3,6 +3,7 @@ package tftp
 import (
 	"encoding/binary"
 	"errors"
+	"runtime"
 	"syscall"
 	"time"
 	"unsafe"
@@ -12,7 +13,11 @@ import (
 // round trip with a lock-step peer, so that the answer is taken while
 // the CPU is still awake rather than after the thread sleeps and is woken
 // (in a VM, a halted vCPU costs a hypervisor exit to wake).
+// On a single CPU, polling would only keep the peer or the kernel's
+// network processing from running, so there is none.
 const spinFor = 50 * time.Microsecond
+
+var spin = runtime.NumCPU() > 1
 
 // Linux UDP segmentation offload: a window of equal-sized DATA packets goes
 // out in one sendmsg (UDP_SEGMENT, GSO), and a receiver that asked for
@@ -116,6 +121,9 @@ func (l *link) recvGRO() (n, seg int, err error) {
 			return n, seg, err
 		}
 		if i == 0 {
+			if !spin {
+				break
+			}
 			start = time.Now()
 		} else if time.Since(start) >= spinFor {
 			break
