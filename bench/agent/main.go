@@ -188,6 +188,87 @@ func stats(ds []time.Duration) (med, lo, hi time.Duration) {
 
 // ---- 1. Per-task overhead ----
 
+// timing is one task's times, from the start of Run (ours) or of QEMU
+// (raw): the snapshot made (ours only), the worker's first upload (its
+// progress report after it fetched the task) and its result upload seen
+// in the TFTP directory (polled every 5 ms), and the end.
+type timing struct {
+	snap, progress, result, total time.Duration
+}
+
+func (t timing) String() string {
+	s := fmt.Sprintf("%.2fs: ", t.total.Seconds())
+	if t.snap > 0 {
+		s += fmt.Sprintf("snapshot at %.3fs, ", t.snap.Seconds())
+	}
+	return s + fmt.Sprintf("first upload at %.2fs, result at %.2fs, then %.2fs to the end",
+		t.progress.Seconds(), t.result.Seconds(), (t.total-t.result).Seconds())
+}
+
+func column(ts []timing, f func(timing) time.Duration) []time.Duration {
+	var ds []time.Duration
+	for _, t := range ts {
+		ds = append(ds, f(t))
+	}
+	return ds
+}
+
+// medians returns the median of each field of ts.
+func medians(ts []timing) timing {
+	m := func(f func(timing) time.Duration) time.Duration { med, _, _ := stats(column(ts, f)); return med }
+	return timing{
+		snap:     m(func(t timing) time.Duration { return t.snap }),
+		progress: m(func(t timing) time.Duration { return t.progress }),
+		result:   m(func(t timing) time.Duration { return t.result }),
+		total:    m(func(t timing) time.Duration { return t.total }),
+	}
+}
+
+// watch notes when files matching its patterns first appear.
+type watch struct {
+	stop, done chan struct{}
+	seen       []time.Time
+}
+
+// startWatch polls for the patterns (filepath.Glob) every 5 ms.
+func startWatch(patterns ...string) *watch {
+	w := &watch{stop: make(chan struct{}), done: make(chan struct{}), seen: make([]time.Time, len(patterns))}
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			for i, p := range patterns {
+				if w.seen[i].IsZero() {
+					if m, _ := filepath.Glob(p); len(m) > 0 {
+						w.seen[i] = time.Now()
+					}
+				}
+			}
+			select {
+			case <-w.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return w
+}
+
+// end stops polling and returns, for each pattern, when it appeared after
+// t0 (0 if it did not).
+func (w *watch) end(t0 time.Time) []time.Duration {
+	close(w.stop)
+	<-w.done
+	ds := make([]time.Duration, len(w.seen))
+	for i, t := range w.seen {
+		if !t.IsZero() {
+			ds[i] = t.Sub(t0)
+		}
+	}
+	return ds
+}
+
 // stamps is a log handler that writes the agent's log to a file and notes
 // when the records named in marks arrive.
 type stamps struct {
@@ -249,37 +330,27 @@ func benchTask(ctx context.Context, c config, backend, tmp, workerBin string) er
 	fmt.Printf("\n== per-task overhead, %s backend: %s, %d runs each, alternating ==\n", backend, c.task, c.runs)
 	fmt.Printf("raw: ip netns exec NS qemu-system-x86_64 %s\n", shellJoin(rawArgs(c, f.bootDir, "DISK", "SERIAL", rawPort, f.mac)))
 
-	type phase struct{ snap, booted time.Duration }
-	var ours, raw []time.Duration
-	var phases []phase
+	var ours, raw []timing
 	for i := range c.runs {
-		d, snap, booted, err := f.runOurs(ctx)
+		t, err := f.runOurs(ctx)
 		if err != nil {
 			return fmt.Errorf("ours, run %d: %w (agent log: %s)", i+1, err, f.logFile.Name())
 		}
-		ours = append(ours, d)
-		phases = append(phases, phase{snap, booted})
-		fmt.Printf("run %d  ours (agent task, whole Run)  %.2fs  (snapshot done at %.3fs, first TFTP request at %.2fs)\n",
-			i+1, d.Seconds(), snap.Seconds(), booted.Seconds())
-		d, err = f.runRaw(ctx, c, filepath.Join(tmp, fmt.Sprintf("raw-%s-%d", backend, i)), i)
+		ours = append(ours, t)
+		fmt.Printf("run %d  ours %s\n", i+1, t)
+		t, err = f.runRaw(ctx, c, filepath.Join(tmp, fmt.Sprintf("raw-%s-%d", backend, i)), i)
 		if err != nil {
 			return fmt.Errorf("raw, run %d: %w", i+1, err)
 		}
-		raw = append(raw, d)
-		fmt.Printf("run %d  raw (qemu start to exit)       %.2fs\n", i+1, d.Seconds())
+		raw = append(raw, t)
+		fmt.Printf("run %d  raw  %s\n", i+1, t)
 	}
-	om, olo, ohi := stats(ours)
-	rm, rlo, rhi := stats(raw)
-	var snaps, boots []time.Duration
-	for _, p := range phases {
-		snaps, boots = append(snaps, p.snap), append(boots, p.booted)
-	}
-	sm, _, _ := stats(snaps)
-	bm, _, _ := stats(boots)
-	fmt.Printf("median ours %.2fs (min %.2fs, max %.2fs); Run to snapshot done %.3fs, to first TFTP request %.2fs\n",
-		om.Seconds(), olo.Seconds(), ohi.Seconds(), sm.Seconds(), bm.Seconds())
-	fmt.Printf("median raw  %.2fs (min %.2fs, max %.2fs)\n", rm.Seconds(), rlo.Seconds(), rhi.Seconds())
-	fmt.Printf("ratio ours/raw (%s): medians %.3f, minimums %.3f (goal <= 1.05)\n", backend, float64(om)/float64(rm), float64(olo)/float64(rlo))
+	om, rm := medians(ours), medians(raw)
+	_, olo, ohi := stats(column(ours, func(t timing) time.Duration { return t.total }))
+	_, rlo, rhi := stats(column(raw, func(t timing) time.Duration { return t.total }))
+	fmt.Printf("median ours %s; min %.2fs, max %.2fs\n", om, olo.Seconds(), ohi.Seconds())
+	fmt.Printf("median raw  %s; min %.2fs, max %.2fs\n", rm, rlo.Seconds(), rhi.Seconds())
+	fmt.Printf("ratio ours/raw (%s): medians %.3f, minimums %.3f (goal <= 1.05)\n", backend, float64(om.total)/float64(rm.total), float64(olo)/float64(rlo))
 	return nil
 }
 
@@ -376,30 +447,31 @@ func newFarm(ctx context.Context, c config, dir, imgDir, workerBin string) (*far
 	return f, nil
 }
 
-// runOurs runs the agent on the task and returns the whole Run's time, and
-// when the snapshot was made and the guest's first TFTP request came, from
-// the start of Run.
-func (f *farm) runOurs(ctx context.Context) (total, snap, booted time.Duration, err error) {
+// runOurs runs the agent on the task and times it.
+func (f *farm) runOurs(ctx context.Context) (timing, error) {
 	o := f.opts
 	o.FakeRequest, o.DumpResult = f.task, true
-	h := stamps{slog.NewTextHandler(f.logFile, nil), &sync.Mutex{}, map[string]time.Time{"task snapshot": {}, "VM booted": {}}}
+	h := stamps{slog.NewTextHandler(f.logFile, nil), &sync.Mutex{}, map[string]time.Time{"task snapshot": {}}}
 	var out bytes.Buffer
 	a, err := agent.New(o, slog.New(h), &out)
 	if err != nil {
-		return 0, 0, 0, err
+		return timing{}, err
 	}
+	put := filepath.Join(o.TFTP, "*", "*", "put")
+	w := startWatch(filepath.Join(put, worker.ProgressFile), filepath.Join(put, worker.ResultFile))
 	t0 := time.Now()
 	err = a.Run(ctx, nil)
-	total = time.Since(t0)
+	total := time.Since(t0)
+	seen := w.end(t0)
 	if err != nil {
-		return 0, 0, 0, err
+		return timing{}, err
 	}
 	if err := checkResult(out.Bytes(), "dumped result"); err != nil {
-		return 0, 0, 0, err
+		return timing{}, err
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return total, h.marks["task snapshot"].Sub(t0), h.marks["VM booted"].Sub(t0), nil
+	return timing{snap: h.marks["task snapshot"].Sub(t0), progress: seen[0], result: seen[1], total: total}, nil
 }
 
 // checkResult parses a result manifest and wants a success with four
@@ -450,22 +522,22 @@ const rawPort = 23401
 // runRaw boots the bootstrapped machine with plain QEMU in a namespace of
 // its own where tftpd-hpa serves the task, and times QEMU from start to
 // exit.
-func (f *farm) runRaw(ctx context.Context, c config, dir string, i int) (time.Duration, error) {
+func (f *farm) runRaw(ctx context.Context, c config, dir string, i int) (timing, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return 0, err
+		return timing{}, err
 	}
 	defer os.RemoveAll(dir)
 	srv := filepath.Join(dir, "tftp")
 	if err := os.Mkdir(srv, 0o755); err != nil {
-		return 0, err
+		return timing{}, err
 	}
 	if err := writeTask(srv, f.task); err != nil {
-		return 0, err
+		return timing{}, err
 	}
 	// A raw copy of the bootstrapped disk.
 	src, format, err := machine.Disk(f.bootDir)
 	if err != nil {
-		return 0, err
+		return timing{}, err
 	}
 	disk := filepath.Join(dir, "disk.img")
 	if format == "qcow2" {
@@ -474,20 +546,20 @@ func (f *farm) runRaw(ctx context.Context, c config, dir string, i int) (time.Du
 		err = run1(ctx, "cp", "--sparse=always", src, disk)
 	}
 	if err != nil {
-		return 0, err
+		return timing{}, err
 	}
 	// The namespace and tftpd-hpa in it.
 	ns := fmt.Sprintf("bfbench-%d-%d", os.Getpid(), i)
 	if err := run1(ctx, "ip", "netns", "add", ns); err != nil {
-		return 0, err
+		return timing{}, err
 	}
 	defer run1(context.WithoutCancel(ctx), "ip", "netns", "del", ns)
 	if err := run1(ctx, "ip", "-n", ns, "link", "set", "lo", "up"); err != nil {
-		return 0, err
+		return timing{}, err
 	}
 	tftpd, err := startTFTPD(ns, rawPort, srv, "-c", "-p", "-U", "022")
 	if err != nil {
-		return 0, err
+		return timing{}, err
 	}
 	defer tftpd()
 
@@ -498,22 +570,24 @@ func (f *farm) runRaw(ctx context.Context, c config, dir string, i int) (time.Du
 	cmd := exec.CommandContext(qctx, "ip", args...)
 	var qout bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &qout, &qout
+	w := startWatch(filepath.Join(srv, worker.ProgressFile), filepath.Join(srv, worker.ResultFile))
 	t0 := time.Now()
 	err = cmd.Run()
 	d := time.Since(t0)
+	seen := w.end(t0)
 	if err != nil {
 		con, _ := os.ReadFile(serial)
-		return 0, fmt.Errorf("qemu: %v: %s; console:\n%s", err, qout.Bytes(), con)
+		return timing{}, fmt.Errorf("qemu: %v: %s; console:\n%s", err, qout.Bytes(), con)
 	}
 	b, err := os.ReadFile(filepath.Join(srv, worker.ResultFile))
 	if err != nil {
 		con, _ := os.ReadFile(serial)
-		return 0, fmt.Errorf("no result uploaded: %v; console:\n%s", err, con)
+		return timing{}, fmt.Errorf("no result uploaded: %v; console:\n%s", err, con)
 	}
 	if err := checkResult(b, "raw's uploaded result"); err != nil {
-		return 0, err
+		return timing{}, err
 	}
-	return d, nil
+	return timing{progress: seen[0], result: seen[1], total: d}, nil
 }
 
 // startTFTPD starts tftpd-hpa in the namespace ns on port, serving dir,
