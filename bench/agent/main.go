@@ -188,12 +188,14 @@ func stats(ds []time.Duration) (med, lo, hi time.Duration) {
 
 // ---- 1. Per-task overhead ----
 
-// timing is one task's times, from the start of Run (ours) or of QEMU
-// (raw): the snapshot made (ours only), the worker's first upload (its
-// progress report after it fetched the task) and its result upload seen
-// in the TFTP directory (polled every 5 ms), and the end.
+// timing is one task's times, from the start of Run (ours) or of the
+// command that starts QEMU (raw): the snapshot made (ours only, from the
+// agent's log), then, polled every 5 ms, QEMU's serial log created (QEMU
+// is up), the console's first output (the guest's init: the kernel boots
+// quiet), the worker's first upload (its progress report after it fetched
+// the task) and its result upload in the TFTP directory; and the end.
 type timing struct {
-	snap, progress, result, total time.Duration
+	snap, qemu, console, progress, result, total time.Duration
 }
 
 func (t timing) String() string {
@@ -201,8 +203,8 @@ func (t timing) String() string {
 	if t.snap > 0 {
 		s += fmt.Sprintf("snapshot at %.3fs, ", t.snap.Seconds())
 	}
-	return s + fmt.Sprintf("first upload at %.2fs, result at %.2fs, then %.2fs to the end",
-		t.progress.Seconds(), t.result.Seconds(), (t.total-t.result).Seconds())
+	return s + fmt.Sprintf("QEMU up at %.3fs, console at %.2fs, first upload at %.2fs, result at %.2fs, then %.2fs to the end",
+		t.qemu.Seconds(), t.console.Seconds(), t.progress.Seconds(), t.result.Seconds(), (t.total-t.result).Seconds())
 }
 
 func column(ts []timing, f func(timing) time.Duration) []time.Duration {
@@ -218,6 +220,8 @@ func medians(ts []timing) timing {
 	m := func(f func(timing) time.Duration) time.Duration { med, _, _ := stats(column(ts, f)); return med }
 	return timing{
 		snap:     m(func(t timing) time.Duration { return t.snap }),
+		qemu:     m(func(t timing) time.Duration { return t.qemu }),
+		console:  m(func(t timing) time.Duration { return t.console }),
 		progress: m(func(t timing) time.Duration { return t.progress }),
 		result:   m(func(t timing) time.Duration { return t.result }),
 		total:    m(func(t timing) time.Duration { return t.total }),
@@ -230,19 +234,33 @@ type watch struct {
 	seen       []time.Time
 }
 
-// startWatch polls for the patterns (filepath.Glob) every 5 ms.
-func startWatch(patterns ...string) *watch {
+// A pattern for filepath.Glob; with nonEmpty, a match counts once it holds
+// data.
+type pattern struct {
+	glob     string
+	nonEmpty bool
+}
+
+// startWatch polls for the patterns every 5 ms.
+func startWatch(patterns ...pattern) *watch {
 	w := &watch{stop: make(chan struct{}), done: make(chan struct{}), seen: make([]time.Time, len(patterns))}
+	found := func(p pattern) bool {
+		m, _ := filepath.Glob(p.glob)
+		for _, f := range m {
+			if fi, err := os.Stat(f); err == nil && (!p.nonEmpty || fi.Size() > 0) {
+				return true
+			}
+		}
+		return false
+	}
 	go func() {
 		defer close(w.done)
 		t := time.NewTicker(5 * time.Millisecond)
 		defer t.Stop()
 		for {
 			for i, p := range patterns {
-				if w.seen[i].IsZero() {
-					if m, _ := filepath.Glob(p); len(m) > 0 {
-						w.seen[i] = time.Now()
-					}
+				if w.seen[i].IsZero() && found(p) {
+					w.seen[i] = time.Now()
 				}
 			}
 			select {
@@ -457,8 +475,9 @@ func (f *farm) runOurs(ctx context.Context) (timing, error) {
 	if err != nil {
 		return timing{}, err
 	}
-	put := filepath.Join(o.TFTP, "*", "*", "put")
-	w := startWatch(filepath.Join(put, worker.ProgressFile), filepath.Join(put, worker.ResultFile))
+	vm, put := filepath.Join(o.TFTP, "*", "*", "vm"), filepath.Join(o.TFTP, "*", "*", "put")
+	w := startWatch(pattern{filepath.Join(vm, qemu.SerialLogName), false}, pattern{filepath.Join(vm, qemu.SerialLogName), true},
+		pattern{filepath.Join(put, worker.ProgressFile), false}, pattern{filepath.Join(put, worker.ResultFile), false})
 	t0 := time.Now()
 	err = a.Run(ctx, nil)
 	total := time.Since(t0)
@@ -471,7 +490,7 @@ func (f *farm) runOurs(ctx context.Context) (timing, error) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return timing{snap: h.marks["task snapshot"].Sub(t0), progress: seen[0], result: seen[1], total: total}, nil
+	return timing{snap: h.marks["task snapshot"].Sub(t0), qemu: seen[0], console: seen[1], progress: seen[2], result: seen[3], total: total}, nil
 }
 
 // checkResult parses a result manifest and wants a success with four
@@ -570,7 +589,8 @@ func (f *farm) runRaw(ctx context.Context, c config, dir string, i int) (timing,
 	cmd := exec.CommandContext(qctx, "ip", args...)
 	var qout bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &qout, &qout
-	w := startWatch(filepath.Join(srv, worker.ProgressFile), filepath.Join(srv, worker.ResultFile))
+	w := startWatch(pattern{serial, false}, pattern{serial, true},
+		pattern{filepath.Join(srv, worker.ProgressFile), false}, pattern{filepath.Join(srv, worker.ResultFile), false})
 	t0 := time.Now()
 	err = cmd.Run()
 	d := time.Since(t0)
@@ -587,7 +607,7 @@ func (f *farm) runRaw(ctx context.Context, c config, dir string, i int) (timing,
 	if err := checkResult(b, "raw's uploaded result"); err != nil {
 		return timing{}, err
 	}
-	return timing{progress: seen[0], result: seen[1], total: d}, nil
+	return timing{qemu: seen[0], console: seen[1], progress: seen[2], result: seen[3], total: d}, nil
 }
 
 // startTFTPD starts tftpd-hpa in the namespace ns on port, serving dir,
