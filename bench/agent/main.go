@@ -34,8 +34,9 @@
 //     the clock starts and torn down after it stops. The uploaded result
 //     must be a success with four operations, as ours must.
 //
-// The ratio ours/raw of the medians (and of the minimums) is printed per
-// backend; the goal is at most 1.05.
+// Runs alternate, ours first in odd runs and raw first in even ones, with a
+// pause (-settle) before each. The ratio ours/raw of the medians (and of
+// the minimums) is printed per backend; the goal is at most 1.05.
 //
 // 2. A toolchain-sized transfer into a running guest. The busybox machine,
 // with its /init replaced (image.Options.InitOverride) and guestget added
@@ -58,6 +59,7 @@
 //
 //	go run ./bench/agent [-runs 7] [-xfer-runs 3] [-size 67108864]
 //	                     [-only task|xfer] [-backends btrfs,fallback]
+//	                     [-settle 1s] [-ram 512]
 package main
 
 import (
@@ -103,6 +105,7 @@ type config struct {
 	accel          string
 	ram            int
 	task           string
+	settle         time.Duration
 }
 
 func main() {
@@ -116,6 +119,7 @@ func main() {
 	flag.StringVar(&c.accel, "accel", "tcg", "accelerator: kvm or tcg")
 	flag.IntVar(&c.ram, "ram", agent.DefaultOptions().RAM, "guest RAM, MiB (the agent's default)")
 	flag.StringVar(&c.task, "task", filepath.Join("examples", "hello", "task.manifest"), "task manifest to build")
+	flag.DurationVar(&c.settle, "settle", time.Second, "pause before each timed task run")
 	flag.Parse()
 	c.backends = strings.Split(backends, ",")
 	if abs, err := filepath.Abs(c.task); err == nil {
@@ -349,19 +353,37 @@ func benchTask(ctx context.Context, c config, backend, tmp, workerBin string) er
 	fmt.Printf("raw: ip netns exec NS qemu-system-x86_64 %s\n", shellJoin(rawArgs(c, f.bootDir, "DISK", "SERIAL", rawPort, f.mac)))
 
 	var ours, raw []timing
-	for i := range c.runs {
+	runOurs := func(i int) error {
 		t, err := f.runOurs(ctx)
 		if err != nil {
 			return fmt.Errorf("ours, run %d: %w (agent log: %s)", i+1, err, f.logFile.Name())
 		}
 		ours = append(ours, t)
 		fmt.Printf("run %d  ours %s\n", i+1, t)
-		t, err = f.runRaw(ctx, c, filepath.Join(tmp, fmt.Sprintf("raw-%s-%d", backend, i)), i)
+		return nil
+	}
+	runRaw := func(i int) error {
+		t, err := f.runRaw(ctx, c, filepath.Join(tmp, fmt.Sprintf("raw-%s-%d", backend, i)), i)
 		if err != nil {
 			return fmt.Errorf("raw, run %d: %w", i+1, err)
 		}
 		raw = append(raw, t)
 		fmt.Printf("run %d  raw  %s\n", i+1, t)
+		return nil
+	}
+	for i := range c.runs {
+		// Alternate which goes first, and let what the last run left to
+		// the kernel (namespace teardown, writeback) settle before each.
+		order := []func(int) error{runOurs, runRaw}
+		if i%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		for _, r := range order {
+			time.Sleep(c.settle)
+			if err := r(i); err != nil {
+				return err
+			}
+		}
 	}
 	om, rm := medians(ours), medians(raw)
 	_, olo, ohi := stats(column(ours, func(t timing) time.Duration { return t.total }))
