@@ -123,6 +123,10 @@ func main() {
 	flag.DurationVar(&c.settle, "settle", time.Second, "pause before each timed task run")
 	flag.Parse()
 	c.backends = strings.Split(backends, ",")
+	if (c.only != "" && c.only != "task" && c.only != "xfer") || c.runs < 1 || c.xferRuns < 1 || c.size < 1 {
+		fmt.Fprintln(os.Stderr, "bench/agent: want -only task or xfer (or none), and positive -runs, -xfer-runs and -size")
+		os.Exit(2)
+	}
 	if abs, err := filepath.Abs(c.task); err == nil {
 		c.task = abs
 	}
