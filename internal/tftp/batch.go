@@ -3,6 +3,7 @@ package tftp
 import (
 	"encoding/binary"
 	"errors"
+	"os"
 	"runtime"
 	"syscall"
 	"time"
@@ -114,23 +115,32 @@ func (l *link) recvGRO() (n, seg int, err error) {
 		}
 		return int(r), groSegment(l.oob[:msg.Controllen]), nil
 	}
-	var start time.Time
-	for i := 0; ; i++ {
-		n, seg, err := try()
-		if err != syscall.EAGAIN {
-			return n, seg, err
-		}
-		if i == 0 {
-			if !spin {
-				break
+	n, seg, err = try()
+	if err != syscall.EAGAIN {
+		return n, seg, err
+	}
+	start := time.Now()
+	if spin && !l.slowPeer {
+		for time.Since(start) < spinFor {
+			if n, seg, err = try(); err != syscall.EAGAIN {
+				return n, seg, err
 			}
-			start = time.Now()
-		} else if time.Since(start) >= spinFor {
-			break
 		}
 	}
 	msg.SetControllen(len(l.oob))
-	r, _, e := syscall.Syscall(syscall.SYS_RECVMSG, uintptr(l.fd), uintptr(unsafe.Pointer(&msg)), 0)
+	block := syscall.Syscall
+	if l.holdP {
+		// Wait in the kernel without handing the P over (see
+		// Options.Dedicated). The socket's receive timeout bounds the
+		// wait, and the runtime's preemption signal interrupts it
+		// (EINTR) when other goroutines must run.
+		block = syscall.RawSyscall
+	}
+	r, _, e := block(syscall.SYS_RECVMSG, uintptr(l.fd), uintptr(unsafe.Pointer(&msg)), 0)
+	// Poll next time only if this answer came within the polling time:
+	// a slow peer (big blocks, a guest under TCG) would have the polling
+	// take the CPU from it, or from the QEMU running it, for nothing.
+	l.slowPeer = time.Since(start) > spinFor
 	if e != 0 {
 		return 0, 0, e
 	}
@@ -169,4 +179,38 @@ func (l *link) write(b []byte) error {
 		return err
 	}
 	return e
+}
+
+// rawWriter writes to a file without handing the P over either, for a
+// Dedicated client: a block's write into the page cache is short, but
+// long enough under TCG for the runtime to hand the P to another thread.
+type rawWriter struct{ f *os.File }
+
+func (w rawWriter) Write(b []byte) (int, error) {
+	rc, err := w.f.SyscallConn()
+	if err != nil {
+		return w.f.Write(b)
+	}
+	n := 0
+	var werr error
+	err = rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e == syscall.EAGAIN:
+				return false // not a regular file: wait for it
+			case e != 0:
+				werr = &os.PathError{Op: "write", Path: w.f.Name(), Err: e}
+				return true
+			}
+			n += int(r)
+		}
+		return true
+	})
+	if werr != nil {
+		return n, werr
+	}
+	return n, err
 }

@@ -42,6 +42,8 @@ type link struct {
 	oob      []byte
 	pending  []byte // the packets of grobuf not yet returned
 	segsize  int
+	slowPeer bool // the last blocking read waited longer than spinFor
+	holdP    bool // block without a scheduler hand-off (Options.Dedicated)
 
 	scratch []byte // for error packets
 }

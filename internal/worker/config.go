@@ -5,6 +5,9 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/tftp"
 )
 
 // Mode is what the worker was started to do.
@@ -34,6 +37,14 @@ func DefaultConfig() Config {
 		BlockSize: 65464,
 		LogLimit:  512 << 10,
 	}
+}
+
+// TFTPOptions are the options of the worker's TFTP client: c's block
+// size, lock-step, a 2 s timeout, and the transfer as all the worker does
+// while it runs (tftp.Options.Dedicated; the worker is a process of its
+// own in a one-CPU guest).
+func (c Config) TFTPOptions() tftp.Options {
+	return tftp.Options{BlockSize: c.BlockSize, Timeout: 2 * time.Second, Retries: 5, Dedicated: true}
 }
 
 // ParseCmdline applies the buildfarm.* parameters of a kernel command line

@@ -57,7 +57,7 @@ func New(cfg Config, log *slog.Logger) *Worker {
 	return &Worker{
 		cfg:  cfg,
 		log:  log,
-		opts: tftp.Options{BlockSize: cfg.BlockSize, Timeout: 2 * time.Second, Retries: 5},
+		opts: cfg.TFTPOptions(),
 	}
 }
 

@@ -1,8 +1,7 @@
 // Command guestget is bench/agent's guest-side TFTP client: it fetches one
 // file with package tftp's client, the code buildfarm-worker uses for the
-// task, its sources and the toolchain, with the worker's options (block
-// size from worker.DefaultConfig, 2 s timeout, 5 retries, no windowsize)
-// unless flags change them. It writes the file as the worker writes a
+// task, its sources and the toolchain, with the worker's options
+// (worker.Config.TFTPOptions) unless flags change them. It writes the file as the worker writes a
 // sources archive (straight into a file) and prints the payload bytes and
 // the transfer's own time in nanoseconds:
 //
@@ -23,13 +22,8 @@ import (
 	"github.com/buildfarm/buildfarm/internal/worker"
 )
 
-// workerOptions are the options worker.New gives its TFTP client.
-func workerOptions() tftp.Options {
-	return tftp.Options{BlockSize: worker.DefaultConfig().BlockSize, Timeout: 2 * time.Second, Retries: 5}
-}
-
 func main() {
-	opt := workerOptions()
+	opt := worker.DefaultConfig().TFTPOptions()
 	flag.IntVar(&opt.BlockSize, "blksize", opt.BlockSize, "blksize to ask for")
 	flag.IntVar(&opt.WindowSize, "windowsize", opt.WindowSize, "windowsize to ask for (0: none, lock-step)")
 	flag.Parse()
