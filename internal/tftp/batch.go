@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -19,6 +20,13 @@ import (
 const spinFor = 50 * time.Microsecond
 
 var spin = runtime.NumCPU() > 1
+
+// holding counts the reads waiting in the kernel with their P; at most
+// maxHolding do, so that one P is always left for the rest of the process.
+var (
+	holding    atomic.Int32
+	maxHolding = int32(runtime.GOMAXPROCS(0) - 1)
+)
 
 // Linux UDP segmentation offload: a window of equal-sized DATA packets goes
 // out in one sendmsg (UDP_SEGMENT, GSO), and a receiver that asked for
@@ -128,13 +136,20 @@ func (l *link) recvGRO() (n, seg int, err error) {
 		}
 	}
 	msg.SetControllen(len(l.oob))
+	// Wait in the kernel without handing the P over when the client is
+	// Dedicated, or while other Ps stay free for the rest of the process
+	// (see Options.Dedicated): the hand-off wakes another thread to poll
+	// the network, a packet. The socket's receive timeout bounds the
+	// wait, and the runtime's preemption signal interrupts it (EINTR)
+	// when other goroutines must run.
 	block := syscall.Syscall
 	if l.holdP {
-		// Wait in the kernel without handing the P over (see
-		// Options.Dedicated). The socket's receive timeout bounds the
-		// wait, and the runtime's preemption signal interrupts it
-		// (EINTR) when other goroutines must run.
 		block = syscall.RawSyscall
+	} else if holding.Add(1) <= maxHolding {
+		defer holding.Add(-1)
+		block = syscall.RawSyscall
+	} else {
+		holding.Add(-1)
 	}
 	r, _, e := block(syscall.SYS_RECVMSG, uintptr(l.fd), uintptr(unsafe.Pointer(&msg)), 0)
 	// Poll next time only if this answer came within the polling time:
