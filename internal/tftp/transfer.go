@@ -275,26 +275,30 @@ func (r *receiver) run(ctx context.Context, first []byte) (got int64, err error)
 			e := r.over(r.limit)
 			return got, &abort{tell: e, err: e}
 		}
+		final := len(payload) < r.p.blksize
+		expect++
+		tries = 0
+		nacked = false
+		inWindow++
+		// A window's ACK goes out before its last block is written, so
+		// that the sender's next window overlaps the write. (Should the
+		// write fail, the ERROR that follows ends the transfer all the
+		// same.) The final ACK is sent by finish, once the data is safe.
+		if !final && inWindow >= r.p.window {
+			if err := sendAck(expect - 1); err != nil {
+				return got, err
+			}
+		}
 		if len(payload) > 0 {
 			if _, err := r.dst.Write(payload); err != nil {
 				return got, writeAbort(err)
 			}
 		}
 		got += int64(len(payload))
-		expect++
-		tries = 0
-		nacked = false
-		inWindow++
 		deadline = time.Now().Add(r.p.timeout)
-		if len(payload) < r.p.blksize {
-			// The final ACK is sent by finish, once the data is safe.
+		if final {
 			r.ack = appendAck(r.ack[:0], block)
 			return got, nil
-		}
-		if inWindow >= r.p.window {
-			if err := sendAck(expect - 1); err != nil {
-				return got, err
-			}
 		}
 	}
 }
