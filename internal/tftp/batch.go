@@ -15,10 +15,10 @@ import (
 // round trip with a lock-step peer, so that the answer is taken while
 // the CPU is still awake rather than after the thread sleeps and is woken
 // (in a VM, a halted vCPU costs a hypervisor exit to wake).
-// On a single CPU, polling would only keep the peer or the kernel's
-// network processing from running, so there is none.
 const spinFor = 50 * time.Microsecond
 
+// spin says whether reads poll at all: on a single CPU, polling would
+// only keep the peer or the kernel's network processing from running.
 var spin = runtime.NumCPU() > 1
 
 // holding counts the reads waiting in the kernel with their P; at most
