@@ -87,7 +87,6 @@ import (
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/agent"
-	"github.com/buildfarm/buildfarm/internal/archive"
 	"github.com/buildfarm/buildfarm/internal/cache"
 	"github.com/buildfarm/buildfarm/internal/image"
 	"github.com/buildfarm/buildfarm/internal/machine"
@@ -709,25 +708,7 @@ func writeTask(dir, path string) error {
 	if err != nil {
 		return err
 	}
-	if err := manifest.WriteFile(filepath.Join(dir, worker.TaskFile), []manifest.Manifest{task.Manifest()}); err != nil {
-		return err
-	}
-	if task.Archive == "" {
-		return nil
-	}
-	srcDir := filepath.Dir(path)
-	if b, err := os.ReadFile(filepath.Join(srcDir, task.Archive)); err == nil {
-		return os.WriteFile(filepath.Join(dir, task.Archive), b, 0o644)
-	}
-	out, err := os.Create(filepath.Join(dir, task.Archive))
-	if err != nil {
-		return err
-	}
-	err = archive.Pack(out, srcDir, func(name string) bool { return name == task.Archive })
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return agent.WriteTask(dir, task, filepath.Dir(path))
 }
 
 // ---- 2. Transfer into a running guest ----

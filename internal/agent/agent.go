@@ -198,7 +198,7 @@ func (a *Agent) performOnce(ctx context.Context, m *machineState, task *manifest
 	if err := s.prepare(); err != nil {
 		return nil, err
 	}
-	if err := writeTask(s.getDir(), task, srcDir); err != nil {
+	if err := WriteTask(s.getDir(), task, srcDir); err != nil {
 		return nil, err
 	}
 	r, err := a.boot(ctx, s, last)
@@ -257,8 +257,10 @@ func (a *Agent) keepArtifacts(s *session, task *manifest.Task) {
 	}
 }
 
-// writeTask places the task manifest and its sources archive in dir.
-func writeTask(dir string, task *manifest.Task, srcDir string) error {
+// WriteTask places the task manifest and its sources archive in dir, a
+// VM's get/ directory: the archive is taken from srcDir, or packed from
+// srcDir's files when it is not there.
+func WriteTask(dir string, task *manifest.Task, srcDir string) error {
 	if err := manifest.WriteFile(filepath.Join(dir, worker.TaskFile), []manifest.Manifest{task.Manifest()}); err != nil {
 		return err
 	}
