@@ -697,18 +697,11 @@ func run1(ctx context.Context, name string, args ...string) error {
 // writeTask places the task manifest and its sources archive in dir, as
 // the agent places them in a VM's get/ directory.
 func writeTask(dir, path string) error {
-	ms, err := manifest.ReadFile(path)
+	task, srcDir, err := agent.ReadTaskFile(path)
 	if err != nil {
 		return err
 	}
-	if len(ms) != 1 {
-		return fmt.Errorf("%s: %d manifests, want one", path, len(ms))
-	}
-	task, err := manifest.ParseTask(ms[0], path, manifest.Strict)
-	if err != nil {
-		return err
-	}
-	return agent.WriteTask(dir, task, filepath.Dir(path))
+	return agent.WriteTask(dir, task, srcDir)
 }
 
 // ---- 2. Transfer into a running guest ----

@@ -63,7 +63,7 @@ func (a *Agent) Run(ctx context.Context, controllers []string) error {
 	}
 	// 3-5. Tasks: the fake request, or the controllers' until stopped.
 	if a.opts.FakeRequest != "" {
-		task, srcDir, err := readTaskFile(a.opts.FakeRequest)
+		task, srcDir, err := ReadTaskFile(a.opts.FakeRequest)
 		if err != nil {
 			return err
 		}
@@ -98,9 +98,9 @@ func (a *Agent) dump(ms ...manifest.Manifest) error {
 	return err
 }
 
-// readTaskFile reads a task manifest file; the directory holding it is the
-// task's sources.
-func readTaskFile(path string) (*manifest.Task, string, error) {
+// ReadTaskFile reads a task manifest file (strictly, one task) and returns
+// it with the directory holding it, which is the task's sources.
+func ReadTaskFile(path string) (*manifest.Task, string, error) {
 	ms, err := manifest.ReadFile(path)
 	if err != nil {
 		return nil, "", err
