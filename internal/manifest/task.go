@@ -59,6 +59,11 @@ type Task struct {
 	// Archive is buildfarm's buildfarm-archive: the file name of the
 	// sources archive that the agent places beside the task manifest.
 	Archive string
+	// ArchiveURL (buildfarm-archive-url) is where a controller serves the
+	// archive, and ArchiveSHA256 (buildfarm-archive-sha256) its SHA-256 in
+	// lower-case hex: the agent downloads it, checks the sum and places it
+	// in the VM as Archive.
+	ArchiveURL, ArchiveSHA256 string
 	// Steps are buildfarm's buildfarm-configure, buildfarm-update,
 	// buildfarm-test and buildfarm-install commands, in that order; any
 	// may be absent.
@@ -101,6 +106,8 @@ var StepOperations = []string{"configure", "update", "test", "install"}
 const (
 	auxMachinePrefix = "auxiliary-machine"
 	archiveField     = "buildfarm-archive"
+	archiveURLField  = "buildfarm-archive-url"
+	archiveSumField  = "buildfarm-archive-sha256"
 	stepPrefix       = "buildfarm-"
 )
 
@@ -199,6 +206,15 @@ func ParseTask(m Manifest, file string, mode Mode) (*Task, error) {
 			err = f.set(p, &t.WorkerChecksum, word)
 		case n == archiveField:
 			err = f.set(p, &t.Archive, fileName)
+		case n == archiveURLField:
+			err = f.set(p, &t.ArchiveURL, word)
+		case n == archiveSumField:
+			err = f.set(p, &t.ArchiveSHA256, func(v string) string {
+				if !sha256RE.MatchString(v) {
+					return "not a SHA-256 sum (64 lower-case hex digits)"
+				}
+				return ""
+			})
 		case isStepField(n):
 			var c string
 			if err = f.set(p, &c, nonEmpty); err == nil {
@@ -301,6 +317,8 @@ func (t *Task) Manifest() Manifest {
 	b.opt("interactive", t.Interactive)
 	b.opt("worker-checksum", t.WorkerChecksum)
 	b.opt(archiveField, t.Archive)
+	b.opt(archiveURLField, t.ArchiveURL)
+	b.opt(archiveSumField, t.ArchiveSHA256)
 	for _, op := range StepOperations {
 		for _, s := range t.Steps {
 			if s.Operation == op {

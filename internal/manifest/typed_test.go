@@ -289,3 +289,24 @@ func TestTypedFields(t *testing.T) {
 		t.Errorf("ParseBootstrappedMachine(Manifest()) (-want +got):\n%s", diff)
 	}
 }
+
+func TestTaskArchiveURL(t *testing.T) {
+	const sum = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	m := Manifest{{Name: "", Value: "1"}, {Name: "name", Value: "hello"}, {Name: "version", Value: "1.0"}, {Name: "repository-url", Value: "https://example.org/hello.git"},
+		{Name: "machine", Value: "busybox"}, {Name: "target", Value: "x86_64-linux-gnu"}, {Name: "buildfarm-archive", Value: "hello.tar.gz"},
+		{Name: "buildfarm-archive-url", Value: "http://127.0.0.1:1/archives/" + sum}, {Name: "buildfarm-archive-sha256", Value: sum}}
+	task, err := ParseTask(m, "t", Strict)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if task.ArchiveSHA256 != sum || task.ArchiveURL == "" {
+		t.Errorf("ParseTask: ArchiveURL %q, ArchiveSHA256 %q", task.ArchiveURL, task.ArchiveSHA256)
+	}
+	if diff := cmp.Diff(m, task.Manifest()); diff != "" {
+		t.Errorf("Manifest() round trip (-want +got):\n%s", diff)
+	}
+	m[len(m)-1].Value = "XYZ"
+	if _, err := ParseTask(m, "t", Strict); err == nil || !strings.Contains(err.Error(), "buildfarm-archive-sha256") {
+		t.Errorf("ParseTask(bad sum) = %v, want an error naming buildfarm-archive-sha256", err)
+	}
+}
