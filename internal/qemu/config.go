@@ -82,6 +82,14 @@ type Net struct {
 	MAC  string // optional, for example 00:01:02:03:04:0b
 }
 
+// Port is a virtio-serial port: the guest sees a character device named
+// Name, and the host its unix socket Socket, which QEMU listens on. Until a
+// host program connects, the guest's writes to the port block.
+type Port struct {
+	Name   string // for example org.buildfarm.console
+	Socket string
+}
+
 // Config describes a VM. Paths are used as given; the VM fills in the
 // defaults (socket and log in its working directory).
 type Config struct {
@@ -105,8 +113,17 @@ type Config struct {
 
 	Net Net
 
-	SerialLog string   // the guest's serial console goes to this file
-	SerialPTY bool     // and to a pty as well (Info tells which)
+	SerialLog string // the guest's serial console goes to this file
+	SerialPTY bool   // and to a pty as well (Info tells which)
+	// SerialSocket, when set, puts the serial console on a unix socket that
+	// QEMU listens on (one client at a time; a person attaches through it)
+	// and still logs it to SerialLog. It excludes SerialPTY.
+	SerialSocket string
+	// Ports are virtio-serial ports, each on a unix socket QEMU listens on:
+	// channels between the host and programs in the guest, which finds them
+	// by name in /sys/class/virtio-ports/*/name (the virtio_console module).
+	Ports []Port
+
 	QMPSocket string   // the QMP unix socket
 	VNC       string   // optional VNC display, for example 127.0.0.1:1 or unix:PATH
 	NoReboot  bool     // exit instead of rebooting (a guest reboot ends the VM)
@@ -159,7 +176,17 @@ func (c *Config) Args() ([]string, error) {
 	if c.SerialLog == "" {
 		return nil, fmt.Errorf("vm %s: no serial log", c.Name)
 	}
-	for _, p := range []string{c.QMPSocket, c.SerialLog, c.Kernel, c.Initrd} {
+	if c.SerialPTY && c.SerialSocket != "" {
+		return nil, fmt.Errorf("vm %s: the serial console on a pty and on a socket: choose one", c.Name)
+	}
+	paths := []string{c.QMPSocket, c.SerialLog, c.Kernel, c.Initrd, c.SerialSocket}
+	for _, p := range c.Ports {
+		if p.Name == "" || p.Socket == "" || strings.ContainsAny(p.Name, ", ") {
+			return nil, fmt.Errorf("vm %s: virtio-serial port %q on %q: want a name without commas or blanks, and a socket", c.Name, p.Name, p.Socket)
+		}
+		paths = append(paths, p.Socket)
+	}
+	for _, p := range paths {
 		if strings.Contains(p, ",") {
 			return nil, fmt.Errorf("vm %s: path %q has a comma, which QEMU's option syntax cannot carry", c.Name, p)
 		}
@@ -252,10 +279,25 @@ func (c *Config) Args() ([]string, error) {
 	}
 
 	serial := "file,id=serial0,path=" + c.SerialLog
-	if c.SerialPTY {
+	switch {
+	case c.SerialPTY:
 		serial = "pty,id=serial0,logfile=" + c.SerialLog + ",logappend=on"
+	case c.SerialSocket != "":
+		serial = "socket,id=serial0,path=" + c.SerialSocket + ",server=on,wait=off,logfile=" + c.SerialLog + ",logappend=on"
 	}
 	a = append(a, "-chardev", serial, "-serial", "chardev:serial0")
+	if len(c.Ports) > 0 {
+		bus := "virtio-serial-pci,id=vser0"
+		if arch == AArch64 {
+			bus = "virtio-serial-device,id=vser0"
+		}
+		a = append(a, "-device", bus)
+		for i, p := range c.Ports {
+			id := fmt.Sprintf("port%d", i)
+			a = append(a, "-chardev", "socket,id="+id+",path="+p.Socket+",server=on,wait=off",
+				"-device", "virtserialport,bus=vser0.0,chardev="+id+",name="+p.Name)
+		}
+	}
 	a = append(a, "-qmp", "unix:"+c.QMPSocket+",server=on,wait=off")
 	if c.VNC != "" {
 		a = append(a, "-vnc", c.VNC)

@@ -57,6 +57,11 @@ func TestArgsGolden(t *testing.T) {
 			c.Kernel, c.Initrd = "/m/kernel", "/m/initrd"
 			c.Incoming = "exec:cat '/m/state'"
 		}},
+		{"console-ports", func(c *Config) {
+			c.Kernel = "/m/kernel"
+			c.SerialSocket = "/vm/serial.sock"
+			c.Ports = []Port{{Name: "org.buildfarm.console", Socket: "/vm/guest.sock"}, {Name: "org.buildfarm.notify", Socket: "/vm/notify.sock"}}
+		}},
 		{"explicit-firmware", func(c *Config) {
 			c.Kernel = "/m/kernel"
 			c.Firmware = "default"
@@ -110,6 +115,9 @@ func TestArgsErrors(t *testing.T) {
 		{"drive format", func(c *Config) { c.Drives = []Drive{{Path: "/d", Format: "vmdk"}} }, "format"},
 		{"tap without device", func(c *Config) { c.Net.Mode = NetTap }, "tap"},
 		{"net mode", func(c *Config) { c.Net.Mode = "bridge" }, "network mode"},
+		{"pty and socket", func(c *Config) { c.SerialPTY, c.SerialSocket = true, "/s.sock" }, "choose one"},
+		{"port name", func(c *Config) { c.Ports = []Port{{Name: "a,b", Socket: "/p"}} }, "virtio-serial port"},
+		{"port socket comma", func(c *Config) { c.Ports = []Port{{Name: "a", Socket: "/p,q"}} }, "comma"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

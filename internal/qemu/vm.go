@@ -102,7 +102,11 @@ func New(cfg Config, dir string, log *slog.Logger) (*VM, error) {
 		return err
 	}
 	cfg.Drives = slices.Clone(cfg.Drives)
-	paths := []*string{&cfg.Kernel, &cfg.Initrd, &cfg.SerialLog, &cfg.QMPSocket, &cfg.NetNS}
+	cfg.Ports = slices.Clone(cfg.Ports)
+	paths := []*string{&cfg.Kernel, &cfg.Initrd, &cfg.SerialLog, &cfg.QMPSocket, &cfg.NetNS, &cfg.SerialSocket}
+	for i := range cfg.Ports {
+		paths = append(paths, &cfg.Ports[i].Socket)
+	}
 	if cfg.Firmware != "default" {
 		paths = append(paths, &cfg.Firmware)
 	}
@@ -121,8 +125,14 @@ func New(cfg Config, dir string, log *slog.Logger) (*VM, error) {
 		cfg.QMPSocket = filepath.Join(dir, QMPSocketName)
 	}
 	// sun_path holds 108 bytes with its terminating NUL.
-	if len(cfg.QMPSocket) > 107 {
-		return nil, fmt.Errorf("vm %s: QMP socket path %s is too long for a unix socket", cfg.Name, cfg.QMPSocket)
+	socks := []string{cfg.QMPSocket, cfg.SerialSocket}
+	for _, p := range cfg.Ports {
+		socks = append(socks, p.Socket)
+	}
+	for _, s := range socks {
+		if len(s) > 107 {
+			return nil, fmt.Errorf("vm %s: socket path %s is too long for a unix socket", cfg.Name, s)
+		}
 	}
 	args, err := cfg.Args()
 	if err != nil {
@@ -548,8 +558,13 @@ type Info struct {
 	QMPSocket string
 	SerialLog string
 	SerialPTY string // the pty the serial console is also on, if asked for
-	VNC       string // host:port of its VNC server, if any
-	NetNS     string
+	// SerialSocket is the unix socket the serial console is on, if asked
+	// for (Config.SerialSocket).
+	SerialSocket string
+	Ports        []Port // its virtio-serial ports
+	VNC          string // host:port of its VNC server, if any
+	NetNS        string
+	Drives       []Drive // its disks, as configured
 }
 
 // Info returns what a console needs to reach the VM.
@@ -557,7 +572,8 @@ func (v *VM) Info() Info {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return Info{Name: v.cfg.Name, PID: v.pid, Dir: v.dir, QMPSocket: v.cfg.QMPSocket,
-		SerialLog: v.cfg.SerialLog, SerialPTY: v.pty, VNC: v.vnc, NetNS: v.cfg.NetNS}
+		SerialLog: v.cfg.SerialLog, SerialPTY: v.pty, SerialSocket: v.cfg.SerialSocket,
+		Ports: slices.Clone(v.cfg.Ports), VNC: v.vnc, NetNS: v.cfg.NetNS, Drives: slices.Clone(v.cfg.Drives)}
 }
 
 // WaitConsole waits until a line of the serial console satisfies match
