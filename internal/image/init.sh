@@ -3,8 +3,10 @@
 #
 # 1. Mount /proc, /sys and /dev (devtmpfs).
 # 2. Load the kernel modules listed in /etc/buildfarm/modules, in that order
-#    (the image builder wrote them in dependency order), and start acpid so
-#    that the ACPI power button powers the guest off.
+#    (the image builder wrote them in dependency order), link each
+#    virtio-serial port as /dev/virtio-ports/NAME (as udev would: the
+#    management console's channels), and start acpid so that the ACPI power
+#    button powers the guest off.
 # 3. Mount the build disk, /dev/vda (ext4): on /build (the worker's root is
 #    this initramfs), or as the root to chroot into (the rootfs preset).
 #    A guest without a disk still works: /build is then a directory of the
@@ -51,6 +53,20 @@ while read -r ko; do
 done </etc/buildfarm/modules
 say "modules loaded:$loaded"
 [ -z "$failed" ] || say "modules FAILED:$failed"
+
+# virtio-serial ports by name: guest programs write notifications to
+# /dev/virtio-ports/org.buildfarm.notify. The host announces the ports
+# after the driver has bound: wait for them briefly.
+n=0
+while ls /sys/bus/virtio/drivers/virtio_console 2>/dev/null | grep -q virtio && [ -z "$(ls /sys/class/virtio-ports 2>/dev/null)" ] && [ $n -lt 50 ]; do
+	usleep 20000
+	n=$((n + 1))
+done
+for p in /sys/class/virtio-ports/*; do
+	[ -e "$p/name" ] || continue
+	mkdir -p /dev/virtio-ports
+	ln -sf "../${p##*/}" "/dev/virtio-ports/$(cat "$p/name")"
+done
 
 # The ACPI power button (QMP system_powerdown) powers the guest off: busybox
 # acpid runs /etc/acpi/PWRF/00000080. acpid opens the event devices once,

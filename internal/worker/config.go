@@ -25,6 +25,10 @@ type Config struct {
 	Dir       string // the work directory: sources, toolchain, install
 	BlockSize int    // TFTP block size
 	LogLimit  int    // bytes of each operation's log kept in the result
+
+	// Notify, when set, receives the worker's stage messages (event
+	// "progress") for the management console (a *Channel).
+	Notify Notifier
 }
 
 // DefaultConfig is the configuration of a worker in a guest with user-mode

@@ -105,6 +105,7 @@ func (w *Worker) progress(ctx context.Context, step, state string, extra ...mani
 	}
 	m = append(m, extra...)
 	w.log.Info("progress", "step", step, "state", state)
+	w.cfg.notify("progress", step+" "+state)
 	if err := w.putManifests(ctx, ProgressFile, m); err != nil {
 		w.log.Warn("progress not delivered", "err", err)
 	}
