@@ -5,9 +5,13 @@ import (
 	"bytes"
 	"compress/gzip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
 type entry struct {
@@ -104,22 +108,42 @@ func TestPackRoundTripAndReproducible(t *testing.T) {
 	os.WriteFile(filepath.Join(src, "skip.me"), []byte("no"), 0o644)
 	os.Symlink("run.sh", filepath.Join(src, "link"))
 	skip := func(name string) bool { return name == "skip.me" }
-
-	var one, two bytes.Buffer
-	if err := Pack(&one, src, skip); err != nil {
-		t.Fatal(err)
+	times := map[string]time.Time{
+		"a/b/f.txt": time.Unix(1e9, 123456789),
+		"run.sh":    time.Unix(1.2e9, 5),
+		"a/b":       time.Unix(1.1e9, 0),
+		"a":         time.Unix(1.3e9, 999),
 	}
-	// The same tree with other times gives the same bytes.
-	old := time.Unix(1e9, 0)
-	os.Chtimes(filepath.Join(src, "run.sh"), old, old)
-	if err := Pack(&two, src, skip); err != nil {
-		t.Fatal(err)
+	for name, mt := range times {
+		if err := os.Chtimes(filepath.Join(src, name), mt, mt); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if !bytes.Equal(one.Bytes(), two.Bytes()) {
+	pack := func() []byte {
+		t.Helper()
+		var b bytes.Buffer
+		if err := Pack(&b, src, skip); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	one, two := pack(), pack()
+	if !bytes.Equal(one, two) {
 		t.Errorf("Pack of the same tree gave different bytes")
 	}
+	// A tree whose times differ is another tree.
+	later := time.Unix(1.4e9, 0)
+	os.Chtimes(filepath.Join(src, "run.sh"), later, later)
+	if bytes.Equal(one, pack()) {
+		t.Errorf("Pack gave the same bytes after run.sh's time changed")
+	}
+	os.Chtimes(filepath.Join(src, "run.sh"), times["run.sh"], times["run.sh"])
+	if !bytes.Equal(one, pack()) {
+		t.Errorf("Pack gave other bytes after run.sh's time was restored")
+	}
+
 	dst := t.TempDir()
-	if err := Unpack(&one, dst); err != nil {
+	if err := Unpack(bytes.NewReader(one), dst); err != nil {
 		t.Fatalf("Unpack(Pack(tree)) = %v", err)
 	}
 	if b, err := os.ReadFile(filepath.Join(dst, "a", "b", "f.txt")); err != nil || string(b) != "data" {
@@ -134,6 +158,94 @@ func TestPackRoundTripAndReproducible(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dst, "skip.me")); err == nil {
 		t.Errorf("skip.me was packed although skipped")
 	}
+	for name, want := range times {
+		fi, err := os.Stat(filepath.Join(dst, name))
+		if err != nil || !fi.ModTime().Equal(want) {
+			t.Errorf("after Unpack(Pack(tree)), %s has time %v, %v; want %v", name, fi.ModTime(), err, want)
+		}
+	}
+}
+
+// TestUnpackRelease unpacks the fixtures that testdata/make-hello.sh makes
+// with GNU tar, gzip, bzip2, xz and zstd: an autotools-like tree whose
+// generated aclocal.m4 is newer than its source configure.ac but comes first
+// in the archive, with a hard link and a symbolic link. Unpacked with the
+// times of extraction, configure.ac would be the newer, and make would try
+// to regenerate aclocal.m4, as it did building GNU hello 2.10.
+func TestUnpackRelease(t *testing.T) {
+	wantTimes := map[string]time.Time{
+		"hello":              time.Date(2014, 11, 16, 12, 0, 2, 0, time.UTC),
+		"hello/configure.ac": time.Date(2014, 11, 16, 12, 0, 0, 250e6, time.UTC),
+		"hello/aclocal.m4":   time.Date(2014, 11, 16, 12, 0, 1, 500e6, time.UTC),
+		"hello/COPYING":      time.Date(2014, 11, 16, 12, 0, 0, 250e6, time.UTC),
+	}
+	for _, name := range []string{"hello.tar", "hello.tar.gz", "hello.tar.bz2", "hello.tar.xz", "hello.tar.zst"} {
+		t.Run(name, func(t *testing.T) {
+			f, err := os.Open(filepath.Join("testdata", name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			dir := t.TempDir()
+			if err := Unpack(f, dir); err != nil {
+				t.Fatalf("Unpack(%s) = %v", name, err)
+			}
+			for p, want := range wantTimes {
+				fi, err := os.Stat(filepath.Join(dir, p))
+				if err != nil || !fi.ModTime().Equal(want) {
+					t.Errorf("Unpack(%s): %s has time %v, %v; want %v", name, p, fi.ModTime(), err, want)
+				}
+			}
+			a, errA := os.Stat(filepath.Join(dir, "hello/COPYING"))
+			b, errB := os.Stat(filepath.Join(dir, "hello/COPYING.hardlink"))
+			if errA != nil || errB != nil || !os.SameFile(a, b) {
+				t.Errorf("Unpack(%s): COPYING.hardlink is not a hard link of COPYING: %v, %v", name, errA, errB)
+			}
+			if got, err := os.ReadFile(filepath.Join(dir, "hello/README")); err != nil || string(got) != "GPL\n" {
+				t.Errorf("Unpack(%s): README (a link to COPYING) = %q, %v; want GPL", name, got, err)
+			}
+			// make is what cares: with the archive's times, aclocal.m4
+			// is up to date, and the rule that would regenerate it fails.
+			make := testenv.NeedProgram(t, "make")
+			cmd := exec.Command(make, "-q", "aclocal.m4")
+			cmd.Dir = filepath.Join(dir, "hello")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Errorf("Unpack(%s): make -q aclocal.m4 = %v, %s; want up to date", name, err, out)
+			}
+		})
+	}
+}
+
+func TestUnpackHardLinks(t *testing.T) {
+	dir := t.TempDir()
+	data := makeTar(t, true,
+		entry{name: "a", body: "first", typ: tar.TypeReg},
+		entry{name: "sub/b", link: "a", typ: tar.TypeLink},
+		// A later entry of the name replaces it, leaving a alone.
+		entry{name: "sub/b", body: "second", typ: tar.TypeReg},
+		entry{name: "c", link: "./a", typ: tar.TypeLink},
+	)
+	if err := Unpack(bytes.NewReader(data), dir); err != nil {
+		t.Fatalf("Unpack = %v", err)
+	}
+	for name, want := range map[string]string{"a": "first", "sub/b": "second", "c": "first"} {
+		if got, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(got) != want {
+			t.Errorf("%s = %q, %v; want %q", name, got, err, want)
+		}
+	}
+
+	for _, target := range []string{"../secret", "/etc/passwd", "sub/../../secret", "."} {
+		parent := t.TempDir()
+		os.WriteFile(filepath.Join(parent, "secret"), []byte("s"), 0o600)
+		dir := filepath.Join(parent, "dest")
+		err := Unpack(bytes.NewReader(makeTar(t, false, entry{name: "l", link: target, typ: tar.TypeLink})), dir)
+		if err == nil || !strings.Contains(err.Error(), "hard link") || !strings.Contains(err.Error(), "outside") {
+			t.Errorf("Unpack(hard link to %q) = %v; want an error saying it points outside", target, err)
+		}
+		if _, err := os.Lstat(filepath.Join(dir, "l")); err == nil {
+			t.Errorf("Unpack(hard link to %q) made the link", target)
+		}
+	}
 }
 
 // FuzzUnpack: any input either unpacks or fails, never panics, and never
@@ -146,6 +258,13 @@ func FuzzUnpack(f *testing.F) {
 	Pack(&b, src, nil)
 	f.Add(b.Bytes())
 	f.Add([]byte{0x1f, 0x8b, 0, 0})
+	for _, name := range []string{"hello.tar", "hello.tar.gz", "hello.tar.bz2", "hello.tar.xz", "hello.tar.zst"} {
+		b, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		parent := t.TempDir()
 		Unpack(bytes.NewReader(data), filepath.Join(parent, "dest"))

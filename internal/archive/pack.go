@@ -9,13 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"time"
 )
 
 // Pack writes the tree under dir as a gzip-compressed tar to w: regular
-// files, directories and symbolic links, sorted by name, with zero times and
-// owners and permissions reduced to 0755/0644, so that the same tree gives
-// the same bytes. skip, if not nil, leaves out the entries (relative,
+// files, directories and symbolic links, sorted by name, each with its
+// modification time (to the nanosecond, so that make and autotools see the
+// tree as it is in place), no owners, and permissions reduced to 0755/0644,
+// so that the same tree, times included, gives the same bytes. skip, if not nil, leaves out the entries (relative,
 // slash-separated names) for which it returns true, and their contents.
 func Pack(w io.Writer, dir string, skip func(name string) bool) error {
 	zw := gzip.NewWriter(w)
@@ -60,8 +60,7 @@ func addEntry(tw *tar.Writer, dir, name string) error {
 	if err != nil {
 		return err
 	}
-	h := &tar.Header{Name: name, ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
-	h.PAXRecords = nil
+	h := &tar.Header{Name: name, ModTime: fi.ModTime(), Format: tar.FormatPAX}
 	switch {
 	case fi.Mode().IsRegular():
 		h.Typeflag, h.Size, h.Mode = tar.TypeReg, fi.Size(), 0o644
