@@ -190,7 +190,9 @@ func (c *Channel) do(req ChannelRequest) (string, error) {
 			return "", err
 		}
 		defer f.Close()
-		_, err = f.WriteString(req.Arg)
+		// A record without its newline stays open for a continuation,
+		// unseen by readers of the log.
+		_, err = f.WriteString(strings.TrimRight(req.Arg, "\n") + "\n")
 		return "", err
 	case "sync":
 		syscall.Sync()
