@@ -70,9 +70,18 @@ func (c *Client) send(ctx context.Context, line string) error {
 func (c *Client) status(ctx context.Context) (Reply, error) {
 	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	l, err := c.r.ReadString('\n')
+	rep, err := readStatus(c.r)
 	if err != nil {
-		return Reply{}, c.ctxErr(ctx, err)
+		return rep, c.ctxErr(ctx, err)
+	}
+	return rep, nil
+}
+
+// readStatus reads a reply's status line.
+func readStatus(r *bufio.Reader) (Reply, error) {
+	l, err := r.ReadString('\n')
+	if err != nil {
+		return Reply{}, err
 	}
 	l = strings.TrimRight(l, "\r\n")
 	switch {
@@ -81,7 +90,23 @@ func (c *Client) status(ctx context.Context) (Reply, error) {
 	case l == "ERR" || strings.HasPrefix(l, "ERR "):
 		return Reply{Message: strings.TrimPrefix(strings.TrimPrefix(l, "ERR"), " ")}, nil
 	}
-	return Reply{}, fmt.Errorf("console: bad status line %q (want OK or ERR)", l)
+	return Reply{}, fmt.Errorf("bad status line %q (want OK or ERR)", l)
+}
+
+// readBody reads a reply's body up to its lone ".", unstuffing it.
+func readBody(r *bufio.Reader) (string, error) {
+	var b strings.Builder
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return b.String(), err
+		}
+		l = strings.TrimSuffix(l, "\n")
+		if l == "." {
+			return b.String(), nil
+		}
+		b.WriteString(strings.TrimPrefix(l, ".") + "\n")
+	}
 }
 
 func (c *Client) ctxErr(ctx context.Context, err error) error {
@@ -107,19 +132,10 @@ func (c *Client) Do(ctx context.Context, command string) (Reply, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	var b strings.Builder
-	for {
-		l, err := c.r.ReadString('\n')
-		if err != nil {
-			return rep, c.ctxErr(ctx, err)
-		}
-		l = strings.TrimRight(l, "\r\n")
-		if l == "." {
-			break
-		}
-		b.WriteString(strings.TrimPrefix(l, ".") + "\n")
+	rep.Body, err = readBody(c.r)
+	if err != nil {
+		return rep, c.ctxErr(ctx, err)
 	}
-	rep.Body = b.String()
 	return rep, nil
 }
 
@@ -134,13 +150,7 @@ func (c *Client) Stream(ctx context.Context, command string, in io.Reader, out i
 	rep, err := c.status(ctx)
 	if err != nil || !rep.OK {
 		if err == nil {
-			// An ERR status line is followed by its (empty) body.
-			for {
-				l, rerr := c.r.ReadString('\n')
-				if rerr != nil || strings.TrimRight(l, "\r\n") == "." {
-					break
-				}
-			}
+			rep.Body, err = readBody(c.r) // an ERR status line has a body too
 		}
 		return rep, err
 	}

@@ -273,7 +273,7 @@ func writeReply(w io.Writer, err error, msg, body string) {
 	if err != nil {
 		status, msg = "ERR", err.Error()
 	}
-	msg = strings.ReplaceAll(msg, "\n", " ")
+	msg = strings.NewReplacer("\n", " ", "\r", " ").Replace(msg)
 	if msg != "" {
 		status += " " + msg
 	}
