@@ -22,7 +22,7 @@ func init() {
 			Use:   "vm",
 			Short: "Run and test virtual machines",
 		}
-		cmd.AddCommand(vmBootTestCmd(e))
+		cmd.AddCommand(vmBootTestCmd(e), vmListCmd(e))
 		return cmd
 	})
 }
