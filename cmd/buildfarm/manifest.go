@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
@@ -51,30 +53,113 @@ FILE:LINE:COLUMN: error: DESCRIPTION (FILE is <stdin> for standard input).`,
   [[["","1"],["name","hello"],["summary","Hello, world"]]]`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			data, name, err := readManifestInput(e, args)
+			text, name, err := readManifestText(e, args)
 			if err != nil {
 				return err
 			}
-			ms, err := manifest.Parse(bytes.NewReader(data), name)
-			if err != nil {
-				return err
-			}
-			out := make([][][2]string, 0, len(ms))
-			for _, m := range ms {
-				pairs := make([][2]string, 0, len(m))
-				for _, p := range m {
-					pairs = append(pairs, [2]string{p.Name, p.Value})
-				}
-				out = append(out, pairs)
-			}
-			enc := json.NewEncoder(e.stdout)
-			enc.SetEscapeHTML(false)
-			if err := enc.Encode(out); err != nil {
-				return fmt.Errorf("write JSON: %w", err)
-			}
-			return nil
+			return decodeManifests(e.stdout, text, name)
 		},
 	}
+}
+
+// decodeManifests prints the stream text as JSON, pair by pair, so that its
+// memory is the text's and no more. The stream is read through once first,
+// so that a malformed one prints nothing.
+func decodeManifests(stdout io.Writer, text, name string) error {
+	if _, _, err := (manifest.Limits{}).Count(text, name); err != nil {
+		return err
+	}
+	w := bufio.NewWriter(stdout)
+	w.WriteByte('[')
+	d := manifest.NewDecoder(text, name)
+	n := 0
+	for {
+		p, first, err := d.Next()
+		if err != nil { // io.EOF: the first pass saw every error.
+			break
+		}
+		switch {
+		case first && n > 0:
+			w.WriteString("],[")
+		case first:
+			w.WriteByte('[')
+		default:
+			w.WriteByte(',')
+		}
+		if first {
+			n++
+		}
+		w.WriteByte('[')
+		writeJSONString(w, p.Name)
+		w.WriteByte(',')
+		writeJSONString(w, p.Value)
+		w.WriteByte(']')
+	}
+	if n > 0 {
+		w.WriteByte(']')
+	}
+	w.WriteString("]\n")
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("write JSON: %w", err)
+	}
+	return nil
+}
+
+// writeJSONString writes s as a JSON string the way encoding/json does
+// without HTML escaping: quotes, backslashes and control characters escaped,
+// invalid UTF-8 as U+FFFD, and U+2028 and U+2029 escaped.
+func writeJSONString(w *bufio.Writer, s string) {
+	const hex = "0123456789abcdef"
+	w.WriteByte('"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			w.WriteString(s[start:i])
+			switch c {
+			case '"', '\\':
+				w.WriteByte('\\')
+				w.WriteByte(c)
+			case '\n':
+				w.WriteString(`\n`)
+			case '\r':
+				w.WriteString(`\r`)
+			case '\t':
+				w.WriteString(`\t`)
+			case '\b':
+				w.WriteString(`\b`)
+			case '\f':
+				w.WriteString(`\f`)
+			default:
+				w.WriteString(`\u00`)
+				w.WriteByte(hex[c>>4])
+				w.WriteByte(hex[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 || r == '\u2028' || r == '\u2029' {
+			w.WriteString(s[start:i])
+			if r == utf8.RuneError {
+				w.WriteString(`\ufffd`)
+			} else {
+				w.WriteString(`\u202`)
+				w.WriteByte(hex[r&0xF])
+			}
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	w.WriteString(s[start:])
+	w.WriteByte('"')
 }
 
 func manifestEncodeCommand(e *env) *cobra.Command {
@@ -146,6 +231,29 @@ func decodeJSONManifests(data []byte) ([]manifest.Manifest, error) {
 		ms = append(ms, m)
 	}
 	return ms, nil
+}
+
+// readManifestText reads, as readManifestInput does, into a string without
+// a copy: the parser's names and values are substrings of it.
+func readManifestText(e *env, args []string) (text, name string, err error) {
+	var b strings.Builder
+	var r io.Reader = e.stdin
+	name, what := "<stdin>", "standard input"
+	if len(args) > 0 && args[0] != "-" {
+		f, err := os.Open(args[0])
+		if err != nil {
+			return "", "", err
+		}
+		defer f.Close()
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			b.Grow(int(fi.Size()) + 1)
+		}
+		r, name, what = f, args[0], args[0]
+	}
+	if _, err := io.Copy(&b, r); err != nil {
+		return "", "", fmt.Errorf("read %s: %w", what, err)
+	}
+	return b.String(), name, nil
 }
 
 // readManifestInput reads the file named by the only argument, or standard input

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -195,4 +197,27 @@ func TestManifestGolden(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzWriteJSONString checks that decode writes strings as encoding/json
+// does (without HTML escaping), which it did before it wrote them itself.
+func FuzzWriteJSONString(f *testing.F) {
+	for _, s := range []string{"", "a", "\"\\/", "\n\r\t\b\f\x00\x1f\x7f", "<&>", "\u2028\u2029", "\xff\xfe", "é€😀", "a\xc3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(s); err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		w := bufio.NewWriter(&got)
+		writeJSONString(w, s)
+		w.Flush()
+		if got.String() != strings.TrimSuffix(want.String(), "\n") {
+			t.Errorf("writeJSONString(%q) = %s, want %s", s, got.String(), want.String())
+		}
+	})
 }

@@ -25,7 +25,7 @@ func single[T any](kind string, parse func(Manifest, string, Mode) (*T, error), 
 		case 1:
 		default:
 			p := ms[1][0]
-			return nil, &Error{File: file, Line: p.Line, Column: p.Column,
+			return nil, &Error{File: file, Line: int(p.Line), Column: int(p.Column),
 				Msg: fmt.Sprintf("%s manifest: %d manifests in the stream, want 1", kind, len(ms))}
 		}
 		t, err := parse(ms[0], file, mode)

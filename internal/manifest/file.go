@@ -3,18 +3,34 @@ package manifest
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
-// ReadFile parses the manifest stream in the file at path; errors name the
-// file as path.
+// ReadFile parses the manifest stream in the file at path with
+// DefaultLimits; errors name the file as path.
 func ReadFile(path string) ([]Manifest, error) {
-	data, err := os.ReadFile(path)
+	return DefaultLimits.ReadFile(path)
+}
+
+// ReadFile parses the manifest stream in the file at path with l's limits;
+// errors name the file as path.
+func (l Limits) ReadFile(path string) ([]Manifest, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read manifest: %w", err)
 	}
-	return parseBytes(data, path)
+	defer f.Close()
+	var b strings.Builder
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() <= maxStream {
+		b.Grow(int(fi.Size()) + 1) // +1: reading to the end finds EOF without growing.
+	}
+	if _, err := io.Copy(&b, io.LimitReader(f, maxStream+1)); err != nil {
+		return nil, fmt.Errorf("read manifest %s: %w", path, err)
+	}
+	return l.parse(b.String(), path)
 }
 
 // WriteFile serializes ms into the file at path atomically: it writes a

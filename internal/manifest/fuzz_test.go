@@ -3,6 +3,7 @@ package manifest
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,14 @@ func addFormatSeeds(f *testing.F) {
 	}
 }
 
+func pairCount(ms []Manifest) int {
+	n := 0
+	for _, m := range ms {
+		n += len(m)
+	}
+	return n
+}
+
 // FuzzParse checks that Parse never panics, that its errors carry a
 // position, and that what it reads serializes and parses back to the same
 // pairs, and serializes the second time to the same text.
@@ -40,6 +49,14 @@ func FuzzParse(f *testing.F) {
 	addFormatSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ms, err := Parse(bytes.NewReader(data), "f")
+		// Count, the first pass, reads the stream as Parse does.
+		nm, np, cerr := (Limits{}).Count(string(data), "f")
+		if fmt.Sprint(cerr) != fmt.Sprint(err) {
+			t.Fatalf("Count(%q) error = %v, Parse error = %v", data, cerr, err)
+		}
+		if n := pairCount(ms); err == nil && (nm != len(ms) || np != n) {
+			t.Fatalf("Count(%q) = %d manifests, %d pairs; Parse read %d, %d", data, nm, np, len(ms), n)
+		}
 		if err != nil {
 			var me *Error
 			if !errors.As(err, &me) || me.File != "f" || me.Line < 1 || me.Column < 1 || me.Msg == "" {

@@ -6,12 +6,14 @@ import "fmt"
 // Line and Column are 1-based positions of the name (of the colon for the
 // version pair and separators); ValueLine and ValueColumn those of the
 // first character of the value. Positions are zero for pairs made in code.
+// A parsed name or value is most often a substring of the parsed text: a
+// pair kept keeps that text in memory.
 type Pair struct {
 	Name  string
 	Value string
 
-	Line, Column           int
-	ValueLine, ValueColumn int
+	Line, Column           int32
+	ValueLine, ValueColumn int32
 }
 
 // Manifest is one manifest: its pairs, the version pair (empty name, value

@@ -47,7 +47,7 @@ type xchar struct {
 // character is recorded in err and read as the end of the stream from then
 // on, so the parser winds down and reports err.
 type scanner struct {
-	data      []byte
+	data      string
 	file      string
 	off       int
 	line, col int
@@ -87,10 +87,10 @@ func (s *scanner) get(c xchar) {
 // unget puts back c and everything read after it.
 func (s *scanner) unget(c xchar) { s.off, s.line, s.col = c.off, c.line, c.col }
 
-// bytes returns how c is added to a name or value.
-func (s *scanner) bytes(c xchar) []byte {
+// text returns how c is added to a name or value.
+func (s *scanner) text(c xchar) string {
 	if c.r == '\n' { // Possibly "\r\n" or '\r'.
-		return []byte{'\n'}
+		return "\n"
 	}
 	return s.data[c.off : c.off+c.size]
 }
@@ -99,7 +99,7 @@ func (s *scanner) bytes(c xchar) []byte {
 // graphic codepoint, tab, or a newline ("\n", "\r\n" or a run of '\r'
 // optionally followed by '\n', as libbutl's char_scanner reads them). On
 // failure it returns why, as libbutl's utf8_validator words it.
-func decodeChar(b []byte) (r rune, size int, msg string) {
+func decodeChar(b string) (r rune, size int, msg string) {
 	c := b[0]
 	switch {
 	case c == '\n' || c == '\t':
@@ -132,7 +132,7 @@ func decodeChar(b []byte) (r rune, size int, msg string) {
 // decodeUTF8 decodes the multi-byte UTF-8 sequence at the start of b, which
 // must be well-formed by the Unicode standard's table of well-formed byte
 // sequences (no overlong forms, surrogates or values above U+10FFFF).
-func decodeUTF8(b []byte) (r rune, size int, msg string) {
+func decodeUTF8(b string) (r rune, size int, msg string) {
 	c := b[0]
 	lo, hi := byte(0x80), byte(0xBF) // range of the second byte
 	switch {
@@ -240,45 +240,149 @@ type parser struct {
 	s       scanner
 	state   int
 	version string // the stream's current format version
+	count   bool   // values that are copies are not needed (Count)
 }
 
-// Parse reads a stream of manifests from r. file names the stream in errors
-// ("<stdin>" for standard input). Each manifest starts with its version pair
-// (empty name, value "1"), filled in when the stream omits it. An empty
-// stream, or one with only comments and blank lines, holds no manifests.
-// A malformed stream is an *Error with the 1-based line and column.
+// Parse reads a stream of manifests from r with DefaultLimits. file names
+// the stream in errors ("<stdin>" for standard input). Each manifest starts
+// with its version pair (empty name, value "1"), filled in when the stream
+// omits it. An empty stream, or one with only comments and blank lines,
+// holds no manifests. A malformed stream is an *Error with the 1-based line
+// and column.
 func Parse(r io.Reader, file string) ([]Manifest, error) {
-	data, err := io.ReadAll(r)
-	if err != nil {
+	return DefaultLimits.Parse(r, file)
+}
+
+// Limits bound what one parse of a stream may build, beside its bytes
+// (which the caller bounds): a manifest costs 24 bytes and a pair 48 bytes
+// of memory beyond its text, and a pair can be as short as 2 bytes, so a
+// caller that knows what it expects (one task manifest, a few results)
+// says so. A zero field takes the DefaultLimits value.
+type Limits struct {
+	Manifests int // the most manifests in the stream
+	Pairs     int // the most pairs in the stream, version pairs included
+}
+
+// DefaultLimits are the limits of Parse and ReadFile: enough for any
+// manifest stream of build2's protocol, and at most 48 MB of pairs.
+var DefaultLimits = Limits{Manifests: 100_000, Pairs: 1_000_000}
+
+// maxStream is the largest stream a parse reads: positions are int32.
+const maxStream = 1<<31 - 1
+
+// Parse reads a stream of manifests from r as the package's Parse does,
+// with l's limits. A stream past a limit is an *Error at the manifest or
+// pair that passes it.
+func (l Limits) Parse(r io.Reader, file string) ([]Manifest, error) {
+	var b strings.Builder
+	if _, err := io.Copy(&b, io.LimitReader(r, maxStream+1)); err != nil {
 		return nil, fmt.Errorf("read manifest %s: %w", file, err)
 	}
-	return parseBytes(data, file)
+	return l.parse(b.String(), file)
 }
 
-func parseBytes(data []byte, file string) ([]Manifest, error) {
-	p := &parser{s: scanner{data: data, file: file, line: 1, col: 1}}
-	ms := []Manifest{}
-	for {
-		start, end, err := p.next()
-		if err != nil {
-			return nil, err
-		}
-		if end { // End of stream.
-			return ms, nil
-		}
-		m := Manifest{start}
-		for {
-			nv, end, err := p.next()
-			if err != nil {
-				return nil, err
-			}
-			if end { // End of manifest.
-				break
-			}
-			m = append(m, nv)
-		}
-		ms = append(ms, m)
+// parse reads data in two passes: the first checks the stream and counts its
+// manifests and pairs, so that the second makes each slice once, at its size.
+// Names and values are substrings of data unless escapes or "\r\n" made
+// them differ from the text, so the pairs cost their 48 bytes and no copy.
+func (l Limits) parse(data, file string) ([]Manifest, error) {
+	if l.Manifests <= 0 {
+		l.Manifests = DefaultLimits.Manifests
 	}
+	if l.Pairs <= 0 {
+		l.Pairs = DefaultLimits.Pairs
+	}
+	if len(data) > maxStream {
+		return nil, &Error{File: file, Msg: fmt.Sprintf("stream longer than %d bytes", maxStream)}
+	}
+	nm, np, err := l.Count(data, file)
+	if err != nil {
+		return nil, err
+	}
+	ms := make([]Manifest, 0, nm)
+	pairs := make([]Pair, 0, np)
+	d := NewDecoder(data, file)
+	start := 0
+	for {
+		nv, first, err := d.Next()
+		if err != nil { // io.EOF: the first pass saw every error.
+			break
+		}
+		if first && len(pairs) > 0 {
+			ms = append(ms, pairs[start:len(pairs):len(pairs)])
+			start = len(pairs)
+		}
+		pairs = append(pairs, nv)
+	}
+	if len(pairs) > 0 {
+		ms = append(ms, pairs[start:len(pairs):len(pairs)])
+	}
+	return ms, nil
+}
+
+// Count reads the stream data through, as Parse would, and returns how many
+// manifests and pairs it holds, or the error Parse would return; it copies
+// no value. A zero limit is no limit.
+func (l Limits) Count(data, file string) (manifests, pairs int, err error) {
+	d := NewDecoder(data, file)
+	d.p.count = true
+	for {
+		nv, first, err := d.Next()
+		if err == io.EOF {
+			return manifests, pairs, nil
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		if first {
+			if manifests++; l.Manifests > 0 && manifests > l.Manifests {
+				return 0, 0, &Error{File: file, Line: int(nv.Line), Column: int(nv.Column),
+					Msg: fmt.Sprintf("more than %d manifests in the stream, the most its reader takes", l.Manifests)}
+			}
+		}
+		if pairs++; l.Pairs > 0 && pairs > l.Pairs {
+			return 0, 0, &Error{File: file, Line: int(nv.Line), Column: int(nv.Column),
+				Msg: fmt.Sprintf("more than %d name-value pairs in the stream, the most its reader takes", l.Pairs)}
+		}
+	}
+}
+
+// Decoder reads a manifest stream held in memory one pair at a time, so
+// that a reader that handles each pair as it comes (manifest decode) needs
+// no memory for the pairs it has done with.
+type Decoder struct {
+	p     parser
+	inMan bool  // a manifest is open
+	err   error // the error returned, returned again
+}
+
+// NewDecoder returns a Decoder of the stream data; file names it in errors.
+func NewDecoder(data, file string) *Decoder {
+	return &Decoder{p: parser{s: scanner{data: data, file: file, line: 1, col: 1}}}
+}
+
+// Next returns the next pair of the stream, and whether it is the version
+// pair that starts a manifest; io.EOF at the end of the stream, or an
+// *Error, after which the Decoder returns the same error.
+func (d *Decoder) Next() (nv Pair, first bool, err error) {
+	for d.err == nil {
+		nv, end, err := d.p.next()
+		if err != nil {
+			d.err = err
+			break
+		}
+		if !end {
+			first = !d.inMan
+			d.inMan = true
+			return nv, first, nil
+		}
+		if !d.inMan { // The end of the stream.
+			d.err = io.EOF
+			break
+		}
+		d.inMan = false
+	}
+	return Pair{}, false, d.err
 }
 
 // next returns the next pair, or end at the end of a manifest (a pair with
@@ -326,17 +430,17 @@ func (p *parser) parseNext() (nv Pair, end bool, err error) {
 
 	if p.state == stateStart {
 		if nv.Name != "" {
-			return nv, false, p.errorf(nv.Line, nv.Column, "format version pair expected")
+			return nv, false, p.errorf(int(nv.Line), int(nv.Column), "format version pair expected")
 		}
 		if nv.Value == "" {
 			if p.version == "" {
-				return nv, false, p.errorf(nv.ValueLine, nv.ValueColumn, "format version value expected")
+				return nv, false, p.errorf(int(nv.ValueLine), int(nv.ValueColumn), "format version value expected")
 			}
 			nv.Value = p.version
 		} else {
 			p.version = nv.Value
 			if nv.Value != "1" {
-				return nv, false, p.errorf(nv.ValueLine, nv.ValueColumn, "unsupported format version %s", nv.Value)
+				return nv, false, p.errorf(int(nv.ValueLine), int(nv.ValueColumn), "unsupported format version %s", nv.Value)
 			}
 		}
 		p.state = stateBody
@@ -382,25 +486,46 @@ func (p *parser) parseName(nv *Pair) {
 	s := &p.s
 	const what = "manifest name"
 	c := s.peek(what)
-	nv.Line, nv.Column = c.line, c.col
-	var name []byte
+	nv.Line, nv.Column = int32(c.line), int32(c.col)
+	start := c.off
 	for ; c.r != eos; c = s.peek(what) {
 		if c.r == ':' || c.r == ' ' || c.r == '\t' || c.r == '\n' {
 			break
 		}
-		name = append(name, s.bytes(c)...)
 		s.get(c)
 	}
-	nv.Name = string(name)
+	// A name holds no newline, so it is the text as it is.
+	nv.Name = s.data[start:c.off]
 }
 
+// parseValue reads a value. One that is the text as it is becomes a
+// substring of it; one that differs is read twice, first to learn how long
+// its text is, then to copy it into a buffer of that size (unless the
+// parser only counts).
 func (p *parser) parseValue(nv *Pair) {
+	save := p.s
+	v := valueText{measure: true}
+	p.readValue(nv, &v)
+	if !v.copied || p.s.err != nil {
+		return
+	}
+	if p.count && p.state == stateBody { // A version pair's value is checked.
+		nv.Value = ""
+		return
+	}
+	span := p.s.off - save.off
+	p.s = save
+	v = valueText{}
+	v.b.Grow(span)
+	p.readValue(nv, &v)
+}
+
+func (p *parser) readValue(nv *Pair, v *valueText) {
 	s := &p.s
 	const what = "manifest value"
 	c := s.peek(what)
-	nv.ValueLine, nv.ValueColumn = c.line, c.col
+	nv.ValueLine, nv.ValueColumn = int32(c.line), int32(c.col)
 
-	var v []byte
 	n := 0 // length of v up to its last non-blank (simple values)
 
 	// The multi-line introducer: a lone '\' right after the colon ...
@@ -441,7 +566,7 @@ func (p *parser) parseValue(nv *Pair) {
 		}
 	}
 	if ml { // The value starts on the line after the introducer.
-		nv.ValueLine, nv.ValueColumn = c.line, c.col
+		nv.ValueLine, nv.ValueColumn = int32(c.line), int32(c.col)
 	}
 
 	// nl tells that the previous character was a newline of the introducer
@@ -458,8 +583,8 @@ func (p *parser) parseValue(nv *Pair) {
 						break
 					}
 					s.get(c1)
-					v = append(v, '\n')
-					n = len(v)
+					v.add(s.data, -1, "\n")
+					n = v.len()
 					continue
 				}
 				s.unget(c)
@@ -476,7 +601,7 @@ func (p *parser) parseValue(nv *Pair) {
 				if c2 := s.peek(what); c2.r == '\n' || c2.r == eos {
 					break // The multi-line terminator.
 				}
-				v = append(v, '\n')
+				v.add(s.data, c.off, s.text(c))
 				s.unget(c1)
 				continue
 			}
@@ -495,8 +620,8 @@ func (p *parser) parseValue(nv *Pair) {
 			}
 			if c1.r == '\\' { // An escaped backslash at the end of a line.
 				s.get(c1)
-				v = append(v, '\\')
-				n = len(v)
+				v.add(s.data, c.off, "\\")
+				n = v.len()
 				if c2 := s.peek(what); c2.r != '\n' {
 					s.unget(c1) // Not at the end: read the second one again.
 				}
@@ -506,15 +631,69 @@ func (p *parser) parseValue(nv *Pair) {
 		}
 
 		s.get(c)
-		v = append(v, s.bytes(c)...)
+		v.add(s.data, c.off, s.text(c))
 		if !ml && c.r != ' ' && c.r != '\t' {
-			n = len(v)
+			n = v.len()
 		}
 	}
 	if !ml {
-		v = v[:n]
+		nv.Value = v.string(s.data, n)
+	} else {
+		nv.Value = v.string(s.data, v.len())
 	}
-	nv.Value = string(v)
+}
+
+// valueText builds a value as a substring of the stream while it is the
+// stream's text as it is, and as a copy from the first character that
+// differs (an escape, a line continuation, a "\r\n" newline). When
+// measuring, it only follows the value's length.
+type valueText struct {
+	start, end int // the substring data[start:end], until copied
+	copied     bool
+	measure    bool
+	size       int // the length, once copied
+	b          strings.Builder
+}
+
+// add appends text, read at offset off of data (-1 for text that is not
+// there as it is).
+func (v *valueText) add(data string, off int, text string) {
+	if !v.copied {
+		if v.start == v.end && off >= 0 {
+			v.start, v.end = off, off
+		}
+		if off >= 0 && off == v.end && strings.HasPrefix(data[off:], text) {
+			v.end += len(text)
+			return
+		}
+		v.copied = true
+		v.size = v.end - v.start
+		if !v.measure {
+			v.b.WriteString(data[v.start:v.end])
+		}
+	}
+	v.size += len(text)
+	if !v.measure {
+		v.b.WriteString(text)
+	}
+}
+
+func (v *valueText) len() int {
+	if v.copied {
+		return v.size
+	}
+	return v.end - v.start
+}
+
+// string returns the value's first n bytes ("" for a copy measured only).
+func (v *valueText) string(data string, n int) string {
+	if !v.copied {
+		return data[v.start : v.start+n]
+	}
+	if v.measure {
+		return ""
+	}
+	return v.b.String()[:n]
 }
 
 // SplitComment splits a value that may carry a comment, "VALUE ; COMMENT",

@@ -121,7 +121,7 @@ func checkText(s string) string {
 			i++
 			continue
 		}
-		_, size, msg := decodeChar([]byte(s[i:]))
+		_, size, msg := decodeChar(s[i:])
 		if msg != "" {
 			if msg == "unexpected end of stream" {
 				msg = "incomplete UTF-8 sequence"

@@ -33,7 +33,7 @@ func Text(s string) string {
 			i++
 			continue
 		}
-		_, size, msg := decodeChar([]byte(s[i:min(len(s), i+utf8.UTFMax)]))
+		_, size, msg := decodeChar(s[i:min(len(s), i+utf8.UTFMax)])
 		if msg == "" {
 			b.WriteString(s[i : i+size])
 			i += size

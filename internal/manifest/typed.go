@@ -64,7 +64,7 @@ func (f *fields) start() Pair {
 
 // errorf returns an error at p's name.
 func (f *fields) errorf(p Pair, format string, args ...any) *Error {
-	return &Error{File: f.file, Line: p.Line, Column: p.Column,
+	return &Error{File: f.file, Line: int(p.Line), Column: int(p.Column),
 		Msg: f.kind + " manifest: " + fmt.Sprintf(format, args...)}
 }
 
@@ -424,14 +424,14 @@ func (f *fields) nested(p Pair) (Manifest, error) {
 }
 
 // shift maps a position inside p's value to the enclosing file.
-func shift(p Pair, line, col int) (int, int) {
+func shift[T int | int32](p Pair, line, col T) (T, T) {
 	if line == 0 || p.ValueLine == 0 {
 		return line, col
 	}
 	if line == 1 {
-		col += p.ValueColumn - 1
+		col += T(p.ValueColumn) - 1
 	}
-	return line + p.ValueLine - 1, col
+	return line + T(p.ValueLine) - 1, col
 }
 
 // nestedValue serializes m as the value of a field. Should m hold what

@@ -35,7 +35,7 @@ func ParseToolchainFiles(r io.Reader, file string) (*ToolchainFiles, error) {
 	tc := &ToolchainFiles{}
 	for _, p := range ms[0][1:] {
 		bad := func(msg string) error {
-			return &manifest.Error{File: file, Line: p.Line, Column: p.Column, Msg: "toolchain manifest: " + msg}
+			return &manifest.Error{File: file, Line: int(p.Line), Column: int(p.Column), Msg: "toolchain manifest: " + msg}
 		}
 		switch p.Name {
 		case "id":
@@ -58,7 +58,7 @@ func ParseToolchainFiles(r io.Reader, file string) (*ToolchainFiles, error) {
 		}
 	}
 	if tc.ID == "" {
-		return nil, &manifest.Error{File: file, Line: ms[0][0].Line, Msg: "toolchain manifest: no id"}
+		return nil, &manifest.Error{File: file, Line: int(ms[0][0].Line), Msg: "toolchain manifest: no id"}
 	}
 	return tc, nil
 }
