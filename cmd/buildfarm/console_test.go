@@ -60,9 +60,7 @@ func TestConsoleCommand(t *testing.T) {
 	}
 	defer vm.Forcedown(context.Background())
 	links := filepath.Join(work, "links")
-	ccfg := console.FromInfo(vm.Info(), vm.QMP())
-	ccfg.Links = []string{console.LinkPath(links, "default", 1)}
-	srv, err := console.Start(ctx, ccfg)
+	srv, err := console.StartVM(ctx, vm, nil, console.LinkPath(links, "default", 1))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,6 +83,15 @@ func FromInfo(info qemu.Info, c *qmp.Client) Config {
 	return cfg
 }
 
+// StartVM starts the console of vm, which runs (Start has returned), on
+// its directory's console.sock, with links to it: what the agent calls
+// after starting a VM configured with SetPorts.
+func StartVM(ctx context.Context, vm *qemu.VM, log *slog.Logger, links ...string) (*Server, error) {
+	cfg := FromInfo(vm.Info(), vm.QMP())
+	cfg.Links, cfg.Log = links, log
+	return Start(ctx, cfg)
+}
+
 // Server is a running console. Close it when the VM is gone.
 type Server struct {
 	cfg    Config

@@ -112,9 +112,7 @@ func boot(t *testing.T, ctx context.Context, dir, disk string, m *image.Machine,
 			t.Logf("QEMU: %s\nconsole:\n%s", vm.CommandLine(), vm.SerialTail(4096))
 		}
 	})
-	ccfg := console.FromInfo(vm.Info(), vm.QMP())
-	ccfg.Links = []string{g.link}
-	if g.srv, err = console.Start(ctx, ccfg); err != nil {
+	if g.srv, err = console.StartVM(ctx, vm, nil, g.link); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { g.srv.Close() })
