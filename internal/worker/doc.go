@@ -19,6 +19,11 @@
 // Throughout, it uploads a small progress manifest (progress) as each step
 // starts and ends, so the agent can show what the guest is doing.
 //
+// In a guest with the management console's virtio-serial port
+// (org.buildfarm.console, see Channel), it also answers the console's
+// requests there (a /proc file, a line for the kernel log, sync, freeze and
+// thaw of the file systems) and sends it its boot and stage messages.
+//
 // Configuration comes from the kernel command line (/proc/cmdline):
 //
 //	buildfarm.tftp=HOST[:PORT]      the agent's TFTP server (10.0.2.2:23401; not port
