@@ -83,6 +83,18 @@ func FromInfo(info qemu.Info, c *qmp.Client) Config {
 	return cfg
 }
 
+// FromDir returns the configuration of a console for the VM name whose
+// working directory dir holds the sockets SetPorts named, with QMP client
+// c: for a VM this process did not start, such as a suspended VM that an
+// agent finds again after a restart (dial its QMP socket first; QEMU
+// serves one QMP client at a time).
+func FromDir(name, dir string, c *qmp.Client) Config {
+	return Config{Name: name, Socket: filepath.Join(dir, SocketName), QMP: c,
+		Serial:     filepath.Join(dir, SerialSocketName),
+		GuestPort:  filepath.Join(dir, GuestSocketName),
+		NotifyPort: filepath.Join(dir, NotifySocketName)}
+}
+
 // StartVM starts the console of vm, which runs (Start has returned), on
 // its directory's console.sock, with links to it: what the agent calls
 // after starting a VM configured with SetPorts.
