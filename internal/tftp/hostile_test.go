@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -662,5 +663,80 @@ func TestDiskFull(t *testing.T) {
 	// Space is back: a small upload goes through.
 	if err := Put(ctx, addr, "small", strings.NewReader("small"), 5, Options{}); err != nil {
 		t.Errorf("after the full disk: %v", err)
+	}
+}
+
+// TestStalledPeers: 64 peers (as many as the server's transfers) request a
+// file with every option that costs the server (large blocks and window, a
+// 255 s timeout) and never answer. A real client that comes half a second
+// later must be served at once, the server's heap must not grow with the
+// stalled peers, and each stalled transfer must end within the stall
+// timeout whatever timeout its peer asked for.
+func TestStalledPeers(t *testing.T) {
+	root := t.TempDir()
+	data := randomBytes(1<<20, 11)
+	writeFile(t, filepath.Join(root, "f"), data)
+	var mu sync.Mutex
+	var stalled []Request
+	addr := testServer(t, &Server{Root: root, OnRequest: func(r Request) {
+		if r.Err != nil && strings.Contains(r.Err.Error(), "sent nothing") {
+			mu.Lock()
+			stalled = append(stalled, r)
+			mu.Unlock()
+		}
+	}})
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapInuse
+	}
+	before := heap()
+	const peers = 64
+	for range peers {
+		newRawClient(t).send(addr, rrq("f", "blksize", "65464", "windowsize", "64", "timeout", "255", "tsize", "0"))
+	}
+	time.Sleep(StallEvict + 100*time.Millisecond)
+	grown := int64(heap()) - int64(before)
+	t.Logf("heap with %d stalled peers: %+d KiB", peers, grown>>10)
+	if grown > 16<<20 {
+		t.Errorf("the heap grew by %d MiB with %d stalled peers, want less than 16 MiB", grown>>20, peers)
+	}
+
+	start := time.Now()
+	var got bytes.Buffer
+	if _, err := Get(ctxT(t), addr, "f", &got, Options{BlockSize: 1468, WindowSize: 8}); err != nil {
+		t.Fatalf("with %d stalled peers, Get = %v, want it served", peers, err)
+	}
+	took := time.Since(start)
+	t.Logf("with %d stalled peers, a real client got 1 MiB in %v", peers, took)
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("with %d stalled peers, got %d bytes, want %d", peers, got.Len(), len(data))
+	}
+	if took > 2*time.Second {
+		t.Errorf("with %d stalled peers, a real client took %v, want it served at once", peers, took)
+	}
+
+	// Every stalled transfer ends by the stall timeout (and one gave its
+	// slot to the real client).
+	deadline := time.Now().Add(DefaultStallTimeout + 3*time.Second)
+	for {
+		mu.Lock()
+		n := len(stalled)
+		mu.Unlock()
+		if n == peers {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d stalled transfers ended by %v", n, peers, DefaultStallTimeout+3*time.Second)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, r := range stalled {
+		if r.Duration > DefaultStallTimeout+time.Second {
+			t.Errorf("a stalled transfer took %v, want at most %v: %v", r.Duration, DefaultStallTimeout, r.Err)
+		}
 	}
 }

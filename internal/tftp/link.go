@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -46,6 +47,9 @@ type link struct {
 	holdP    bool // block without a scheduler hand-off (Options.Dedicated)
 
 	scratch []byte // for error packets
+
+	// heard, when set, is set once a packet from the peer arrives.
+	heard *atomic.Bool
 }
 
 // newLink prepares conn for a transfer with peer (port 0 if yet unknown);
@@ -221,6 +225,7 @@ func (l *link) recv(ctx context.Context, buf []byte, deadline time.Time) ([]byte
 			n := min(l.segsize, len(l.pending))
 			pkt := l.pending[:n]
 			l.pending = l.pending[n:]
+			l.hear()
 			return pkt, nil
 		}
 		pkt, from, err := l.read(buf, deadline)
@@ -247,7 +252,14 @@ func (l *link) recv(ctx context.Context, buf []byte, deadline time.Time) ([]byte
 			l.sendTo(l.scratch, from)
 			continue
 		}
+		l.hear()
 		return pkt, nil
+	}
+}
+
+func (l *link) hear() {
+	if l.heard != nil {
+		l.heard.Store(true)
 	}
 }
 

@@ -34,8 +34,14 @@ type Server struct {
 	// MaxPutSize bounds one upload and MaxTotalPut all the uploads the
 	// server keeps, in bytes; 0 for no limit.
 	MaxPutSize, MaxTotalPut int64
-	// MaxTransfers bounds the transfers at a time; 0 means 64.
+	// MaxTransfers bounds the transfers at a time; 0 means 64. When all
+	// are under way, a new request takes the slot of the oldest transfer
+	// whose peer has not answered for StallEvict, so that peers that
+	// request and never answer cannot lock others out.
 	MaxTransfers int
+	// StallTimeout ends a transfer whose peer sent nothing since its
+	// request, whatever timeout it asked for; 0 means DefaultStallTimeout.
+	StallTimeout time.Duration
 	// Timeout is the retransmission timeout unless a client asks for
 	// another (RFC 2349), and Retries how many times a packet is resent;
 	// 0 means DefaultTimeout and DefaultRetries.
@@ -117,9 +123,48 @@ type serving struct {
 	log  *slog.Logger
 
 	mu     sync.Mutex
-	active map[netip.AddrPort]bool
+	active map[netip.AddrPort]*slot
 	last   time.Time // of the last request or transfer end
 	wg     sync.WaitGroup
+}
+
+// slot is a transfer under way.
+type slot struct {
+	start   time.Time
+	heard   atomic.Bool // the peer sent a packet since its request
+	evicted atomic.Bool // a new request took the slot
+	cancel  context.CancelFunc
+}
+
+// Stalled peers: a peer that requests and never answers.
+const (
+	// DefaultStallTimeout is how long a transfer waits for its peer's
+	// first packet (three tries of DefaultTimeout).
+	DefaultStallTimeout = 3 * DefaultTimeout
+	// StallEvict is how long a peer may be silent since its request
+	// before a new request, finding every slot taken, takes its slot.
+	StallEvict = 500 * time.Millisecond
+)
+
+// evictStalled frees the slot of the transfer whose peer has been silent
+// the longest since its request, if that is StallEvict or more, and
+// reports whether it did. v.mu is held.
+func (v *serving) evictStalled() bool {
+	var oldest netip.AddrPort
+	var o *slot
+	for peer, sl := range v.active {
+		if !sl.heard.Load() && (o == nil || sl.start.Before(o.start)) {
+			oldest, o = peer, sl
+		}
+	}
+	if o == nil || time.Since(o.start) < StallEvict {
+		return false
+	}
+	o.evicted.Store(true)
+	o.cancel()
+	delete(v.active, oldest)
+	v.log.Warn("tftp: busy, the slot of a silent peer goes to a new request", "silent", oldest, "since", o.start)
+	return true
 }
 
 func (s *Server) serve(ctx context.Context, conn net.PacketConn, idle time.Duration) (served bool, err error) {
@@ -128,7 +173,7 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, idle time.Durat
 		return false, fmt.Errorf("tftp root: %w", err)
 	}
 	defer root.Close()
-	v := &serving{s: s, root: root, conn: conn, log: s.Log, active: map[netip.AddrPort]bool{}, last: time.Now()}
+	v := &serving{s: s, root: root, conn: conn, log: s.Log, active: map[netip.AddrPort]*slot{}, last: time.Now()}
 	if v.log == nil {
 		v.log = slog.New(slog.DiscardHandler)
 	}
@@ -206,22 +251,24 @@ func (s *Server) serve(ctx context.Context, conn net.PacketConn, idle time.Durat
 		served = true
 		v.mu.Lock()
 		v.last = time.Now()
-		if v.active[peer] {
+		if v.active[peer] != nil {
 			// The client resent its request: the transfer is under way.
 			v.mu.Unlock()
 			continue
 		}
-		if len(v.active) >= maxTransfers {
+		if len(v.active) >= maxTransfers && !v.evictStalled() {
 			v.mu.Unlock()
 			v.log.Warn("tftp: busy, request refused", "peer", from, "file", req.Filename, "transfers", maxTransfers)
 			reply = appendError(reply[:0], ErrUndefined, fmt.Sprintf("server busy with %d transfers; retry later", maxTransfers))
 			conn.WriteTo(reply, from)
 			continue
 		}
-		v.active[peer] = true
+		sctx, cancel := context.WithCancel(tctx)
+		sl := &slot{start: time.Now(), cancel: cancel}
+		v.active[peer] = sl
 		v.wg.Add(1)
 		v.mu.Unlock()
-		go v.transfer(tctx, req, peer, from)
+		go v.transfer(sctx, sl, req, peer, from)
 	}
 }
 
@@ -239,10 +286,12 @@ func packetName(p Packet) string {
 	return "a request"
 }
 
-// done marks the transfer of peer ended.
-func (v *serving) done(peer netip.AddrPort) {
+// done marks the transfer sl of peer ended.
+func (v *serving) done(peer netip.AddrPort, sl *slot) {
 	v.mu.Lock()
-	delete(v.active, peer)
+	if v.active[peer] == sl { // Not if it was evicted and peer came again.
+		delete(v.active, peer)
+	}
 	v.last = time.Now()
 	v.mu.Unlock()
 }
@@ -275,9 +324,22 @@ func (v *serving) listen() (net.PacketConn, error) {
 // socketBuffer is the size asked for the buffers of transfer sockets.
 const socketBuffer = 4 << 20
 
-func (v *serving) transfer(ctx context.Context, req *RequestPacket, peer netip.AddrPort, from net.Addr) {
+func (v *serving) transfer(ctx context.Context, sl *slot, req *RequestPacket, peer netip.AddrPort, from net.Addr) {
 	defer v.wg.Done()
+	defer sl.cancel()
 	start := time.Now()
+	stall := v.s.StallTimeout
+	if stall <= 0 {
+		stall = DefaultStallTimeout
+	}
+	var stalled atomic.Bool
+	watch := time.AfterFunc(stall, func() {
+		if !sl.heard.Load() {
+			stalled.Store(true)
+			sl.cancel()
+		}
+	})
+	defer watch.Stop()
 	r := Request{Op: req.Op, Filename: req.Filename, Peer: from}
 	if len(req.Options) > 0 {
 		r.Options = make(map[string]string, len(req.Options))
@@ -292,6 +354,7 @@ func (v *serving) transfer(ctx context.Context, req *RequestPacket, peer netip.A
 		v.conn.WriteTo(appendError(nil, ErrUndefined, "server cannot open a transfer socket"), from)
 	} else {
 		l := newLink(ctx, conn, peer)
+		l.heard = &sl.heard
 		defer l.close()
 		if req.Op == OpRead {
 			r.Bytes, err = v.read(ctx, l, req, &r.Resolved)
@@ -300,10 +363,16 @@ func (v *serving) transfer(ctx context.Context, req *RequestPacket, peer netip.A
 		}
 	}
 	r.Duration = time.Since(start)
+	switch {
+	case stalled.Load():
+		err = fmt.Errorf("the peer sent nothing in %v since its request", stall)
+	case sl.evicted.Load():
+		err = fmt.Errorf("the peer sent nothing since its request, and a new request took its slot: %w", err)
+	}
 	if err != nil {
 		r.Err = fmt.Errorf("%v %q from %v: %w", req.Op, req.Filename, from, err)
 	}
-	v.done(peer)
+	v.done(peer, sl)
 	if r.Err != nil {
 		v.log.Warn("tftp: request failed", "request", r)
 	} else {
@@ -493,7 +562,7 @@ func (v *serving) read(ctx context.Context, l *link, req *RequestPacket, resolve
 
 // handshake sends an OACK for a read request and waits for its ACK 0.
 func handshake(ctx context.Context, l *link, oack []byte, p params) error {
-	buf := make([]byte, 4+MaxBlockSize)
+	buf := make([]byte, 4+DefaultBlockSize) // an ACK or an ERROR
 	for tries := 0; ; tries++ {
 		if tries > p.retries {
 			return fmt.Errorf("no ACK of the option acknowledgment from %v after %d tries of %v", l.peer, tries, p.timeout)
