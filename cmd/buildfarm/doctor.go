@@ -36,8 +36,8 @@ type checkResult struct {
 func init() {
 	register(func(e *env) *cobra.Command {
 		var (
-			reprobe  bool
-			tftpPort int
+			reprobe bool
+			tftp    tftpCheck
 		)
 		cmd := &cobra.Command{
 			Use:   "doctor",
@@ -49,8 +49,13 @@ func init() {
           cached; --reprobe runs it again)
   btrfs   mkfs.btrfs and the kernel's btrfs support (machines snapshot by
           reflink copies without it)
-  tftp    the agent's TFTP port (--tftp-port), free in a VM's own network
-          namespace, or on the host when namespaces cannot be made
+  tftp    the agent's TFTP sockets as the agent will open them: by default
+          a network namespace of a VM's own, made and deleted, with
+          127.0.0.1:PORT bound in it (PORT is --tftp-port plus --instance;
+          in a namespace of its own it cannot be taken, so what holds it on
+          the host does not matter); with --no-netns, 127.0.0.1:PORT on the
+          host for each of --instances VMs (PORT plus 100 a VM), which
+          fails when something holds one
   kernel  a guest kernel in the cache
 
 Exit status 0 when builds can run, 1 otherwise; a failing line says what to
@@ -65,7 +70,7 @@ do.`,
 					{"qemu", checkQEMU},
 					{"accel", func(ctx context.Context) checkResult { return checkAccel(ctx, e, reprobe) }},
 					{"btrfs", checkBtrfs},
-					{"tftp", func(ctx context.Context) checkResult { return checkTFTP(ctx, tftpPort) }},
+					{"tftp", func(ctx context.Context) checkResult { return checkTFTP(ctx, tftp) }},
 					{"kernel", checkKernel},
 				}
 				failed := 0
@@ -83,7 +88,11 @@ do.`,
 			},
 		}
 		cmd.Flags().BoolVar(&reprobe, "reprobe", false, "run the accelerator's test boot again rather than use the cached verdict")
-		cmd.Flags().IntVar(&tftpPort, "tftp-port", agent.DefaultOptions().TFTPPort+1, "the agent's TFTP `port` (its --tftp-port plus the instance number)")
+		o := agent.DefaultOptions()
+		cmd.Flags().IntVar(&tftp.port, "tftp-port", o.TFTPPort, "the agent's base TFTP `port`, as given to the agent")
+		cmd.Flags().IntVar(&tftp.instance, "instance", o.Instance, "the agent's instance `number`")
+		cmd.Flags().IntVar(&tftp.instances, "instances", o.Instances, "the `number` of VMs the agent runs at once")
+		cmd.Flags().BoolVar(&tftp.noNetNS, "no-netns", o.NoNetNS, "check as for an agent run with --no-netns (VMs in the host's network)")
 		return cmd
 	})
 }
@@ -161,27 +170,53 @@ func kernelHasFS(fs string) bool {
 	return false
 }
 
-// checkTFTP checks the agent's TFTP port (the first instance's): inside a
-// VM's own network namespace, where the agent serves each VM, or on the
-// host when namespaces cannot be made (the agent's --no-netns).
-func checkTFTP(ctx context.Context, port int) checkResult {
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	ns, nsErr := netns.New(ctx)
-	if nsErr == nil {
+// tftpCheck is what the agent's TFTP sockets depend on: its flags.
+type tftpCheck struct {
+	port, instance, instances int
+	noNetNS                   bool
+}
+
+// checkTFTP opens the agent's TFTP sockets where the agent will (see
+// internal/agent's vmRun.Start): each VM's server listens on
+// 127.0.0.1:PORT, PORT being --tftp-port plus --instance plus 100 for each
+// VM slot; in a network namespace made for that VM, or on the host with
+// --no-netns. A namespace made for one VM holds nothing else, so there a
+// port cannot be busy: what can fail is making the namespace and binding
+// in it, and that is what is tried. On the host, every slot's port must be
+// free.
+func checkTFTP(ctx context.Context, c tftpCheck) checkResult {
+	first := c.port + c.instance
+	addr := fmt.Sprintf("127.0.0.1:%d", first)
+	if !c.noNetNS {
+		ns, err := netns.New(ctx)
+		if err != nil {
+			return checkResult{checkFail, fmt.Sprintf("cannot make a VM's network namespace, which the agent needs for each VM: %v: run the agent as root, or with --no-netns (then check with doctor --no-netns)", err)}
+		}
 		defer ns.Delete(context.WithoutCancel(ctx))
-		c, err := ns.ListenPacket(ctx, "udp4", addr)
+		l, err := ns.ListenPacket(ctx, "udp4", addr)
 		if err != nil {
 			return checkResult{checkFail, fmt.Sprintf("UDP %s in a VM's network namespace: %v", addr, err)}
 		}
-		c.Close()
-		return checkResult{checkOK, fmt.Sprintf("UDP %s is free in a VM's own network namespace (the guest's 10.0.2.2:%d)", addr, port)}
+		l.Close()
+		host := "free"
+		if h, err := net.ListenPacket("udp4", addr); err != nil {
+			host = "taken"
+		} else {
+			h.Close()
+		}
+		return checkResult{checkOK, fmt.Sprintf("UDP %s bound in a VM's network namespace (the guest's 10.0.2.2:%d); each VM gets a namespace of its own, where no port is busy, so that %s is %s on the host does not matter", addr, first, addr, host)}
 	}
-	c, err := net.ListenPacket("udp4", addr)
-	if err != nil {
-		return checkResult{checkFail, fmt.Sprintf("no network namespaces (%v), and UDP %s on the host: %v: stop what holds it or pick another --tftp-port", nsErr, addr, err)}
+	var ports []string
+	for slot := range max(c.instances, 1) {
+		a := fmt.Sprintf("127.0.0.1:%d", first+100*slot)
+		l, err := net.ListenPacket("udp4", a)
+		if err != nil {
+			return checkResult{checkFail, fmt.Sprintf("UDP %s (VM %d of %d) on the host, where the agent with --no-netns serves: %v: stop what holds it, or give the agent (and doctor) another --tftp-port or --instance", a, slot+1, max(c.instances, 1), err)}
+		}
+		l.Close()
+		ports = append(ports, a)
 	}
-	c.Close()
-	return checkResult{checkWarn, fmt.Sprintf("UDP %s is free on the host, but no network namespaces (%v): guests are not isolated; run the agent as root, or with --no-netns", addr, nsErr)}
+	return checkResult{checkWarn, fmt.Sprintf("UDP %s free on the host (--no-netns: guests share the host's network and are not isolated)", strings.Join(ports, ", "))}
 }
 
 func checkKernel(context.Context) checkResult {

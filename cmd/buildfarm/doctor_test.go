@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -33,7 +34,7 @@ func TestDoctor(t *testing.T) {
 		`^qemu +ok +QEMU emulator version \d+\.\d+`,
 		`^accel +ok +(tcg|kvm): .*probed in`,
 		`^btrfs +(ok|warn) `,
-		`^tftp +ok +UDP 127\.0\.0\.1:23401 is free in a VM's own network namespace`,
+		`^tftp +ok +UDP 127\.0\.0\.1:23401 bound in a VM's network namespace`,
 		`^kernel +ok +` + regexp.QuoteMeta(k.Version),
 	}
 	if len(lines) != len(want) {
@@ -63,22 +64,41 @@ func TestDoctorNoKernel(t *testing.T) {
 	}
 }
 
+// TestDoctorTFTPBusy takes a port on the host. The agent with --no-netns
+// would serve there, so doctor --no-netns fails, naming it; by default each
+// VM has a network namespace of its own, where the port is free whatever
+// holds it on the host, so doctor binds it there and says so.
 func TestDoctorTFTPBusy(t *testing.T) {
-	// Taken on the host, a port is still free in a VM's namespace; without
-	// namespaces (not root) the host's port is what counts.
-	testenv.NeedVM(t)
 	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	port := c.LocalAddr().(*net.UDPAddr).Port
-	r := checkTFTP(t.Context(), port)
-	if os.Geteuid() == 0 {
-		if r.status != checkOK {
-			t.Errorf("checkTFTP(%d) as root = %+v, want ok (in a namespace of its own)", port, r)
+	taken := c.LocalAddr().(*net.UDPAddr).Port
+	addr := fmt.Sprintf("127.0.0.1:%d", taken)
+	t.Run("no-netns", func(t *testing.T) {
+		for _, tc := range []tftpCheck{
+			{port: taken - 1, instance: 1, instances: 1, noNetNS: true},
+			{port: taken - 101, instance: 1, instances: 2, noNetNS: true}, // the second VM's port
+		} {
+			r := checkTFTP(t.Context(), tc)
+			if r.status != checkFail || !strings.Contains(r.text, addr) {
+				t.Errorf("checkTFTP(%+v) with %s taken = %+v, want FAIL naming %s", tc, addr, r, addr)
+			}
 		}
-	} else if r.status != checkFail {
-		t.Errorf("checkTFTP(%d) with the port taken = %+v, want FAIL", port, r)
-	}
+		// A free port passes, with a warning about isolation.
+		free := tftpCheck{port: taken - 1, instance: 2, instances: 1, noNetNS: true}
+		if r := checkTFTP(t.Context(), free); r.status != checkWarn {
+			t.Errorf("checkTFTP(%+v) with %s taken = %+v, want warn", free, addr, r)
+		}
+	})
+	t.Run("netns", func(t *testing.T) {
+		testenv.NeedVM(t)
+		testenv.NeedRoot(t)
+		tc := tftpCheck{port: taken - 1, instance: 1, instances: 1}
+		r := checkTFTP(t.Context(), tc)
+		if r.status != checkOK || !strings.Contains(r.text, addr+" is taken on the host does not matter") {
+			t.Errorf("checkTFTP(%+v) with %s taken on the host = %+v, want ok, bound in a namespace of its own", tc, addr, r)
+		}
+	})
 }
