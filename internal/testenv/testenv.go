@@ -33,12 +33,19 @@ func NeedVM(t testing.TB) {
 	}
 }
 
-// NeedRoot skips t unless running as root (loop devices, mounts, namespaces).
+// NeedRoot skips t unless running as root (loop devices, mounts,
+// namespaces); when VM tests were asked for, not being root is a failure,
+// so that a run that cannot test them does not pass.
 func NeedRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices, mounts and network namespaces")
+	if os.Geteuid() == 0 {
+		return
 	}
+	const why = "needs root: loop devices, mounts and network namespaces"
+	if VMTests() {
+		t.Fatalf("%s (BUILDFARM_VM_TESTS=1: run the tests as root)", why)
+	}
+	t.Skip(why)
 }
 
 // NeedProgram returns the path of an external program, and skips t when it
