@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,9 @@ import (
 
 	"github.com/buildfarm/buildfarm/internal/accel"
 	"github.com/buildfarm/buildfarm/internal/archive"
+	"github.com/buildfarm/buildfarm/internal/auth"
+	"github.com/buildfarm/buildfarm/internal/ctlclient"
+	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/worker"
 )
@@ -29,8 +33,13 @@ type Agent struct {
 	accel     string
 	accelErr  error
 
+	client *ctlclient.Client // talks to controllers
+	key    crypto.Signer     // --auth-key, or nil
+
+	enumMu sync.Mutex // one enumeration (and bootstrap) at a time
+
 	mu        sync.Mutex
-	suspended []*running // VMs kept for investigation until the agent exits
+	suspended []*vmRun // VMs kept for investigation until the agent exits
 }
 
 // New returns an agent with opts, logging to log, dumping to out.
@@ -41,52 +50,70 @@ func New(opts Options, log *slog.Logger, out io.Writer) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{opts: opts, log: log.With("agent", opts.Instance), out: out}, nil
+	hc, err := ctlclient.NewHTTPClient(opts.CA)
+	if err != nil {
+		return nil, fmt.Errorf("--ca: %w", err)
+	}
+	a := &Agent{opts: opts, log: log.With("agent", opts.Instance), out: out,
+		client: &ctlclient.Client{HTTP: hc, Timeout: opts.RequestTimeout}}
+	if opts.AuthKey != "" {
+		if a.key, err = auth.ReadPrivateKey(opts.AuthKey); err != nil {
+			return nil, fmt.Errorf("--auth-key: %w", err)
+		}
+	}
+	return a, nil
 }
 
 // Run runs the agent until ctx ends (SIGTERM), or until it has done what a
-// --dump-* or --fake-request option asks. Cancellation is a clean stop, not
-// an error: the running VM is stopped and its snapshot deleted first.
+// --dump-*, --fake-request or --once option asks. Cancellation is a clean
+// stop, not an error: running VMs are stopped and their snapshots deleted
+// first.
 func (a *Agent) Run(ctx context.Context, controllers []string) error {
 	defer a.releaseSuspended()
 	// 1. Clean up what a crashed predecessor left.
 	if err := a.cleanup(ctx); err != nil {
 		return err
 	}
-	// 2. Enumerate (and bootstrap) the machines.
-	ms, err := a.machines(ctx)
-	if err != nil {
-		return err
-	}
-	if a.opts.DumpMachines {
-		return a.dump(headers(ms)...)
-	}
-	// 3-5. Tasks: the fake request, or the controllers' until stopped.
-	if a.opts.FakeRequest != "" {
-		task, srcDir, err := ReadTaskFile(a.opts.FakeRequest)
+	// 2. --dump-machines and --fake-request: enumerate (and bootstrap) the
+	//    machines once, and do what they ask.
+	if a.opts.DumpMachines || a.opts.FakeRequest != "" {
+		ms, err := a.machines(ctx, 0)
 		if err != nil {
 			return err
 		}
-		if a.opts.DumpTask {
-			return a.dump(task.Manifest())
+		if a.opts.DumpMachines {
+			return a.dump(headers(ms)...)
 		}
-		res, err := a.perform(ctx, ms, task, srcDir)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		if a.opts.DumpResult {
-			return a.dump(res.Manifest())
-		}
-		a.log.Info("task done", "name", task.Name, "status", res.Status.String())
-		return nil
+		return a.fakeRequest(ctx, ms)
 	}
+	// 3. Serve the controllers (see serve).
 	if len(controllers) == 0 {
 		return errors.New("no controller URL and no --fake-request: nothing to do (see --help)")
 	}
-	return a.serveControllers(ctx, controllers, ms)
+	return a.serve(ctx, controllers)
+}
+
+// fakeRequest performs the task of --fake-request in ms.
+func (a *Agent) fakeRequest(ctx context.Context, ms []*machineState) error {
+	task, srcDir, err := ReadTaskFile(a.opts.FakeRequest)
+	if err != nil {
+		return err
+	}
+	if a.opts.DumpTask {
+		return a.dump(task.Manifest())
+	}
+	res, err := a.perform(ctx, 0, ms, task, srcDir)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	if a.opts.DumpResult {
+		return a.dump(res.Manifest())
+	}
+	a.log.Info("task done", "name", task.Name, "status", res.Status.String())
+	return nil
 }
 
 func (a *Agent) dump(ms ...manifest.Manifest) error {
@@ -135,27 +162,48 @@ func (a *Agent) uploaded(s *session, name string) {
 	a.log.Info("guest", args...)
 }
 
-// perform runs task in a snapshot of the machine it names and returns the
-// result. A task for a machine the agent does not have is an error and
-// starts no VM.
-func (a *Agent) perform(ctx context.Context, ms []*machineState, task *manifest.Task, srcDir string) (*manifest.Result, error) {
-	// 1. Find the machine the task names among ours.
-	// 2. With --fake-build, answer abort without a VM.
-	// 3. Snapshot the bootstrapped machine; fill get/ with the task and
-	//    its sources.
-	// 4. Boot, retrying mis-boots; parse the result.
-	// 5. Abnormal ends keep the VM suspended (and its snapshot); others
+// perform runs task in slot, in a snapshot of the machine it names, and
+// returns the result. srcDir holds the sources of a --fake-request task;
+// a controller's task (srcDir "") names them by URL. A task the agent
+// cannot build (no steps, no such machine here, sources that cannot be
+// had) gets an error result and starts no VM; an error is returned only
+// when the agent itself failed (or ctx ended).
+func (a *Agent) perform(ctx context.Context, slot int, ms []*machineState, task *manifest.Task, srcDir string) (*manifest.Result, error) {
+	// 1. Check that the task says what to run: buildfarm-* steps.
+	// 2. Find the machine the task names among ours.
+	// 3. Get the sources: the --fake-request directory, or the archive
+	//    downloaded from the task's URL and checked against its SHA-256.
+	// 4. With --fake-build, take the task's snapshot and answer abort
+	//    without a VM.
+	// 5. Snapshot the bootstrapped machine; fill get/ with the task and
+	//    its sources; boot, retrying mis-boots; parse the result.
+	// 6. Abnormal ends keep the VM suspended (and its snapshot); others
 	//    force it down and delete the snapshot.
+	if err := checkTask(task); err != nil {
+		a.log.Error("task refused", "name", task.Name, "version", task.Version, "err", err)
+		return errorResult(task, err), nil
+	}
 	m := findMachine(ms, task.Machine)
 	if m == nil {
-		return nil, fmt.Errorf("task %s %s: no machine %q here (have: %s)", task.Name, task.Version, task.Machine, machineNames(ms))
+		err := fmt.Errorf("task %s %s: no machine %q here (have: %s)", task.Name, task.Version, task.Machine, machineNames(ms))
+		a.log.Error("task refused", "err", err)
+		return errorResult(task, err), nil
+	}
+	src, cleanup, err := a.sources(ctx, slot, task, srcDir)
+	defer cleanup()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		a.log.Error("task sources", "name", task.Name, "err", err)
+		return errorResult(task, err), nil
 	}
 	if a.opts.FakeBuild {
-		return abortResult(task, "fake build: no VM was started\n"), nil
+		return a.fakeBuild(ctx, m, task)
 	}
 	var lastErr error
 	for attempt := 0; attempt <= a.opts.BuildRetries; attempt++ {
-		res, err := a.performOnce(ctx, m, task, srcDir, attempt == a.opts.BuildRetries)
+		res, err := a.performOnce(ctx, slot, m, task, src, attempt == a.opts.BuildRetries)
 		if err == nil {
 			return res, nil
 		}
@@ -172,22 +220,75 @@ func (a *Agent) perform(ctx context.Context, ms []*machineState, task *manifest.
 	return abnormalResult(task, lastErr), nil
 }
 
-func (a *Agent) performOnce(ctx context.Context, m *machineState, task *manifest.Task, srcDir string, last bool) (*manifest.Result, error) {
+// fakeBuild is --fake-build: it takes the task's snapshot of m as a build
+// does, and answers abort without booting a VM; the result's log names the
+// machine revision (its id) the task would have run on.
+func (a *Agent) fakeBuild(ctx context.Context, m *machineState, task *manifest.Task) (*manifest.Result, error) {
+	if m.fake {
+		return abortResult(task, "fake build: no VM was started\n"), nil
+	}
 	snap, err := a.snapshotForTask(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	s := &session{
-		name:       filepath.Base(snap.dir),
-		machineDir: snap.dir,
-		tftpDir:    filepath.Join(a.opts.TFTP, fmt.Sprintf("%d", a.opts.Instance), filepath.Base(snap.dir)),
-		mode:       string(worker.ModeBuild),
-		want:       worker.ResultFile,
-		startup:    a.opts.BuildStartup,
-		timeout:    a.opts.BuildTimeout,
-		shutdown:   a.opts.ShutdownTimeout,
-		mac:        m.mac,
+	defer snap.delete(context.WithoutCancel(ctx))
+	id := "unknown"
+	f := filepath.Join(snap.dir, machine.BootstrappedFile)
+	if ms, err := manifest.ReadFile(f); err == nil && len(ms) == 1 {
+		if bm, err := manifest.ParseBootstrappedMachine(ms[0], f, manifest.Lenient); err == nil {
+			id = bm.Machine.ID
+		}
 	}
+	return abortResult(task, fmt.Sprintf("fake build: no VM was started; the task snapshot was of machine %s id %s\n", m.name, id)), nil
+}
+
+// taskSources are a task's sources, ready to be placed in a VM's get/:
+// the --fake-request directory, or a downloaded archive file.
+type taskSources struct {
+	dir  string
+	file string
+}
+
+// sources gets task's sources (see perform); the clean-up deletes a
+// downloaded archive.
+func (a *Agent) sources(ctx context.Context, slot int, task *manifest.Task, srcDir string) (taskSources, func(), error) {
+	nothing := func() {}
+	if task.Archive == "" || srcDir != "" {
+		return taskSources{dir: srcDir}, nothing, nil
+	}
+	switch {
+	case task.ArchiveURL == "":
+		return taskSources{}, nothing, fmt.Errorf("task %s %s: buildfarm-archive %s without buildfarm-archive-url: the controller did not say where to download the sources", task.Name, task.Version, task.Archive)
+	case task.ArchiveSHA256 == "":
+		return taskSources{}, nothing, fmt.Errorf("task %s %s: buildfarm-archive-url %s without buildfarm-archive-sha256: the sources cannot be checked", task.Name, task.Version, task.ArchiveURL)
+	}
+	dir := a.instanceDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return taskSources{}, nothing, fmt.Errorf("sources: %w", err)
+	}
+	f, err := os.CreateTemp(dir, fmt.Sprintf("%d-sources-*", slot))
+	if err != nil {
+		return taskSources{}, nothing, fmt.Errorf("sources: %w", err)
+	}
+	cleanup := func() { os.Remove(f.Name()) }
+	err = a.client.FetchArchive(ctx, task.ArchiveURL, task.ArchiveSHA256, a.opts.MaxArchive, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return taskSources{}, cleanup, fmt.Errorf("task %s %s: sources %s: %w", task.Name, task.Version, task.Archive, err)
+	}
+	a.log.Info("sources downloaded", "task", task.Name, "archive", task.Archive, "url", task.ArchiveURL)
+	return taskSources{file: f.Name()}, cleanup, nil
+}
+
+func (a *Agent) performOnce(ctx context.Context, slot int, m *machineState, task *manifest.Task, src taskSources, last bool) (*manifest.Result, error) {
+	snap, err := a.snapshotForTask(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	s := a.newSession(slot, snap.dir, worker.ModeBuild)
+	s.mac = m.mac
 	keep := false
 	defer func() {
 		if !keep {
@@ -198,7 +299,12 @@ func (a *Agent) performOnce(ctx context.Context, m *machineState, task *manifest
 	if err := s.prepare(); err != nil {
 		return nil, err
 	}
-	if err := WriteTask(s.getDir(), task, srcDir); err != nil {
+	if src.file != "" {
+		err = placeArchive(s.getDir(), task, src.file)
+	} else {
+		err = WriteTask(s.getDir(), task, src.dir)
+	}
+	if err != nil {
 		return nil, err
 	}
 	r, err := a.boot(ctx, s, last)
@@ -214,17 +320,73 @@ func (a *Agent) performOnce(ctx context.Context, m *machineState, task *manifest
 		perr = fmt.Errorf("worker reported an abnormal end")
 	}
 	if perr != nil {
-		if serr := r.vm.Suspend(context.WithoutCancel(ctx)); serr == nil {
+		if serr := r.Suspend(context.WithoutCancel(ctx)); serr == nil {
 			keep = true
 			a.keepSuspended(r, snap)
 		} else {
-			a.shutdown(ctx, r)
+			r.Shutdown(ctx)
 		}
 		return nil, fmt.Errorf("vm %s: %w", s.name, perr)
 	}
-	a.shutdown(ctx, r)
+	r.Shutdown(ctx)
 	a.keepArtifacts(s, task)
 	return res, nil
+}
+
+// placeArchive writes the task manifest into dir, a VM's get/, and links
+// (or copies) the downloaded archive file there as the task's archive.
+func placeArchive(dir string, task *manifest.Task, file string) error {
+	if err := manifest.WriteFile(filepath.Join(dir, worker.TaskFile), []manifest.Manifest{task.Manifest()}); err != nil {
+		return err
+	}
+	dst := filepath.Join(dir, task.Archive)
+	if err := os.Link(file, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// checkTask says why the agent cannot build task, if it cannot: a task
+// without buildfarm-* steps would run nothing, and a build2 package build
+// (bbot's worker builds those with bpkg) is not what this agent's worker
+// does.
+func checkTask(task *manifest.Task) error {
+	if len(task.Steps) > 0 {
+		return nil
+	}
+	var build2 []string
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"requires", len(task.Requires) > 0}, {"tests", len(task.Tests) > 0},
+		{"dependency-checksum", task.DependencyChecksum != ""}, {"target-config", len(task.TargetConfig) > 0},
+		{"package-config", task.PackageConfig != ""}, {"host", task.Host != nil},
+		{"interactive", task.Interactive != ""}, {"worker-checksum", task.WorkerChecksum != ""},
+		{"auxiliary-machine", len(task.AuxiliaryMachines) > 0}, {"repository-type pkg", task.RepositoryType == "pkg"},
+	} {
+		if f.set {
+			build2 = append(build2, f.name)
+		}
+	}
+	if len(build2) > 0 {
+		return fmt.Errorf("unsupported: task %s %s is a build2 package build (%s) without buildfarm-* steps; this agent runs only the steps a task gives in buildfarm-configure, buildfarm-update, buildfarm-test and buildfarm-install",
+			task.Name, task.Version, strings.Join(build2, ", "))
+	}
+	return fmt.Errorf("task %s %s: no steps were given (no buildfarm-configure, buildfarm-update, buildfarm-test or buildfarm-install field): nothing to build", task.Name, task.Version)
 }
 
 // keepArtifacts moves the artifacts the worker uploaded into
@@ -271,7 +433,7 @@ func WriteTask(dir string, task *manifest.Task, srcDir string) error {
 		return fmt.Errorf("task %s: buildfarm-archive %q: not a plain file name", task.Name, task.Archive)
 	}
 	if srcDir == "" {
-		return fmt.Errorf("task %s: no sources for %s: only --fake-request tasks carry sources until controllers serve them", task.Name, task.Archive)
+		return fmt.Errorf("task %s: no sources for %s: no directory to take them from", task.Name, task.Archive)
 	}
 	dst := filepath.Join(dir, task.Archive)
 	if b, err := os.ReadFile(filepath.Join(srcDir, task.Archive)); err == nil {
@@ -314,6 +476,19 @@ func abortResult(task *manifest.Task, log string) *manifest.Result {
 	}
 }
 
+// errorResult is the result of a task the agent could not build: status
+// error, with err as the log of its first operation.
+func errorResult(task *manifest.Task, err error) *manifest.Result {
+	op := "configure"
+	if len(task.Steps) > 0 {
+		op = task.Steps[0].Operation
+	}
+	return &manifest.Result{
+		Name: task.Name, Version: task.Version, Status: manifest.StatusError,
+		Results: []manifest.OperationResult{{Operation: op, Status: manifest.StatusError, Log: manifest.Text(err.Error() + "\n")}},
+	}
+}
+
 func abnormalResult(task *manifest.Task, err error) *manifest.Result {
 	return &manifest.Result{
 		Name: task.Name, Version: task.Version, Status: manifest.StatusAbnormal,
@@ -323,7 +498,7 @@ func abnormalResult(task *manifest.Task, err error) *manifest.Result {
 
 // keepSuspended keeps a suspended VM (and its snapshot) for investigation
 // until the agent exits, and says where it is.
-func (a *Agent) keepSuspended(r *running, snap *snapshot) {
+func (a *Agent) keepSuspended(r *vmRun, snap *snapshot) {
 	r.snap = snap
 	info := r.vm.Info()
 	a.log.Error("VM suspended for investigation", "vm", r.s.name, "snapshot", snap.dir,
@@ -341,7 +516,7 @@ func (a *Agent) releaseSuspended() {
 	defer a.mu.Unlock()
 	ctx := context.Background()
 	for _, r := range a.suspended {
-		r.release(ctx)
+		r.Close(ctx)
 		if r.snap != nil && r.snap.delete != nil {
 			if err := r.snap.delete(ctx); err != nil {
 				a.log.Warn("deleting the snapshot of a suspended VM", "dir", r.snap.dir, "err", err)

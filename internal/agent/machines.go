@@ -110,15 +110,19 @@ func (a *Agent) cleanup(ctx context.Context) error {
 			a.log.Warn("cleaning up network namespaces", "err", err)
 		}
 	}
-	dir := filepath.Join(a.opts.TFTP, fmt.Sprint(a.opts.Instance))
+	dir := a.instanceDir()
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("tftp directory %s: %w", dir, err)
 	}
 	return nil
 }
 
-// machines enumerates the machines and bootstraps those that need it.
-func (a *Agent) machines(ctx context.Context) ([]*machineState, error) {
+// machines enumerates the machines and bootstraps those that need it, in
+// slot's VMs. One enumeration runs at a time in an agent: the slots of
+// --instances take turns.
+func (a *Agent) machines(ctx context.Context, slot int) ([]*machineState, error) {
+	a.enumMu.Lock()
+	defer a.enumMu.Unlock()
 	if a.opts.FakeMachine != "" {
 		ms, err := manifest.ReadFile(a.opts.FakeMachine)
 		if err != nil {
@@ -141,13 +145,25 @@ func (a *Agent) machines(ctx context.Context) ([]*machineState, error) {
 		return nil, err
 	}
 	var out []*machineState
-	for _, c := range cs {
+	for i, c := range cs {
+		if c.Decision.Action != machine.ActionIgnore && c.Machine.Name != c.Name {
+			// The name offered to controllers is the manifest's; it must
+			// be the one the task names, the snapshot is made of, and
+			// `machine list` prints (machine add refuses others).
+			a.log.Error("machine skipped: its manifest names another machine; add it under its manifest's name",
+				"machine", c.Name, "manifest-name", c.Machine.Name)
+			if c.Bootstrap != nil {
+				c.Bootstrap.Abort(context.WithoutCancel(ctx))
+			}
+			continue
+		}
 		switch c.Decision.Action {
 		case machine.ActionIgnore:
 			continue
 		case machine.ActionBootstrap:
-			if err := a.bootstrap(ctx, c); err != nil {
+			if err := a.bootstrap(ctx, slot, c); err != nil {
 				if ctx.Err() != nil {
+					abortBootstraps(ctx, cs[i+1:])
 					return nil, ctx.Err()
 				}
 				a.log.Error("machine not bootstrapped; carrying on without it", "machine", c.Name, "err", err)
@@ -160,10 +176,19 @@ func (a *Agent) machines(ctx context.Context) ([]*machineState, error) {
 	return out, nil
 }
 
+// abortBootstraps releases the bootstraps of candidates not handled.
+func abortBootstraps(ctx context.Context, cs []*machine.Candidate) {
+	for _, c := range cs {
+		if c.Bootstrap != nil {
+			c.Bootstrap.Abort(context.WithoutCancel(ctx))
+		}
+	}
+}
+
 // bootstrap boots a snapshot of the machine's current revision with the
 // worker in bootstrap mode, retrying mis-boots, and commits it as the
 // bootstrapped machine when the worker uploaded its bootstrap manifest.
-func (a *Agent) bootstrap(ctx context.Context, c *machine.Candidate) error {
+func (a *Agent) bootstrap(ctx context.Context, slot int, c *machine.Candidate) error {
 	b := c.Bootstrap
 	tc := &manifest.Toolchain{ID: a.want().ToolchainID}
 	if a.opts.FakeBootstrap {
@@ -171,19 +196,10 @@ func (a *Agent) bootstrap(ctx context.Context, c *machine.Candidate) error {
 			Bootstrap: manifest.Bootstrap{Versions: []manifest.ToolVersion{{Tool: worker.VersionTool, Version: worker.Version}}}}
 		return b.Commit(ctx, bm)
 	}
-	s := &session{
-		name:       filepath.Base(b.Dir),
-		machineDir: b.Dir,
-		tftpDir:    filepath.Join(a.opts.TFTP, fmt.Sprint(a.opts.Instance), filepath.Base(b.Dir)),
-		mode:       string(worker.ModeBootstrap),
-		want:       worker.BootstrapFile,
-		startup:    a.opts.BootstrapStartup,
-		timeout:    a.opts.BootstrapTimeout,
-		shutdown:   a.opts.ShutdownTimeout,
-		mac:        c.Machine.MAC,
-	}
+	s := a.newSession(slot, b.Dir, worker.ModeBootstrap)
+	s.mac = c.Machine.MAC
 	defer os.RemoveAll(s.tftpDir)
-	var r *running
+	var r *vmRun
 	var err error
 	for attempt := 0; attempt <= a.opts.BootstrapRetries; attempt++ {
 		if err = s.prepare(); err != nil {
@@ -207,7 +223,7 @@ func (a *Agent) bootstrap(ctx context.Context, c *machine.Candidate) error {
 		b.Abort(context.WithoutCancel(ctx))
 		return fmt.Errorf("bootstrap of %s: %w", c.Name, err)
 	}
-	a.shutdown(ctx, r)
+	r.Shutdown(ctx)
 	ms, err := manifest.ReadFile(filepath.Join(s.putDir(), worker.BootstrapFile))
 	var bs *manifest.Bootstrap
 	if err == nil && len(ms) != 1 {

@@ -3,15 +3,20 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
+
+	"github.com/buildfarm/buildfarm/internal/manifest"
 )
 
 // Options configure an agent. Their names follow bbot-agent's options.
 type Options struct {
-	Machines string // the machines directory, with one subdirectory per volume
-	TFTP     string // the agent's TFTP directory: one subdirectory per VM
-	TFTPPort int    // base port when VMs share the host's network (NoNetNS)
-	Instance int    // this agent's instance number on the host, from 1
+	Machines  string // the machines directory, with one subdirectory per volume
+	TFTP      string // the agent's TFTP directory: one subdirectory per VM
+	TFTPPort  int    // base port when VMs share the host's network (NoNetNS)
+	Instance  int    // this agent's instance number on the host, from 1
+	Instances int    // tasks performed at once, each in its own VM
+	Spool     string // directory of results not yet delivered ("": <TFTP>/spool/<Instance>)
 
 	ToolchainName string // for example "default" or "stage"
 	ToolchainNum  int    // distinguishes toolchains of one name
@@ -20,8 +25,8 @@ type Options struct {
 	Toolchain     string // directory of toolchain files installed at bootstrap (optional)
 	Artifacts     string // directory to keep tasks' artifacts in, one subdirectory a task (optional)
 
-	CPU   int    // virtual CPUs per VM
-	RAM   int    // MiB per VM
+	CPU   int    // virtual CPUs per VM (each of Instances VMs gets this many)
+	RAM   int    // MiB per VM (each of Instances VMs gets this much)
 	Accel string // kvm, tcg or auto
 
 	BootstrapStartup time.Duration
@@ -31,10 +36,13 @@ type Options struct {
 	BuildTimeout     time.Duration
 	BuildRetries     int
 	ShutdownTimeout  time.Duration
-	RequestTimeout   time.Duration
-	RequestInterval  time.Duration // pause between task requests that got no task
+	RequestTimeout   time.Duration // one exchange with a controller, beyond LongPoll
+	RequestInterval  time.Duration // the longest pause between rounds of task requests (back-off cap)
+	LongPoll         time.Duration // how long a controller may hold a task request (0: no long polling)
+	MaxArchive       int64         // bytes: the largest sources archive downloaded
 
 	AuthKey string   // private key file for signing challenges
+	CA      string   // PEM file of CA certificates for HTTPS, beside the system's roots
 	Trust   []string // repository certificate fingerprints to trust
 
 	FakeBootstrap bool   // record machines as bootstrapped without booting them
@@ -57,8 +65,10 @@ func DefaultOptions() Options {
 		TFTP:             "/build/tftp",
 		TFTPPort:         23400,
 		Instance:         1,
+		Instances:        1,
 		ToolchainName:    "default",
 		ToolchainNum:     1,
+		ToolchainVer:     DefaultToolchainVersion,
 		CPU:              1,
 		RAM:              512,
 		Accel:            "auto",
@@ -69,10 +79,16 @@ func DefaultOptions() Options {
 		BuildTimeout:     3 * time.Hour,
 		BuildRetries:     2,
 		ShutdownTimeout:  60 * time.Second,
-		RequestTimeout:   300 * time.Second,
+		RequestTimeout:   60 * time.Second,
 		RequestInterval:  60 * time.Second,
+		LongPoll:         30 * time.Second,
+		MaxArchive:       256 << 20,
 	}
 }
+
+// DefaultToolchainVersion is --toolchain-ver's default: a standard version,
+// as task requests need one.
+const DefaultToolchainVersion = "0.1.0"
 
 // Check reports the first option that makes no sense.
 func (o *Options) Check() error {
@@ -86,8 +102,17 @@ func (o *Options) Check() error {
 	if o.Instance < 1 {
 		errs = append(errs, fmt.Errorf("--instance %d: must be 1 or more", o.Instance))
 	}
+	if o.Instances < 1 {
+		errs = append(errs, fmt.Errorf("--instances %d: must be 1 or more", o.Instances))
+	}
+	if o.Once && o.Instances > 1 {
+		errs = append(errs, fmt.Errorf("--once with --instances %d: --once performs one task, so with one instance only", o.Instances))
+	}
 	if o.ToolchainName == "" {
 		errs = append(errs, errors.New("--toolchain-name: empty"))
+	}
+	if err := checkTaskRequest(o); err != nil {
+		errs = append(errs, err)
 	}
 	if o.CPU < 1 || o.RAM < 64 {
 		errs = append(errs, fmt.Errorf("--cpu %d --ram %d: want at least 1 CPU and 64 MiB", o.CPU, o.RAM))
@@ -99,15 +124,49 @@ func (o *Options) Check() error {
 		{"--bootstrap-startup", o.BootstrapStartup}, {"--bootstrap-timeout", o.BootstrapTimeout},
 		{"--build-startup", o.BuildStartup}, {"--build-timeout", o.BuildTimeout},
 		{"--shutdown-timeout", o.ShutdownTimeout},
+		{"--request-timeout", o.RequestTimeout}, {"--request-interval", o.RequestInterval},
 	} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v: must be positive", d.name, d.v))
 		}
 	}
-	if o.BootstrapRetries < 0 || o.BuildRetries < 0 {
-		errs = append(errs, errors.New("--bootstrap-retries, --build-retries: must not be negative"))
+	if o.LongPoll < 0 {
+		errs = append(errs, fmt.Errorf("--long-poll %v: must not be negative (0 disables long polling)", o.LongPoll))
+	}
+	if o.MaxArchive <= 0 {
+		errs = append(errs, fmt.Errorf("--max-archive %d: must be positive", o.MaxArchive))
+	}
+	for _, r := range []struct {
+		name string
+		v    int
+	}{{"--bootstrap-retries", o.BootstrapRetries}, {"--build-retries", o.BuildRetries}} {
+		if r.v < 0 {
+			errs = append(errs, fmt.Errorf("%s %d: must not be negative (0: no retry)", r.name, r.v))
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkTaskRequest checks the fields of o that go into task requests as
+// the manifest parser checks them (a controller would refuse them).
+func checkTaskRequest(o *Options) error {
+	req := manifest.TaskRequest{Agent: "agent", ToolchainName: o.ToolchainName, ToolchainVersion: o.ToolchainVer,
+		Machines: []manifest.MachineHeader{{ID: "id", Name: "name", Summary: "summary"}}}
+	if o.ToolchainName == "" {
+		req.ToolchainName = "default"
+	}
+	if _, err := manifest.ParseTaskRequest(req.Manifests(), "options", manifest.Strict); err != nil {
+		return fmt.Errorf("--toolchain-name %q --toolchain-ver %q: %w", o.ToolchainName, o.ToolchainVer, err)
+	}
+	return nil
+}
+
+// spoolDir is where results wait to be delivered.
+func (o *Options) spoolDir() string {
+	if o.Spool != "" {
+		return o.Spool
+	}
+	return filepath.Join(o.TFTP, "spool", fmt.Sprint(o.Instance))
 }
 
 // toolchain is the name machines are bootstrapped under, as in bbot's

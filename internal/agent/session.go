@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/buildfarm/buildfarm/internal/worker"
 )
 
 // A session is one VM's run: a machine directory to boot, a TFTP directory
@@ -22,6 +24,37 @@ type session struct {
 	timeout    time.Duration
 	shutdown   time.Duration
 	mac        string
+	port       int // the TFTP server's port
+}
+
+// newSession returns the session of a VM in slot (from 0, one of
+// --instances) booting machineDir in mode, with the mode's deadlines. Its
+// TFTP directory is <tftp>/<instance>/<slot>-<machineDir's name>: the
+// snapshot's name is unique (the machine store gives each a random suffix
+// and a lock), and the slot says whose VM it is. Its TFTP port is
+// --tftp-port plus the instance number plus 100 for each slot, which
+// matters only when VMs share the host's network (--no-netns).
+func (a *Agent) newSession(slot int, machineDir string, mode worker.Mode) *session {
+	base := filepath.Base(machineDir)
+	s := &session{
+		name:       fmt.Sprintf("%d-%s", slot, base),
+		machineDir: machineDir,
+		tftpDir:    filepath.Join(a.instanceDir(), fmt.Sprintf("%d-%s", slot, base)),
+		mode:       string(mode),
+		shutdown:   a.opts.ShutdownTimeout,
+		port:       a.opts.TFTPPort + a.opts.Instance + 100*slot,
+	}
+	if mode == worker.ModeBootstrap {
+		s.want, s.startup, s.timeout = worker.BootstrapFile, a.opts.BootstrapStartup, a.opts.BootstrapTimeout
+	} else {
+		s.want, s.startup, s.timeout = worker.ResultFile, a.opts.BuildStartup, a.opts.BuildTimeout
+	}
+	return s
+}
+
+// instanceDir is this agent instance's TFTP directory, <tftp>/<instance>.
+func (a *Agent) instanceDir() string {
+	return filepath.Join(a.opts.TFTP, fmt.Sprint(a.opts.Instance))
 }
 
 // Errors of a session, for decisions with errors.Is.

@@ -28,86 +28,71 @@ var tftpRules = []string{
 // maxUpload bounds what one guest may upload in a session.
 const maxUpload = 1 << 30
 
-// running is a session's VM while it runs: the agent keeps it to stop it on
-// SIGTERM, or, suspended, for investigation.
-type running struct {
+// vmRun is one VM's run for a session: a network namespace of its own
+// (unless NoNetNS), the TFTP server on its loopback with the session's
+// rules, and the VM. Start it once; Wait for its job; Suspend it for
+// investigation, or Shutdown or Close it. Close runs its clean-up exactly
+// once, and every path ends in Close.
+type vmRun struct {
+	a    *Agent
 	s    *session
 	vm   *qemu.VM
 	ns   *netns.NS
-	stop func()    // ends the TFTP server and deletes the namespace
 	snap *snapshot // kept with a suspended VM
+
+	firstRequest chan struct{} // closed at the guest's first TFTP request
+	uploaded     chan struct{} // closed when s.want is uploaded
+	once1, once2 sync.Once
+
+	stops     []func() // undo what Start did, in reverse
+	closeOnce sync.Once
+	closeErr  error
 }
 
-// release forces the VM down and frees what the session holds.
-func (r *running) release(ctx context.Context) error {
-	var err error
-	if r.vm != nil {
-		err = r.vm.Forcedown(ctx)
-	}
-	r.stop()
-	return err
+func (a *Agent) newVMRun(s *session) *vmRun {
+	return &vmRun{a: a, s: s, firstRequest: make(chan struct{}), uploaded: make(chan struct{})}
 }
 
-// boot runs one VM for s: it prepares the TFTP directory (the caller has
-// filled get/ after prepare), starts the TFTP server and the VM in a
-// network namespace of their own, and waits for s.want to be uploaded
-// within the deadlines. It returns the running VM, which the caller shuts
-// down. A VM that missed its job's deadline, or mis-booted on the last try
-// (last), is suspended for investigation and returned with the error; the
-// caller keeps it.
-func (a *Agent) boot(ctx context.Context, s *session, last bool) (*running, error) {
-	// 1. A network namespace, unless disabled: its loopback holds only the
-	//    TFTP socket, so the guest reaches that and nothing else.
-	// 2. The TFTP server on that socket, with the session's rules; every
-	//    request is a sign of life, and the wanted upload ends the wait.
-	// 3. The VM: the machine's kernel, initrd and command line plus the
-	//    worker's parameters, its disk from the snapshot.
-	// 4. Deadlines: startup (first request), job (the upload), and the VM's
-	//    own exit; the caller handles shutdown.
-	r := &running{s: s, stop: func() {}}
-	var stops []func()
-	r.stop = func() {
-		for i := len(stops) - 1; i >= 0; i-- {
-			stops[i]()
-		}
-		stops = nil
-	}
-	fail := func(err error) (*running, error) {
-		r.release(context.WithoutCancel(ctx))
-		return nil, err
-	}
-
+// Start starts the run:
+//
+//  1. A network namespace, unless disabled: its loopback holds only the
+//     TFTP socket, so the guest reaches that and nothing else.
+//  2. The TFTP server on that socket, with the session's rules; every
+//     request is a sign of life, and the wanted upload ends the job.
+//  3. The VM: the machine's kernel, initrd and command line plus the
+//     worker's parameters, its disk from the snapshot.
+//
+// The caller fills the session's get/ directory before, and calls Close
+// after, also when Start fails.
+func (r *vmRun) Start(ctx context.Context) error {
+	a, s := r.a, r.s
 	// Not port 69: QEMU's user-mode networking answers TFTP to 10.0.2.2:69
 	// itself (with "Access violation" when it has no tftp= directory).
+	listen := fmt.Sprintf("127.0.0.1:%d", s.port)
+	tftpAddr := fmt.Sprintf("10.0.2.2:%d", s.port)
 	var conn net.PacketConn
 	var err error
-	port := a.opts.TFTPPort + a.opts.Instance
-	listen := fmt.Sprintf("127.0.0.1:%d", port)
-	tftpAddr := fmt.Sprintf("10.0.2.2:%d", port)
 	listenTransfer := func() (net.PacketConn, error) { return net.ListenPacket("udp4", "127.0.0.1:0") }
 	if a.opts.NoNetNS {
 		conn, err = net.ListenPacket("udp4", listen)
 	} else {
 		if r.ns, err = netns.New(ctx); err != nil {
-			return fail(fmt.Errorf("vm %s: %w", s.name, err))
+			return fmt.Errorf("vm %s: %w", s.name, err)
 		}
 		ns := r.ns
-		stops = append(stops, func() { ns.Delete(context.WithoutCancel(ctx)) })
+		r.stops = append(r.stops, func() { ns.Delete(context.WithoutCancel(ctx)) })
 		conn, err = ns.ListenPacket(ctx, "udp4", listen)
 		listenTransfer = func() (net.PacketConn, error) {
 			return ns.ListenPacket(context.WithoutCancel(ctx), "udp4", "127.0.0.1:0")
 		}
 	}
 	if err != nil {
-		return fail(fmt.Errorf("vm %s: tftp socket: %w", s.name, err))
+		return fmt.Errorf("vm %s: tftp socket: %w", s.name, err)
 	}
-
-	firstRequest := make(chan struct{})
-	uploaded := make(chan struct{})
-	var once1, once2 sync.Once
 	rules, err := parseRules(tftpRules)
 	if err != nil {
-		return fail(err)
+		conn.Close()
+		return err
 	}
 	// Each request is logged only in verbose mode; the guest's progress
 	// reports are logged as they arrive either way.
@@ -122,15 +107,7 @@ func (a *Agent) boot(ctx context.Context, s *session, last bool) (*running, erro
 		MaxTotalPut:    maxUpload,
 		Log:            tftpLog,
 		ListenTransfer: listenTransfer,
-		OnRequest: func(req tftp.Request) {
-			once1.Do(func() { close(firstRequest) })
-			if req.Op == tftp.OpWrite && req.Err == nil {
-				a.uploaded(s, req.Filename)
-				if strings.TrimPrefix(req.Filename, "/") == s.want {
-					once2.Do(func() { close(uploaded) })
-				}
-			}
-		},
+		OnRequest:      r.onRequest,
 	}
 	sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
 	served := make(chan struct{})
@@ -138,15 +115,15 @@ func (a *Agent) boot(ctx context.Context, s *session, last bool) (*running, erro
 		defer close(served)
 		srv.Serve(sctx, conn)
 	}()
-	stops = append(stops, func() { scancel(); conn.Close(); <-served })
+	r.stops = append(r.stops, func() { scancel(); conn.Close(); <-served })
 
 	m, err := loadMachineFiles(s.machineDir)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	accel, err := a.accelerator(ctx)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	cfg := qemu.Config{
 		Name:     s.name,
@@ -166,74 +143,130 @@ func (a *Agent) boot(ctx context.Context, s *session, last bool) (*running, erro
 	if r.ns != nil {
 		cfg.NetNS = r.ns.Path()
 	}
-	vmDir := filepath.Join(s.tftpDir, "vm")
-	if r.vm, err = qemu.New(cfg, vmDir, a.log); err != nil {
-		return fail(err)
+	vm, err := qemu.New(cfg, filepath.Join(s.tftpDir, "vm"), a.log)
+	if err != nil {
+		return err
 	}
-	a.log.Debug("starting VM", "vm", s.name, "command", r.vm.CommandLine())
-	if err := r.vm.Start(ctx); err != nil {
-		return fail(err)
+	a.log.Debug("starting VM", "vm", s.name, "command", vm.CommandLine())
+	if err := vm.Start(ctx); err != nil {
+		return err
 	}
-
-	wait := func(what <-chan struct{}, d time.Duration, timeoutErr error) error {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-what:
-			return nil
-		case <-r.vm.Done():
-			select {
-			case <-what: // the upload and the exit raced
-				return nil
-			default:
-			}
-			return fmt.Errorf("vm %s: %w (%v); serial console:\n%s", s.name, ErrNoResult, r.vm.Wait(ctx), r.vm.SerialTail(2048))
-		case <-t.C:
-			return fmt.Errorf("vm %s: %w after %v; serial console:\n%s", s.name, timeoutErr, d, r.vm.SerialTail(2048))
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	suspend := func(err error) (*running, error) {
-		if serr := r.vm.Suspend(context.WithoutCancel(ctx)); serr != nil {
-			return fail(fmt.Errorf("%w (and suspending it failed: %v)", err, serr))
-		}
-		return r, err
-	}
-	if err := wait(firstRequest, s.startup, ErrMisboot); err != nil {
-		if errors.Is(err, ErrNoResult) {
-			return fail(fmt.Errorf("%w: %w", ErrMisboot, err))
-		}
-		if errors.Is(err, ErrMisboot) && last {
-			return suspend(err)
-		}
-		return fail(err)
-	}
-	a.log.Info("VM booted", "vm", s.name)
-	if err := wait(uploaded, s.timeout, ErrTimeout); err != nil {
-		if errors.Is(err, ErrTimeout) {
-			return suspend(err)
-		}
-		return fail(err)
-	}
-	return r, nil
+	r.vm = vm
+	return nil
 }
 
-// shutdown gives the guest the shutdown deadline to power off by itself (the
-// worker's init does after the job), then forces it down, and frees the
-// session.
-func (a *Agent) shutdown(ctx context.Context, r *running) {
+// onRequest is the TFTP server's hook: every request is a sign of life,
+// progress reports are logged, and the wanted upload ends the job.
+func (r *vmRun) onRequest(req tftp.Request) {
+	r.once1.Do(func() { close(r.firstRequest) })
+	if req.Op == tftp.OpWrite && req.Err == nil {
+		r.a.uploaded(r.s, req.Filename)
+		if strings.TrimPrefix(req.Filename, "/") == r.s.want {
+			r.once2.Do(func() { close(r.uploaded) })
+		}
+	}
+}
+
+// Wait waits for the job within the session's deadlines: the first TFTP
+// request before the startup deadline (or ErrMisboot; ErrMisboot and
+// ErrNoResult when the VM stopped first), then the wanted upload before the
+// job's deadline (or ErrTimeout; ErrNoResult when the VM stopped first).
+// The errors carry the serial console's tail. Wait has one caller.
+func (r *vmRun) Wait(ctx context.Context) error {
+	if err := r.waitFor(ctx, r.firstRequest, r.s.startup, ErrMisboot); err != nil {
+		if errors.Is(err, ErrNoResult) {
+			return fmt.Errorf("%w: %w", ErrMisboot, err)
+		}
+		return err
+	}
+	r.a.log.Info("VM booted", "vm", r.s.name)
+	return r.waitFor(ctx, r.uploaded, r.s.timeout, ErrTimeout)
+}
+
+func (r *vmRun) waitFor(ctx context.Context, what <-chan struct{}, d time.Duration, timeoutErr error) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-what:
+		return nil
+	case <-r.vm.Done():
+		select {
+		case <-what: // the upload and the exit raced
+			return nil
+		default:
+		}
+		return fmt.Errorf("vm %s: %w (%v); serial console:\n%s", r.s.name, ErrNoResult, r.vm.Wait(ctx), r.vm.SerialTail(2048))
+	case <-t.C:
+		return fmt.Errorf("vm %s: %w after %v; serial console:\n%s", r.s.name, timeoutErr, d, r.vm.SerialTail(2048))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Suspend pauses the VM, keeping it (and everything Start made) for
+// investigation until Close.
+func (r *vmRun) Suspend(ctx context.Context) error {
+	if r.vm == nil {
+		return fmt.Errorf("vm %s: not started", r.s.name)
+	}
+	return r.vm.Suspend(ctx)
+}
+
+// Shutdown gives the guest the shutdown deadline to power off by itself
+// (the worker's init does after the job), then Closes the run.
+func (r *vmRun) Shutdown(ctx context.Context) {
 	t := time.NewTimer(r.s.shutdown)
 	defer t.Stop()
 	select {
 	case <-r.vm.Done():
 	case <-t.C:
-		a.log.Warn("VM did not power off after its job; forcing it down", "vm", r.s.name, "after", r.s.shutdown)
+		r.a.log.Warn("VM did not power off after its job; forcing it down", "vm", r.s.name, "after", r.s.shutdown)
 	case <-ctx.Done():
 	}
-	if err := r.release(context.WithoutCancel(ctx)); err != nil {
-		a.log.Warn("forcing VM down", "vm", r.s.name, "err", err)
+	if err := r.Close(context.WithoutCancel(ctx)); err != nil {
+		r.a.log.Warn("forcing VM down", "vm", r.s.name, "err", err)
 	}
+}
+
+// Close forces the VM down, ends the TFTP server and deletes the network
+// namespace. Later calls return the first call's result.
+func (r *vmRun) Close(ctx context.Context) error {
+	r.closeOnce.Do(func() {
+		if r.vm != nil {
+			r.closeErr = r.vm.Forcedown(ctx)
+		}
+		for i := len(r.stops) - 1; i >= 0; i-- {
+			r.stops[i]()
+		}
+		r.stops = nil
+	})
+	return r.closeErr
+}
+
+// boot runs one VM for s (the caller has filled get/ after s.prepare) and
+// waits for its job. It returns the run, which the caller shuts down. A VM
+// that missed its job's deadline, or mis-booted on the last try (last),
+// is suspended for investigation and returned with the error; the caller
+// keeps it. On other errors nothing is left running.
+func (a *Agent) boot(ctx context.Context, s *session, last bool) (*vmRun, error) {
+	r := a.newVMRun(s)
+	if err := r.Start(ctx); err != nil {
+		r.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	err := r.Wait(ctx)
+	if err == nil {
+		return r, nil
+	}
+	if errors.Is(err, ErrTimeout) || last && errors.Is(err, ErrMisboot) && !errors.Is(err, ErrNoResult) {
+		if serr := r.Suspend(context.WithoutCancel(ctx)); serr != nil {
+			r.Close(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("%w (and suspending it failed: %v)", err, serr)
+		}
+		return r, err
+	}
+	r.Close(context.WithoutCancel(ctx))
+	return nil, err
 }
 
 func parseRules(specs []string) ([]tftp.Rule, error) {
