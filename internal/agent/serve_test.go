@@ -6,13 +6,16 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -22,6 +25,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/auth"
 	"github.com/buildfarm/buildfarm/internal/ctlclient"
 	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
 // testController is a controller speaking bbot's protocol over HTTP for
@@ -43,11 +47,13 @@ type testController struct {
 	inFlight     int // task requests being held
 	maxInFlight  int
 	hold         time.Duration // hold a task request without a task this long
+	arrived      chan struct{} // closed and replaced by give
+	waitHeaders  []string
 	gotResult    chan *manifest.ResultRequest
 }
 
 func newTestController(t *testing.T) *testController {
-	c := &testController{gotResult: make(chan *manifest.ResultRequest, 100), archives: map[string][]byte{}}
+	c := &testController{gotResult: make(chan *manifest.ResultRequest, 100), archives: map[string][]byte{}, arrived: make(chan struct{})}
 	c.srv = httptest.NewServer(c)
 	t.Cleanup(c.srv.Close)
 	return c
@@ -59,6 +65,8 @@ func (c *testController) give(task *manifest.Task) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.queue = append(c.queue, task)
+	close(c.arrived)
+	c.arrived = make(chan struct{})
 }
 
 func (c *testController) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -90,11 +98,13 @@ func (c *testController) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.requests = append(c.requests, req)
 		c.inFlight++
 		c.maxInFlight = max(c.maxInFlight, c.inFlight)
-		hold := c.hold
+		c.waitHeaders = append(c.waitHeaders, r.Header.Get(ctlclient.WaitHeader))
+		hold, arrived := c.hold, c.arrived
 		c.mu.Unlock()
 		resp := c.next(r)
 		if resp.Session == "" && hold > 0 && r.Header.Get(ctlclient.WaitHeader) != "" {
 			select {
+			case <-arrived:
 			case <-time.After(hold):
 			case <-r.Context().Done():
 			}
@@ -293,5 +303,330 @@ func TestControllerProtocol(t *testing.T) {
 	}
 	if err := auth.Verify(pub, base64.StdEncoding.EncodeToString(c.challenge), rr.Challenge); err != nil {
 		t.Errorf("challenge signature %q does not verify against the agent's key: %v", rr.Challenge, err)
+	}
+}
+
+// TestRSASignatureAsBbot: with an RSA key the agent signs the challenge as
+// bbot does (openssl rsautl -sign: PKCS#1 v1.5 over the challenge's bytes,
+// no digest), which openssl itself verifies.
+func TestRSASignatureAsBbot(t *testing.T) {
+	openssl, err := exec.LookPath("openssl")
+	if err != nil {
+		if testenv.VMTests() {
+			t.Fatalf("openssl is not installed (scripts/deps installs it): %v", err)
+		}
+		t.Skipf("openssl is not installed (scripts/deps installs it): %v", err)
+	}
+	dir := t.TempDir()
+	keyFile, pubFile := filepath.Join(dir, "key.pem"), filepath.Join(dir, "pub.pem")
+	for _, args := range [][]string{{"genrsa", "-out", keyFile, "2048"}, {"rsa", "-in", keyFile, "-pubout", "-out", pubFile}} {
+		if out, err := exec.Command(openssl, args...).CombinedOutput(); err != nil {
+			t.Fatalf("openssl %v: %v\n%s", args, err, out)
+		}
+	}
+	c := newTestController(t)
+	c.challenge = bytes.Repeat([]byte{0x5a, 0xa5}, 32)
+	c.give(helloTask("busybox"))
+	o := fakeOptions(t)
+	o.AuthKey = keyFile
+	runAgent(t, o, &logBuffer{}, c.url())
+	rr := c.waitResult(t, 20*time.Second)
+	sig, err := base64.StdEncoding.DecodeString(rr.Challenge)
+	if err != nil {
+		t.Fatalf("challenge signature %q: %v", rr.Challenge, err)
+	}
+	sigFile := filepath.Join(dir, "sig")
+	os.WriteFile(sigFile, sig, 0o644)
+	out, err := exec.Command(openssl, "rsautl", "-verify", "-pubin", "-inkey", pubFile, "-in", sigFile).Output()
+	if err != nil || !bytes.Equal(out, c.challenge) {
+		t.Errorf("openssl rsautl -verify of the agent's signature: %v, recovered %x; want the challenge %x", err, out, c.challenge)
+	}
+}
+
+// TestTaskChecks: a task the agent cannot build is answered with an error
+// result that says why, at once and without a build: no steps at all, a
+// build2 package build, an archive without a URL, an archive whose sum is
+// wrong or that is missing. A good archive is downloaded and checked.
+func TestTaskChecks(t *testing.T) {
+	c := newTestController(t)
+	archive := []byte("the sources")
+	c.archives["hello.tar.gz"] = archive
+	sum := sha256.Sum256(archive)
+	good := hex.EncodeToString(sum[:])
+	task := func(edit func(*manifest.Task)) *manifest.Task {
+		tk := helloTask("busybox")
+		edit(tk)
+		return tk
+	}
+	withArchive := func(url, sum string) func(*manifest.Task) {
+		return func(tk *manifest.Task) { tk.Archive, tk.ArchiveURL, tk.ArchiveSHA256 = "hello.tar.gz", url, sum }
+	}
+	for _, tc := range []struct {
+		name   string
+		task   *manifest.Task
+		status manifest.Status
+		log    string
+	}{
+		{"no steps", task(func(tk *manifest.Task) { tk.Steps = nil }), manifest.StatusError, "no steps were given"},
+		{"build2", task(func(tk *manifest.Task) { tk.Steps, tk.PackageConfig, tk.Requires = nil, "config.x=1", []string{"libfoo"} }),
+			manifest.StatusError, "unsupported: task hello 1.0.0 is a build2 package build (requires, package-config)"},
+		{"archive without url", task(withArchive("", "")), manifest.StatusError, "without buildfarm-archive-url"},
+		{"archive without sum", task(withArchive(c.srv.URL+"/archive/hello.tar.gz", "")), manifest.StatusError, "without buildfarm-archive-sha256"},
+		{"wrong sum", task(withArchive(c.srv.URL+"/archive/hello.tar.gz", strings.Repeat("0", 64))), manifest.StatusError, "SHA-256 mismatch"},
+		{"missing archive", task(withArchive(c.srv.URL+"/archive/nothing.tar.gz", good)), manifest.StatusError, "404 Not Found"},
+		{"other machine", task(func(tk *manifest.Task) { tk.Machine = "debian" }), manifest.StatusError, `no machine "debian" here (have: busybox)`},
+		{"good archive", task(withArchive(c.srv.URL+"/archive/hello.tar.gz", good)), manifest.StatusAbort, "fake build"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c.give(tc.task)
+			o := fakeOptions(t)
+			var log logBuffer
+			stop := runAgent(t, o, &log, c.url())
+			rr := c.waitResult(t, 20*time.Second)
+			stop()
+			if rr.Result.Status != tc.status || len(rr.Result.Results) == 0 || !strings.Contains(rr.Result.Results[0].Log, tc.log) {
+				t.Errorf("result %v %+v; want %v with %q in the log", rr.Result.Status, rr.Result.Results, tc.status, tc.log)
+			}
+		})
+	}
+}
+
+// TestSourcesPlaced: the archive a controller's task names is downloaded,
+// checked and placed in the VM's get/ beside the task manifest.
+func TestSourcesPlaced(t *testing.T) {
+	c := newTestController(t)
+	archive := []byte("the sources")
+	c.archives["hello.tar.gz"] = archive
+	sum := sha256.Sum256(archive)
+	tk := helloTask("busybox")
+	tk.Archive, tk.ArchiveURL, tk.ArchiveSHA256 = "hello.tar.gz", c.srv.URL+"/archive/hello.tar.gz", hex.EncodeToString(sum[:])
+	a, err := New(fakeOptions(t), nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, cleanup, err := a.sources(context.Background(), 0, tk, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cleanup()
+	get := t.TempDir()
+	if err := placeArchive(get, tk, src.file); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(get, "hello.tar.gz")); err != nil || !bytes.Equal(b, archive) {
+		t.Errorf("get/hello.tar.gz = %q, %v; want the archive", b, err)
+	}
+	if _, _, err := ReadTaskFile(filepath.Join(get, "task.manifest")); err != nil {
+		t.Errorf("get/task.manifest: %v", err)
+	}
+	cleanup()
+	if _, err := os.Stat(src.file); !os.IsNotExist(err) {
+		t.Errorf("downloaded archive %s left after the clean-up", src.file)
+	}
+}
+
+// TestChallengeWithoutKey: a task with a challenge given to an agent
+// without --auth-key is refused at once with a clear log line, and not
+// built; no result is sent.
+func TestChallengeWithoutKey(t *testing.T) {
+	c := newTestController(t)
+	c.challenge = []byte("prove it")
+	c.give(helloTask("busybox"))
+	var log logBuffer
+	stop := runAgent(t, fakeOptions(t), &log, c.url())
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(log.String(), "task refused") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	stop()
+	l := log.String()
+	if !strings.Contains(l, "without --auth-key the agent cannot sign it") {
+		t.Errorf("no log line says the task was refused for want of --auth-key")
+	}
+	if strings.Contains(l, "task done") {
+		t.Errorf("the task was built although it was refused")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.uploads != 0 {
+		t.Errorf("%d result uploads, want none", c.uploads)
+	}
+}
+
+// TestResultRetried: result uploads that fail with 500 are retried from
+// the spool with back-off until the controller takes the result; one
+// refused for good (409: the session is unknown) is dropped with an error.
+func TestResultRetried(t *testing.T) {
+	c := newTestController(t)
+	c.failResults = 3
+	c.give(helloTask("busybox"))
+	o := fakeOptions(t)
+	var log logBuffer
+	stop := runAgent(t, o, &log, c.url())
+	rr := c.waitResult(t, 30*time.Second)
+	if rr.Session != "s1" {
+		t.Errorf("result of session %q, want s1", rr.Session)
+	}
+	c.mu.Lock()
+	if c.uploads != 4 {
+		t.Errorf("%d uploads, want 3 failed and 1 taken", c.uploads)
+	}
+	c.failResults, c.resultStatus = 1, http.StatusConflict
+	c.mu.Unlock()
+	c.give(helloTask("busybox"))
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(log.String(), "result dropped") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	if !strings.Contains(log.String(), "result dropped") {
+		t.Errorf("a result refused with 409 was not dropped")
+	}
+	if files, _ := filepath.Glob(filepath.Join(o.spoolDir(), "*")); len(files) != 0 {
+		t.Errorf("spool holds %v, want nothing", files)
+	}
+}
+
+// TestSpoolAcrossRestart: a result that could not be delivered is in the
+// spool when the agent stops, and the next agent delivers it first.
+func TestSpoolAcrossRestart(t *testing.T) {
+	c := newTestController(t)
+	c.failResults = 1 << 30
+	c.give(helloTask("busybox"))
+	o := fakeOptions(t)
+	var log logBuffer
+	stop := runAgent(t, o, &log, c.url())
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(log.String(), "result upload failed") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(o.spoolDir(), "*.result"))
+	if len(files) != 1 {
+		t.Fatalf("spool after the stop: %v, want one result", files)
+	}
+	c.mu.Lock()
+	c.failResults = 0
+	c.mu.Unlock()
+	var log2 logBuffer
+	runAgent(t, o, &log2, c.url())
+	rr := c.waitResult(t, 20*time.Second)
+	if rr.Session != "s1" || rr.Result.Name != "hello" {
+		t.Errorf("delivered after the restart: session %q, %s; want s1, hello", rr.Session, rr.Result.Name)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for len(files) > 0 && time.Now().Before(deadline) {
+		files, _ = filepath.Glob(filepath.Join(o.spoolDir(), "*.result"))
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(files) != 0 {
+		t.Errorf("spool after delivery: %v, want nothing", files)
+	}
+}
+
+// TestBadControllersSkipped: controllers that trickle their answer, send
+// an endless body, answer garbage or fail are logged and skipped within
+// --request-timeout each, and the task of a good one after them is built.
+func TestBadControllersSkipped(t *testing.T) {
+	bad := map[string]http.HandlerFunc{
+		"trickle": func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			for r.Context().Err() == nil {
+				if _, err := w.Write([]byte("#")); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				time.Sleep(50 * time.Millisecond)
+			}
+		},
+		"endless": func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			chunk := bytes.Repeat([]byte("# endless\n"), 10000)
+			for r.Context().Err() == nil {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		},
+		"garbage": func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html>hello</html>") },
+		"failing": func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", http.StatusServiceUnavailable) },
+	}
+	var urls []string
+	for _, name := range []string{"trickle", "endless", "garbage", "failing"} {
+		srv := httptest.NewServer(bad[name])
+		t.Cleanup(srv.Close)
+		urls = append(urls, srv.URL)
+	}
+	c := newTestController(t)
+	c.give(helloTask("busybox"))
+	o := fakeOptions(t)
+	o.RequestTimeout = time.Second
+	start := time.Now()
+	var log logBuffer
+	runAgent(t, o, &log, append(urls, c.url())...)
+	c.waitResult(t, 20*time.Second)
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the good controller's task took %v, want the bad ones skipped within about a second each", took)
+	}
+	if n := strings.Count(log.String(), "controller skipped"); n < 4 {
+		t.Errorf("%d controllers logged as skipped, want the 4 bad ones", n)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	b := newBackoff(8 * time.Second)
+	var steps []time.Duration
+	for range 6 {
+		d := b.Next()
+		if d < b.cur/2 || d > b.cur {
+			t.Errorf("Next = %v with step %v, want between half the step and the step", d, b.cur)
+		}
+		steps = append(steps, b.cur)
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 8 * time.Second, 8 * time.Second}
+	if fmt.Sprint(steps) != fmt.Sprint(want) {
+		t.Errorf("steps %v, want %v", steps, want)
+	}
+	b.Reset()
+	if d := b.Next(); d > time.Second {
+		t.Errorf("Next after Reset = %v, want at most 1s", d)
+	}
+	if b := newBackoff(100 * time.Millisecond); b.min != 100*time.Millisecond {
+		t.Errorf("backoff capped at 100ms starts at %v, want 100ms", b.min)
+	}
+}
+
+// TestLongPoll: the agent asks with the long-poll header, and a task that
+// arrives while the controller holds the request is performed at once.
+func TestLongPoll(t *testing.T) {
+	c := newTestController(t)
+	c.hold = 20 * time.Second
+	o := fakeOptions(t)
+	o.LongPoll = 20 * time.Second
+	runAgent(t, o, &logBuffer{}, c.url())
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c.mu.Lock()
+		n := c.inFlight
+		c.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	c.give(helloTask("busybox"))
+	c.waitResult(t, 30*time.Second)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("task given during a held request took %v to its result, want well under 2 s", took)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.requests) != 1 || c.waitHeaders[0] != "20" {
+		t.Errorf("%d task requests with %s %q; want one, held, with 20", len(c.requests), ctlclient.WaitHeader, c.waitHeaders)
 	}
 }
