@@ -206,19 +206,14 @@ func (w *Worker) runStep(ctx context.Context, s manifest.Step, dir string, task 
 	log := newCapBuffer(w.cfg.LogLimit)
 	fmt.Fprintf(log, "$ %s\n", s.Command)
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", s.Command)
-	cmd.Dir = dir
-	cmd.Stdout = log
-	cmd.Stderr = log
-	cmd.Env = append(os.Environ(),
+	env := append(os.Environ(),
 		"BUILDFARM_OPERATION="+s.Operation,
 		"BUILDFARM_TARGET="+task.Target,
 		"BUILDFARM_DIR="+w.cfg.Dir,
 		"BUILDFARM_ARTIFACTS="+w.artifacts(),
 		"PATH="+filepath.Join(w.cfg.Dir, "toolchain", "bin")+":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
 	)
-	cmd.WaitDelay = 5 * time.Second
-	err := cmd.Run()
+	err := runShell(ctx, s.Command, dir, env, log)
 	d := time.Since(start).Round(time.Millisecond)
 	st := manifest.StatusSuccess
 	var ee *exec.ExitError
