@@ -23,7 +23,8 @@ import (
 //     spool (see deliverSpool).
 //  2. In each slot, in turn (serveSlot):
 //     a. Re-enumerate the machines, bootstrapping those that need it, as
-//     bbot does before each task request.
+//     bbot does before each task request. With no machine to offer,
+//     back off and enumerate again.
 //     b. Ask each controller in turn for a task, with long polling; one
 //     that fails, answers garbage or too much, or takes too long is
 //     logged and skipped.
@@ -79,6 +80,12 @@ func (a *Agent) serveSlot(ctx context.Context, slot int, urls []string, sp *spoo
 				return nil
 			}
 			log.Error("enumerating the machines", "err", err)
+			sleep(ctx, b.Next())
+			continue
+		}
+		if len(ms) == 0 {
+			// A task request offers at least one machine (bbot's too).
+			log.Warn("no machine to offer: not asking for tasks", "machines", a.opts.Machines, "toolchain", a.opts.toolchain())
 			sleep(ctx, b.Next())
 			continue
 		}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -101,14 +102,14 @@ func (c *testController) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.waitHeaders = append(c.waitHeaders, r.Header.Get(ctlclient.WaitHeader))
 		hold, arrived := c.hold, c.arrived
 		c.mu.Unlock()
-		resp := c.next(r)
+		resp := c.next(r, req)
 		if resp.Session == "" && hold > 0 && r.Header.Get(ctlclient.WaitHeader) != "" {
 			select {
 			case <-arrived:
 			case <-time.After(hold):
 			case <-r.Context().Done():
 			}
-			resp = c.next(r)
+			resp = c.next(r, req)
 		}
 		c.mu.Lock()
 		c.inFlight--
@@ -140,11 +141,15 @@ func (c *testController) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// next pops the next task response.
-func (c *testController) next(r *http.Request) *manifest.TaskResponse {
+// next pops the next task response, if the request offers its machine, as
+// a controller does; a task for debian is handed out to anyone, to test the
+// agent's answer to a task for a machine it does not have.
+func (c *testController) next(r *http.Request, req *manifest.TaskRequest) *manifest.TaskResponse {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.queue) == 0 {
+	if len(c.queue) == 0 || !slices.ContainsFunc(req.Machines, func(m manifest.MachineHeader) bool {
+		return m.Name == c.queue[0].Machine || c.queue[0].Machine == "debian"
+	}) {
 		return &manifest.TaskResponse{}
 	}
 	task := c.queue[0]
