@@ -373,7 +373,9 @@ func TestTaskChecks(t *testing.T) {
 		log    string
 	}{
 		{"no steps", task(func(tk *manifest.Task) { tk.Steps = nil }), manifest.StatusError, "no steps were given"},
-		{"build2", task(func(tk *manifest.Task) { tk.Steps, tk.PackageConfig, tk.Requires = nil, "config.x=1", []string{"libfoo"} }),
+		{"build2", task(func(tk *manifest.Task) {
+			tk.Steps, tk.PackageConfig, tk.Requires = nil, "config.x=1", []string{"libfoo"}
+		}),
 			manifest.StatusError, "unsupported: task hello 1.0.0 is a build2 package build (requires, package-config)"},
 		{"archive without url", task(withArchive("", "")), manifest.StatusError, "without buildfarm-archive-url"},
 		{"archive without sum", task(withArchive(c.srv.URL+"/archive/hello.tar.gz", "")), manifest.StatusError, "without buildfarm-archive-sha256"},
