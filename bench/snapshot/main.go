@@ -5,12 +5,17 @@
 //
 //	go run ./bench/snapshot [-runs 5] [-dir /tmp] [-copy20]
 //
-// It prints a Markdown table for bench/README.md. See its "Snapshots"
-// section for what exactly each disk holds and what is measured.
+// It prints a Markdown table for bench/README.md and writes the same
+// figures to -json (bench/snapshot/results.json), so that they can be
+// regenerated and compared. See the README's "Snapshots" section for what
+// exactly each disk holds and what is measured. Two copies stand beside
+// the snapshots: cp -a --reflink=never --sparse=never (every byte copied)
+// and cp -a --reflink=auto, what a user would type (a reflink on btrfs).
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -48,6 +53,7 @@ func run(ctx context.Context, args []string, out io.Writer) (err error) {
 	runs := fl.Int("runs", 5, "snapshots per backend and size (median reported)")
 	base := fl.String("dir", os.TempDir(), "a directory on a file system without reflinks (ext4)")
 	copy20 := fl.Bool("copy20", false, "also copy the 20 GiB machine once (writes 20 GiB more to -dir; about a minute)")
+	jsonOut := fl.String("json", filepath.Join("bench", "snapshot", "results.json"), "`file` to write the results to as JSON")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -159,6 +165,9 @@ func run(ctx context.Context, args []string, out io.Writer) (err error) {
 	cp := func(ctx context.Context, src, dst string) (string, error) {
 		return "cp", proc.Run(ctx, nil, "cp", "-a", "--reflink=never", "--sparse=never", src, dst)
 	}
+	cpAuto := func(ctx context.Context, src, dst string) (string, error) {
+		return "cp", proc.Run(ctx, nil, "cp", "-a", "--reflink=auto", src, dst)
+	}
 	ways := []way{
 		{"btrfs snapshot", func(ctx context.Context, s size, dst string) (string, error) {
 			return btrfsB.Snapshot(ctx, s.btrfs, dst)
@@ -173,6 +182,10 @@ func run(ctx context.Context, args []string, out io.Writer) (err error) {
 		},
 			func(ctx context.Context, d string) error { return fallbackB.Delete(ctx, d) }, func(s size) string { return edir }},
 		{"plain copy (cp) on ext4", func(ctx context.Context, s size, dst string) (string, error) { return cp(ctx, s.ext, dst) },
+			func(ctx context.Context, d string) error { return fallbackB.Delete(ctx, d) }, func(s size) string { return edir }},
+		{autoBtrfs, func(ctx context.Context, s size, dst string) (string, error) { return cpAuto(ctx, s.btrfs, dst) },
+			func(ctx context.Context, d string) error { return fallbackB.Delete(ctx, d) }, func(s size) string { return bdir }},
+		{autoExt4, func(ctx context.Context, s size, dst string) (string, error) { return cpAuto(ctx, s.ext, dst) },
 			func(ctx context.Context, d string) error { return fallbackB.Delete(ctx, d) }, func(s size) string { return edir }},
 	}
 	type result struct {
@@ -190,7 +203,7 @@ func run(ctx context.Context, args []string, out io.Writer) (err error) {
 					r = &result{}
 					results[key] = r
 				}
-				if s.name == "20 GiB" && strings.HasPrefix(w.name, "plain copy") && (!*copy20 || i > 0) {
+				if s.name == "20 GiB" && (strings.HasPrefix(w.name, "plain copy") || w.name == autoExt4) && (!*copy20 || i > 0) {
 					r.notMeasured = !*copy20 // 20 GiB of writes: see the README
 					continue
 				}
@@ -211,9 +224,12 @@ func run(ctx context.Context, args []string, out io.Writer) (err error) {
 		}
 	}
 
-	// 4. The table: medians, and the copy's time over each way's.
-	fmt.Fprintf(out, "| disk | way | how | snapshot (median of %d) | delete | copy ÷ snapshot |\n|---|---|---|---:|---:|---:|\n", *runs)
+	// 4. The table: medians, and each copy's time over each way's: the
+	// copy of every byte (on ext4), and cp --reflink=auto on the way's own
+	// file system.
+	fmt.Fprintf(out, "| disk | way | how | snapshot (median of %d) | delete | cp --reflink=never ÷ snapshot | cp --reflink=auto ÷ snapshot |\n|---|---|---|---:|---:|---:|---:|\n", *runs)
 	copy1 := median(results["1 GiB/plain copy (cp) on ext4"].snap)
+	var rows []jsonRow
 	for _, s := range sizes {
 		copyT, note := copy1, ""
 		if s.name == "20 GiB" {
@@ -224,15 +240,73 @@ func run(ctx context.Context, args []string, out io.Writer) (err error) {
 		}
 		for _, w := range ways {
 			r := results[s.name+"/"+w.name]
+			row := jsonRow{Disk: s.name, Way: w.name, Runs: len(r.snap)}
+			if r.notMeasured && w.name == autoExt4 {
+				fmt.Fprintf(out, "| %s | %s | | not measured (-copy20) | | | |\n", s.name, w.name)
+				rows = append(rows, row)
+				continue
+			}
 			if r.notMeasured {
-				fmt.Fprintf(out, "| %s | %s | | ≈ %s, extrapolated | | |\n", s.name, w.name, fmtDur(copyT))
+				fmt.Fprintf(out, "| %s | %s | | ≈ %s, extrapolated | | | |\n", s.name, w.name, fmtDur(copyT))
+				rows = append(rows, row)
 				continue
 			}
 			sn := median(r.snap)
-			fmt.Fprintf(out, "| %s | %s | %s | %s | %s | %s%s |\n", s.name, w.name, r.method, fmtDur(sn), fmtDur(median(r.del)),
-				fmtRatio(float64(copyT)/float64(sn)), note)
+			auto := results[s.name+"/"+autoBtrfs]
+			if w.dir(s) == edir {
+				auto = results[s.name+"/"+autoExt4]
+			}
+			autoCol := "not measured"
+			if !auto.notMeasured {
+				row.AutoCopyOverSnapshot = float64(median(auto.snap)) / float64(sn)
+				autoCol = fmtRatio(row.AutoCopyOverSnapshot)
+			}
+			row.Method, row.SnapshotNS, row.DeleteNS = r.method, sn.Nanoseconds(), median(r.del).Nanoseconds()
+			row.CopyOverSnapshot = float64(copyT) / float64(sn)
+			rows = append(rows, row)
+			fmt.Fprintf(out, "| %s | %s | %s | %s | %s | %s%s | %s |\n", s.name, w.name, r.method, fmtDur(sn), fmtDur(time.Duration(row.DeleteNS)),
+				fmtRatio(row.CopyOverSnapshot), note, autoCol)
 		}
 	}
+	return writeJSON(*jsonOut, *runs, rows)
+}
+
+// The ways that copy with cp --reflink=auto.
+const (
+	autoBtrfs = "cp -a --reflink=auto on btrfs"
+	autoExt4  = "cp -a --reflink=auto on ext4"
+)
+
+// jsonRow is one line of the table in -json; a way not measured has no
+// figures.
+type jsonRow struct {
+	Disk                 string  `json:"disk"`
+	Way                  string  `json:"way"`
+	Method               string  `json:"method,omitempty"`
+	Runs                 int     `json:"runs"`
+	SnapshotNS           int64   `json:"snapshot_median_ns,omitempty"`
+	DeleteNS             int64   `json:"delete_median_ns,omitempty"`
+	CopyOverSnapshot     float64 `json:"cp_reflink_never_over_snapshot,omitempty"`
+	AutoCopyOverSnapshot float64 `json:"cp_reflink_auto_over_snapshot,omitempty"`
+}
+
+// writeJSON writes the results, with when and where they were measured.
+func writeJSON(path string, runs int, rows []jsonRow) error {
+	var u unix.Utsname
+	unix.Uname(&u)
+	b, err := json.MarshalIndent(struct {
+		Measured string    `json:"measured"`
+		Kernel   string    `json:"kernel"`
+		Runs     int       `json:"runs"`
+		Rows     []jsonRow `json:"rows"`
+	}{time.Now().UTC().Format(time.RFC3339), unix.ByteSliceToString(u.Release[:]), runs, rows}, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write the results: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "results written to %s\n", path)
 	return nil
 }
 
