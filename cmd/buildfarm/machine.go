@@ -70,6 +70,11 @@ btrfs subvolume. On a btrfs volume a subvolume on the same file system is
 snapshotted and one on another btrfs is sent (btrfs send | btrfs receive);
 anything else is copied, with reflinks where the file systems allow.
 
+NAME must be the name in SRC's machine manifest: agents offer controllers
+the manifest's name and match tasks against it, so "machine list", the
+agent and the controllers all know the machine by one name. Another NAME
+is refused with an error naming both; nothing is added.
+
 From another host, send the revision's subvolume over ssh:
 
   btrfs send /machines/default/NAME/NAME-1.0 |
@@ -82,7 +87,8 @@ and later only the difference to the previous revision:
 	if upgrade {
 		use, short, long = "upgrade --machines DIR [--volume V] --name NAME [--incremental PARENT] (SRC | --receive FILE)",
 			"Add a new revision of a machine and switch its link to it atomically",
-			`Add revision <P>.<R+1> of machine NAME from SRC (as for "machine add") and
+			`Add revision <P>.<R+1> of machine NAME from SRC (as for "machine add"; its
+manifest must name NAME) and
 switch the link <NAME>-<P> to it by an atomic rename. Tasks running in
 snapshots of the old revision keep them; agents bootstrap the new revision
 when they next enumerate their machines. The previous revision is kept (for

@@ -13,13 +13,13 @@ import (
 )
 
 // subvolumeMachine makes a read-only subvolume holding a test machine.
-func subvolumeMachine(t *testing.T, dir, id string, rev byte) {
+func subvolumeMachine(t *testing.T, dir, name, id string, rev byte) {
 	t.Helper()
 	ctx := context.Background()
 	if err := (btrfs{}).Create(ctx, dir); err != nil {
 		t.Fatal(err)
 	}
-	makeMachine(t, dir, "m", id, rev)
+	makeMachine(t, dir, name, id, rev)
 	if err := (btrfs{}).SetReadOnly(ctx, dir); err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestSendReceive(t *testing.T) {
 		t.Fatal(err)
 	}
 	img1, img2 := filepath.Join(images, "img-1"), filepath.Join(images, "img-2")
-	subvolumeMachine(t, img1, "id1", 'a')
+	subvolumeMachine(t, img1, "m", "id1", 'a')
 	// img-2: a snapshot of img-1 with one block and the manifest changed.
 	if err := proc.Run(ctx, nil, "btrfs", "subvolume", "snapshot", img1, img2); err != nil {
 		t.Fatal(err)
@@ -91,7 +91,12 @@ func TestSendReceive(t *testing.T) {
 			c.Machine.ID, readMark(t, filepath.Join(v.Dir, "m", "m-default"), markRevision))
 	}
 
-	// Another host: the streams come as files (or through ssh).
+	// Another host: the streams come as files (or through ssh), into a
+	// volume of their own, as the manifest's machine m.
+	remote, err := s.Volume("remote", true)
+	if err != nil {
+		t.Fatal(err)
+	}
 	stream1, stream2 := filepath.Join(t.TempDir(), "full"), filepath.Join(t.TempDir(), "incr")
 	sendTo(t, stream1, img1)
 	sendTo(t, stream2, "-p", img1, img2)
@@ -105,9 +110,9 @@ func TestSendReceive(t *testing.T) {
 			t.Fatal(err)
 		}
 		if step.add {
-			inst, err = v.Add(ctx, "remote", Source{Stream: f})
+			inst, err = remote.Add(ctx, "m", Source{Stream: f})
 		} else {
-			inst, err = v.Upgrade(ctx, "remote", Source{Stream: f})
+			inst, err = remote.Upgrade(ctx, "m", Source{Stream: f})
 		}
 		f.Close()
 		if err != nil {
@@ -117,20 +122,23 @@ func TestSendReceive(t *testing.T) {
 			t.Errorf("received %s: machine %+v, %v; want id %s", inst.Dir, m, err, step.id)
 		}
 	}
-	if got := readMark(t, filepath.Join(v.Dir, "remote", "remote-1.1"), markRevision); got != 'b' {
-		t.Errorf("remote-1.1: mark %q, want 'b'", got)
+	if got := readMark(t, filepath.Join(remote.Dir, "m", "m-1.1"), markRevision); got != 'b' {
+		t.Errorf("remote m-1.1: mark %q, want 'b'", got)
+	}
+	if err := remote.Remove(ctx, "m", nil); err != nil {
+		t.Fatal(err)
 	}
 
 	// The volume's own file system: a read-only snapshot, nothing sent.
 	local := filepath.Join(filepath.Dir(s.Dir), "img-local")
-	subvolumeMachine(t, local, "id9", 'z')
+	subvolumeMachine(t, local, "local", "id9", 'z')
 	if inst, err = v.Add(ctx, "local", Source{Dir: local}); err != nil {
 		t.Fatal(err)
 	}
 	if inst.Method != "btrfs snapshot" {
 		t.Errorf("Add from the same file system: %q, want btrfs snapshot", inst.Method)
 	}
-	for _, name := range []string{"m", "remote", "local"} {
+	for _, name := range []string{"m", "local"} {
 		if err := v.Remove(ctx, name, nil); err != nil {
 			t.Fatal(err)
 		}

@@ -172,12 +172,19 @@ type Source struct {
 }
 
 // Add adds the new machine name from src as revision <P>.0, read-only, and
-// links <name>-<P> to it. The sequence is safe on a live host: the revision
+// links <name>-<P> to it. The machine manifest in src must name the machine
+// name (ErrNameMismatch otherwise), so that the name agents offer and match
+// tasks against, the manifest's, is the machine's name in the volume. The sequence is safe on a live host: the revision
 // is made under a temporary name and only the link's appearance, last,
 // makes it visible to agents.
 func (v *Volume) Add(ctx context.Context, name string, src Source) (*Installed, error) {
 	if err := CheckName(name); err != nil {
 		return nil, err
+	}
+	if src.Dir != "" { // refuse a wrong name before making anything
+		if err := checkManifestName(name, src.Dir); err != nil {
+			return nil, err
+		}
 	}
 	mdir := v.machineDir(name)
 	if err := os.MkdirAll(mdir, 0o755); err != nil {
@@ -243,6 +250,9 @@ func (v *Volume) install(ctx context.Context, name string, src Source, add bool)
 		return nil, err
 	}
 	defer imp.discard(ctx)
+	if err := checkManifestName(name, imp.subvolume); err != nil {
+		return nil, err
+	}
 	es, err := v.entries(name)
 	if err != nil {
 		return nil, err
@@ -277,6 +287,25 @@ func (v *Volume) install(ctx context.Context, name string, src Source, add bool)
 		}
 	}
 	return &Installed{Revision: rev, Dir: final, Method: imp.method}, nil
+}
+
+// ErrNameMismatch is returned by Add and Upgrade for a machine whose
+// manifest names another machine.
+var ErrNameMismatch = errors.New("name differs from the manifest's")
+
+// checkManifestName checks that the machine manifest in dir names the
+// machine name: agents offer controllers the manifest's name, and match
+// tasks against it, so the directory's name must be the same.
+func checkManifestName(name, dir string) error {
+	m, err := readMachine(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return fmt.Errorf("machine %s: %w", name, err)
+	}
+	if m.Name != name {
+		return fmt.Errorf("machine %s: %w: its manifest names machine %q; add it as %q (agents offer the manifest's name), or change the manifest's name",
+			name, ErrNameMismatch, m.Name, m.Name)
+	}
+	return nil
 }
 
 // switchLink points mdir/link at target atomically: symlink under a
