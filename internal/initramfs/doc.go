@@ -16,4 +16,12 @@
 // modules are built into the kernel and need no loading.
 //
 // It uses no external programs; its tests use cpio(1) to prove the format.
+//
+// The newc header code (about 150 of its lines) is its own, not a library's:
+// cavaliergopher/cpio writes every device number as zero, so it cannot make
+// dev/console, and reads a header with a single Read that may come short;
+// u-root's pkg/cpio has what is needed (device numbers, a reproducible mode)
+// but comes only in u-root's one large module. The rest (the archive model:
+// sorted paths, implied parents, replacement, files read when written; and
+// Walk over concatenated, compressed segments) would stay ours with either.
 package initramfs
