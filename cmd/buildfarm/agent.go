@@ -13,9 +13,43 @@ func init() {
 			Use:   "agent [options] [CONTROLLER_URL...]",
 			Short: "Run builds in one-shot VMs for controllers (bbot's agent)",
 			Long: `The agent runs on a build host. It bootstraps the machines of its machines
-directory for its toolchain, asks each controller in turn for a task,
-performs it in a fresh snapshot of a machine in a one-shot VM that reaches
-nothing but the agent's TFTP server, and returns the result.
+directory for its toolchain and serves the controllers given as URLs, as
+bbot's agent does, in this order:
+
+  1. Deliver the results an earlier run could not upload (the spool).
+  2. Enumerate the machines again (so that "machine add", "upgrade" and
+     "remove" reach a running agent), bootstrapping those that need it.
+  3. POST a task request (text/manifest) to each CONTROLLER_URL in turn,
+     offering the machines by their manifests' names, until one answers
+     with a task. The header Buildfarm-Wait: SECONDS lets a controller hold
+     the request up to --long-poll (shared out among the controllers; a
+     bbot controller ignores it). A controller that fails, answers garbage
+     or too much, or is slower than --request-timeout is logged and
+     skipped. Without a task, the agent backs off (about 1 s at first,
+     doubling with jitter up to --request-interval) and goes to 2.
+  4. Refuse a task whose challenge it cannot sign (no --auth-key), and one
+     without buildfarm-* steps (an error result says so). Download the
+     task's sources from its buildfarm-archive-url (at most --max-archive
+     bytes), checked against buildfarm-archive-sha256.
+  5. Perform the task in a fresh snapshot of its machine, in a one-shot VM
+     that reaches nothing but the agent's TFTP server.
+  6. Sign the challenge, write the result to the spool, and POST it to the
+     task's result URL. An upload that fails stays spooled and is retried
+     with back-off (also after a restart) until the controller takes it,
+     or refuses it for good (a 4xx other than 408 and 429: logged, dropped).
+
+--instances N performs N tasks at once, each in its own VM with --cpu CPUs
+and --ram MiB (the flags give each VM's share, so the host needs N times
+as much). The spool is --spool, by default <tftp>/spool/<instance>.
+
+Challenges are signed with --auth-key as bbot signs them: RSA keys with
+PKCS#1 v1.5 over the challenge's bytes (openssl rsautl -sign), Ed25519 keys
+(the default kind for a new agent) as Ed25519 does. Make a key with
+
+  openssl genpkey -algorithm ed25519 -out key.pem
+
+and register its public half with the controller. HTTPS controllers are
+verified against the system's roots plus --ca.
 
 Without a controller, --fake-request runs one task from a file:
 
@@ -26,7 +60,7 @@ The directory holding the task manifest is packed as the task's sources
 (its buildfarm-archive field names the archive). A VM that never makes its
 first TFTP request has mis-booted and is retried; one that misses a
 deadline or ends abnormally is suspended, not destroyed, for investigation.
-SIGTERM stops the running VM, deletes its snapshot and exits 0.`,
+SIGTERM stops the running VMs, deletes their snapshots and exits 0.`,
 			RunE: func(cmd *cobra.Command, args []string) error {
 				a, err := agent.New(o, e.log, e.stdout)
 				if err != nil {
@@ -40,14 +74,16 @@ SIGTERM stops the running VM, deletes its snapshot and exits 0.`,
 		f.StringVar(&o.TFTP, "tftp", o.TFTP, "TFTP `directory`: one subdirectory per running VM")
 		f.IntVar(&o.TFTPPort, "tftp-port", o.TFTPPort, "base TFTP `port` (plus the instance number) when VMs share the host's network")
 		f.IntVar(&o.Instance, "instance", o.Instance, "instance `number` of this agent on the host")
+		f.IntVar(&o.Instances, "instances", o.Instances, "`number` of tasks performed at once, each in its own VM")
+		f.StringVar(&o.Spool, "spool", o.Spool, "`directory` of results not yet delivered (default <tftp>/spool/<instance>)")
 		f.StringVar(&o.ToolchainName, "toolchain-name", o.ToolchainName, "toolchain `name`")
 		f.IntVar(&o.ToolchainNum, "toolchain-num", o.ToolchainNum, "toolchain `number`")
-		f.StringVar(&o.ToolchainVer, "toolchain-ver", o.ToolchainVer, "toolchain `version`")
+		f.StringVar(&o.ToolchainVer, "toolchain-ver", o.ToolchainVer, "toolchain `version` (a standard version, as task requests carry it)")
 		f.StringVar(&o.ToolchainID, "toolchain-id", o.ToolchainID, "toolchain `id`; a new one re-bootstraps the machines")
 		f.StringVar(&o.Toolchain, "toolchain", o.Toolchain, "`directory` of toolchain files the worker installs at bootstrap")
 		f.StringVar(&o.Artifacts, "artifacts", o.Artifacts, "`directory` to keep tasks' artifacts in (NAME-VERSION/FILE); the worker uploads what the steps leave in $BUILDFARM_ARTIFACTS")
-		f.IntVar(&o.CPU, "cpu", o.CPU, "virtual `CPUs` per VM")
-		f.IntVar(&o.RAM, "ram", o.RAM, "`MiB` of memory per VM")
+		f.IntVar(&o.CPU, "cpu", o.CPU, "virtual `CPUs` of each VM (each of --instances VMs gets this many)")
+		f.IntVar(&o.RAM, "ram", o.RAM, "`MiB` of memory of each VM (each of --instances VMs gets this much)")
 		f.StringVar(&o.Accel, "accel", o.Accel, "accelerator: kvm, tcg, or auto (KVM only when a test guest really runs under it)")
 		f.DurationVar(&o.BootstrapStartup, "bootstrap-startup", o.BootstrapStartup, "bootstrap VM's time to its first TFTP request")
 		f.DurationVar(&o.BootstrapTimeout, "bootstrap-timeout", o.BootstrapTimeout, "bootstrap's time to upload its manifest")
@@ -56,19 +92,22 @@ SIGTERM stops the running VM, deletes its snapshot and exits 0.`,
 		f.DurationVar(&o.BuildTimeout, "build-timeout", o.BuildTimeout, "build's time to upload its result")
 		f.IntVar(&o.BuildRetries, "build-retries", o.BuildRetries, "retries of a build VM that mis-booted")
 		f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "VM's time to power off after its job")
-		f.DurationVar(&o.RequestTimeout, "request-timeout", o.RequestTimeout, "time for a controller to answer a request")
-		f.DurationVar(&o.RequestInterval, "request-interval", o.RequestInterval, "pause after a round of requests that got no task")
-		f.StringVar(&o.AuthKey, "auth-key", o.AuthKey, "private key `file` for signing controllers' challenges")
+		f.DurationVar(&o.RequestTimeout, "request-timeout", o.RequestTimeout, "time for one exchange with a controller, beyond the long poll")
+		f.DurationVar(&o.RequestInterval, "request-interval", o.RequestInterval, "longest pause between rounds of task requests (the back-off's cap)")
+		f.DurationVar(&o.LongPoll, "long-poll", o.LongPoll, "how long a controller may hold a task request waiting for a task (0: no long polling)")
+		f.Int64Var(&o.MaxArchive, "max-archive", o.MaxArchive, "largest sources archive downloaded, in `bytes`")
+		f.StringVar(&o.AuthKey, "auth-key", o.AuthKey, "private key `file` (PEM, Ed25519 or RSA) for signing controllers' challenges")
+		f.StringVar(&o.CA, "ca", o.CA, "PEM `file` of CA certificates to verify HTTPS controllers with, beside the system's roots")
 		f.StringSliceVar(&o.Trust, "trust", o.Trust, "repository certificate `fingerprint` to trust (repeatable)")
 		f.BoolVar(&o.FakeBootstrap, "fake-bootstrap", o.FakeBootstrap, "record machines as bootstrapped without booting them")
 		f.StringVar(&o.FakeMachine, "fake-machine", o.FakeMachine, "machine header manifest `file` to use instead of enumerating machines")
-		f.BoolVar(&o.FakeBuild, "fake-build", o.FakeBuild, "answer tasks with an abort result without booting a VM")
+		f.BoolVar(&o.FakeBuild, "fake-build", o.FakeBuild, "take each task's snapshot, then answer abort without booting a VM")
 		f.StringVar(&o.FakeRequest, "fake-request", o.FakeRequest, "task manifest `file` to perform instead of asking controllers")
 		f.BoolVar(&o.DumpMachines, "dump-machines", o.DumpMachines, "print the machines' header manifests and exit")
 		f.BoolVar(&o.DumpTask, "dump-task", o.DumpTask, "print the task manifest and exit")
 		f.BoolVar(&o.DumpResult, "dump-result", o.DumpResult, "print the result manifest and exit")
 		f.BoolVar(&o.NoNetNS, "no-netns", o.NoNetNS, "run VMs in the host's network namespace (no isolation; for non-root use)")
-		f.BoolVar(&o.Once, "once", o.Once, "perform one task, then exit")
+		f.BoolVar(&o.Once, "once", o.Once, "perform one task, deliver its result, then exit (with --instances 1)")
 		return cmd
 	})
 }

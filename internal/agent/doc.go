@@ -4,25 +4,47 @@
 // runs each task in a fresh snapshot of a machine, in a one-shot VM whose
 // only way out is the agent's TFTP server.
 //
-// The agent's loop, in the order the code follows:
+// The agent's work, in the order the code follows (Agent.Run, serve):
 //
 //  1. Clean up what a crashed predecessor left: per-task snapshots, network
 //     namespaces, TFTP directories.
-//  2. Enumerate the machines; bootstrap each one whose bootstrapped copy is
-//     missing or out of date (new machine id, new toolchain id, older
-//     worker), each in a VM of its own with three deadlines (startup: the
-//     first TFTP request; bootstrap: bootstrap.manifest uploaded; shutdown).
-//     A VM that never makes its first request mis-booted and is retried up
-//     to the limit; past the limits it is suspended, not destroyed, and the
-//     agent carries on with its other machines.
-//  3. Ask each controller in turn for a task (or take the fake request).
-//  4. Perform the task: snapshot the bootstrapped machine, place the task
-//     manifest and its sources in the VM's TFTP get/ directory, boot the VM
-//     in its own network namespace, wait for the result with the startup,
-//     build and shutdown deadlines, and parse it. An abnormal end suspends
-//     the VM for investigation; otherwise the VM is forced down and the
-//     snapshot deleted.
-//  5. Report the result to the controller (or dump it), and go to 2.
+//  2. Deliver the results an earlier run spooled but could not upload.
+//
+// Then each of --instances slots loops over steps 3 to 7:
+//
+//  3. Enumerate the machines, as bbot does before each task request (so
+//     that machine add, upgrade and remove reach a running agent), and
+//     bootstrap each one whose bootstrapped copy is missing or out of date
+//     (new machine id, new toolchain id, older worker), each in a VM of
+//     its own with three deadlines (startup: the first TFTP request;
+//     bootstrap: bootstrap.manifest uploaded; shutdown). A VM that never
+//     makes its first request mis-booted and is retried up to the limit;
+//     past the limits it is suspended, not destroyed, and the agent
+//     carries on with its other machines. A machine is offered under its
+//     manifest's name, which machine add makes its name in the volume.
+//  4. Ask each controller in turn for a task (package ctlclient), with
+//     long polling (the Buildfarm-Wait header); a controller that fails,
+//     answers garbage or too much, or takes longer than --request-timeout
+//     is logged and skipped. Without a task, back off with jitter, from
+//     about a second up to --request-interval.
+//  5. Refuse at once a task whose challenge cannot be signed (no
+//     --auth-key). A task without buildfarm-* steps gets an error result
+//     saying so (unsupported, for a build2 package build), as does one
+//     whose sources cannot be downloaded from its buildfarm-archive-url or
+//     do not match its buildfarm-archive-sha256.
+//  6. Perform the task: snapshot the bootstrapped machine, place the
+//     task manifest and its sources in the VM's TFTP get/ directory, boot
+//     the VM in its own network namespace, wait for the result with the
+//     startup, build and shutdown deadlines, and parse it. An abnormal end
+//     suspends the VM for investigation; otherwise the VM is forced down
+//     and the snapshot deleted.
+//  7. Sign the challenge (package auth: as bbot for RSA keys, Ed25519
+//     otherwise), write the result to the spool, and upload it. A failed
+//     upload stays in the spool and is retried with back-off, also after
+//     a restart, until the controller takes it (2xx) or refuses it for
+//     good (4xx other than 408 and 429).
+//
+// --fake-request performs one task from a file instead of the loop.
 //
 // External tools: qemu-system-*, ip (iproute2), and btrfs-progs or
 // qemu-img for the machine volumes. Needs root for network namespaces.
