@@ -136,8 +136,30 @@ type Machine struct {
 	Options []string
 	// Changes are the change log entries of the machine, as written.
 	Changes []string
+	// Arch is buildfarm's buildfarm-arch: the guest's architecture,
+	// ArchX8664 or ArchAArch64; "" (absent) means ArchX8664. A build2 peer
+	// in lenient mode keeps it as an unknown field.
+	Arch string
 	// Extra holds the fields kept in lenient mode.
 	Extra []Pair
+}
+
+// The architectures a machine's guest may have (buildfarm-arch), named as
+// QEMU and GNU target triplets name them.
+const (
+	ArchX8664   = "x86_64"
+	ArchAArch64 = "aarch64"
+)
+
+const archField = "buildfarm-arch"
+
+// Architecture returns the guest's architecture: Arch, or ArchX8664 when
+// the manifest does not say.
+func (m *Machine) Architecture() string {
+	if m.Arch == "" {
+		return ArchX8664
+	}
+	return m.Arch
 }
 
 // Header returns the machine's header manifest.
@@ -197,6 +219,13 @@ func ParseMachine(m Manifest, file string, mode Mode) (*Machine, error) {
 				return nil, f.invalid(p, why)
 			}
 			r.Changes = append(r.Changes, p.Value)
+		case archField:
+			err = f.set(p, &r.Arch, func(v string) string {
+				if v != ArchX8664 && v != ArchAArch64 {
+					return "not " + ArchX8664 + " or " + ArchAArch64
+				}
+				return ""
+			})
 		default:
 			err = f.unknown(p)
 		}
@@ -217,7 +246,7 @@ func ParseMachine(m Manifest, file string, mode Mode) (*Machine, error) {
 }
 
 // Manifest returns the machine manifest's pairs: the header fields, type,
-// mac, options, changes, then the extra fields.
+// mac, options, changes, buildfarm-arch, then the extra fields.
 func (m *Machine) Manifest() Manifest {
 	b := newBuilder()
 	h := m.Header()
@@ -228,6 +257,7 @@ func (m *Machine) Manifest() Manifest {
 	for _, c := range m.Changes {
 		b.add("changes", c)
 	}
+	b.opt(archField, m.Arch)
 	b.extra(m.Extra)
 	return b.m
 }

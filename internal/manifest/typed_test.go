@@ -119,6 +119,9 @@ func TestCheckErrors(t *testing.T) {
 		{"machine bad options", "machine", machineBase + "options: -append \"quiet\n", f + "6:1: error: machine manifest: invalid 'options' value '-append \"quiet': unterminated quoted string"},
 		{"machine missing type", "machine", strings.TrimSuffix(machineBase, "type: kvm\n"), f + "1:1: error: machine manifest: missing required field 'type'"},
 		{"machine missing id", "machine", ": 1\nname: m\nsummary: M\ntype: kvm\n", f + "1:1: error: machine manifest: missing required field 'id'"},
+		{"machine arch", "machine", machineBase + "buildfarm-arch: aarch64\n", ""},
+		{"machine bad arch", "machine", machineBase + "buildfarm-arch: arm64\n", f + "6:1: error: machine manifest: invalid 'buildfarm-arch' value 'arm64': not x86_64 or aarch64"},
+		{"machine arch twice", "machine", machineBase + "buildfarm-arch: aarch64\nbuildfarm-arch: x86_64\n", f + "7:1: error: machine manifest: redefinition of 'buildfarm-arch'"},
 
 		// toolchain and bootstrap
 		{"toolchain valid", "toolchain", ": 1\nid: abc\n", ""},
@@ -308,5 +311,52 @@ func TestTaskArchiveURL(t *testing.T) {
 	m[len(m)-1].Value = "XYZ"
 	if _, err := ParseTask(m, "t", Strict); err == nil || !strings.Contains(err.Error(), "buildfarm-archive-sha256") {
 		t.Errorf("ParseTask(bad sum) = %v, want an error naming buildfarm-archive-sha256", err)
+	}
+}
+
+// TestMachineArch checks buildfarm-arch: absent means x86_64; it is known
+// in strict mode, kept in lenient mode, and serialized after build2's
+// fields and before the extra ones, wherever it was written.
+func TestMachineArch(t *testing.T) {
+	text := ": 1\nbuildfarm-arch: aarch64\nid: m-1.0\nname: m\nsummary: M\ntype: kvm\nchanges: 1.0: first\n"
+	want := []nv{{"", "1"}, {"id", "m-1.0"}, {"name", "m"}, {"summary", "M"}, {"type", "kvm"},
+		{"changes", "1.0: first"}, {"buildfarm-arch", "aarch64"}}
+	for _, mode := range []Mode{Strict, Lenient} {
+		out, err := checkString("machine", text, mode)
+		if err != nil {
+			t.Fatalf("Check(machine, mode %v): %v", mode, err)
+		}
+		if diff := cmp.Diff([][]nv{want}, pairsOf(out)); diff != "" {
+			t.Errorf("Check(machine, mode %v) pairs (-want +got):\n%s", mode, diff)
+		}
+	}
+	lenient := text + "cpu: host\n"
+	out, err := checkString("machine", lenient, Lenient)
+	if err != nil {
+		t.Fatalf("lenient Check(machine): %v", err)
+	}
+	if diff := cmp.Diff([][]nv{append(want, nv{"cpu", "host"})}, pairsOf(out)); diff != "" {
+		t.Errorf("lenient Check(machine) pairs (-want +got):\n%s", diff)
+	}
+
+	ms, err := Parse(strings.NewReader(text), "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ParseMachine(ms[0], "m", Strict)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Arch != ArchAArch64 || m.Architecture() != ArchAArch64 {
+		t.Errorf("ParseMachine(%q).Arch = %q, Architecture() = %q, want aarch64", text, m.Arch, m.Architecture())
+	}
+	x86 := Machine{ID: "m-1.0", Name: "m", Summary: "M", Type: "kvm"}
+	if got := x86.Architecture(); got != ArchX8664 {
+		t.Errorf("Architecture() without buildfarm-arch = %q, want x86_64", got)
+	}
+	for _, p := range x86.Manifest() {
+		if p.Name == "buildfarm-arch" {
+			t.Errorf("Manifest() of a machine without Arch has %v, want no buildfarm-arch", p)
+		}
 	}
 }
