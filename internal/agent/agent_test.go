@@ -3,7 +3,10 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -14,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/archive"
 	"github.com/buildfarm/buildfarm/internal/image"
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
@@ -375,5 +379,50 @@ func TestBuildHelloC(t *testing.T) {
 	}
 	if !strings.Contains(logs["update"], "cc -O2 -Wall -Werror") || !strings.Contains(logs["test"], "PASS: named") {
 		t.Errorf("update log %q, test log %q: want the compiler run and the tests passing", logs["update"], logs["test"])
+	}
+}
+
+// TestBuildThroughController builds examples/hello in a real VM for a
+// controller: the task comes over HTTP with its sources at a URL, the agent
+// downloads and checks them, the worker builds them, and the result is
+// uploaded after a failed first try (from the spool).
+func TestBuildThroughController(t *testing.T) {
+	f := newFarm(t, false, image.Options{})
+	task, srcDir, err := ReadTaskFile(fakeRequest("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var packed bytes.Buffer
+	if err := archive.Pack(&packed, srcDir, func(name string) bool { return name == task.Archive }); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(packed.Bytes())
+	c := newTestController(t)
+	c.archives[task.Archive] = packed.Bytes()
+	c.failResults = 1
+	task.ArchiveURL, task.ArchiveSHA256 = c.srv.URL+"/archive/"+task.Archive, hex.EncodeToString(sum[:])
+	c.give(task)
+
+	o := f.options()
+	o.FakeBootstrap = true
+	o.RequestInterval = time.Second
+	a, err := New(o, slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug})), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, []string{c.url()}) }()
+	rr := c.waitResult(t, 4*time.Minute)
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run after cancellation = %v, want nil", err)
+	}
+	if rr.Result.Status != manifest.StatusSuccess || len(rr.Result.Results) != 4 {
+		t.Errorf("result %v with %d operations, want success with 4: %+v", rr.Result.Status, len(rr.Result.Results), rr.Result.Results)
+	}
+	if !strings.Contains(f.log.String(), "sources downloaded") {
+		t.Errorf("the agent did not log the sources' download")
 	}
 }

@@ -637,3 +637,28 @@ func TestLongPoll(t *testing.T) {
 		t.Errorf("%d task requests with %s %q; want one, held, with 20", len(c.requests), ctlclient.WaitHeader, c.waitHeaders)
 	}
 }
+
+// TestOnceDeliversResult: with --once, Run returns after one task only
+// once its result is delivered, through failed uploads.
+func TestOnceDeliversResult(t *testing.T) {
+	c := newTestController(t)
+	c.failResults = 2
+	c.give(helloTask("busybox"))
+	o := fakeOptions(t)
+	o.Once = true
+	var log logBuffer
+	a, err := New(o, slog.New(slog.NewTextHandler(&log, nil)), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.Run(ctx, []string{c.url()}); err != nil || ctx.Err() != nil {
+		t.Fatalf("Run with --once = %v (context: %v), want nil before the deadline", err, ctx.Err())
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.results) != 1 || c.uploads != 3 {
+		t.Errorf("%d results taken in %d uploads when Run returned, want 1 in 3\n%s", len(c.results), c.uploads, log.String())
+	}
+}
