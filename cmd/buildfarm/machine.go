@@ -209,7 +209,8 @@ func machineListCmd(e *env) *cobra.Command {
 		Short: "Print the machine header manifests of the current revisions",
 		Long: `Print, as a manifest stream, the header (id, name, summary) of the current
 revision of every machine in every volume, as bbot's agent --dump-machines
-does. Machines being removed (unlinked) are left out.`,
+does, with buildfarm-arch, the guest's architecture (x86_64 or aarch64).
+Machines being removed (unlinked) are left out.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			mf.store.Log = e.log
@@ -229,6 +230,7 @@ func writeMachineList(w io.Writer, ls []machine.Listed) error {
 	ms := make([]manifest.Manifest, 0, len(ls))
 	for _, l := range ls {
 		h := l.Machine.Header()
+		h.Arch = l.Machine.Architecture() // said even when the manifest does not
 		ms = append(ms, h.Manifest())
 	}
 	if len(ms) == 0 {

@@ -18,6 +18,9 @@ type MachineHeader struct {
 	// RAMMinimum and RAMMaximum are the machine's RAM needs in KiB, zero
 	// when absent.
 	RAMMinimum, RAMMaximum uint64
+	// Arch is buildfarm's buildfarm-arch, as in Machine: what a controller
+	// needs to give a machine only the tasks of its architecture.
+	Arch string
 	// Extra holds the fields kept in lenient mode.
 	Extra []Pair
 }
@@ -37,6 +40,13 @@ func headerField(f *fields, p Pair, h *MachineHeader) (bool, error) {
 		dst, check = &h.Role, func(v string) string {
 			if v != "build" && v != "auxiliary" {
 				return "not build or auxiliary"
+			}
+			return ""
+		}
+	case archField:
+		dst, check = &h.Arch, func(v string) string {
+			if v != ArchX8664 && v != ArchAArch64 {
+				return "not " + ArchX8664 + " or " + ArchAArch64
 			}
 			return ""
 		}
@@ -112,10 +122,12 @@ func parseMachineHeader(kind string, m Manifest, file string, mode Mode) (*Machi
 	return h, nil
 }
 
-// Manifest returns the machine header manifest's pairs.
+// Manifest returns the machine header manifest's pairs: build2's fields,
+// buildfarm-arch, then the extra fields.
 func (h *MachineHeader) Manifest() Manifest {
 	b := newBuilder()
 	addHeader(b, h)
+	b.opt(archField, h.Arch)
 	b.extra(h.Extra)
 	return b.m
 }
@@ -165,7 +177,7 @@ func (m *Machine) Architecture() string {
 // Header returns the machine's header manifest.
 func (m *Machine) Header() MachineHeader {
 	return MachineHeader{ID: m.ID, Name: m.Name, Summary: m.Summary, Role: m.Role,
-		RAMMinimum: m.RAMMinimum, RAMMaximum: m.RAMMaximum}
+		RAMMinimum: m.RAMMinimum, RAMMaximum: m.RAMMaximum, Arch: m.Arch}
 }
 
 // UnquotedOptions returns the options with their quotes removed, ready to
@@ -219,13 +231,6 @@ func ParseMachine(m Manifest, file string, mode Mode) (*Machine, error) {
 				return nil, f.invalid(p, why)
 			}
 			r.Changes = append(r.Changes, p.Value)
-		case archField:
-			err = f.set(p, &r.Arch, func(v string) string {
-				if v != ArchX8664 && v != ArchAArch64 {
-					return "not " + ArchX8664 + " or " + ArchAArch64
-				}
-				return ""
-			})
 		default:
 			err = f.unknown(p)
 		}
@@ -240,7 +245,7 @@ func ParseMachine(m Manifest, file string, mode Mode) (*Machine, error) {
 		return nil, err
 	}
 	r.ID, r.Name, r.Summary, r.Role = h.ID, h.Name, h.Summary, h.Role
-	r.RAMMinimum, r.RAMMaximum = h.RAMMinimum, h.RAMMaximum
+	r.RAMMinimum, r.RAMMaximum, r.Arch = h.RAMMinimum, h.RAMMaximum, h.Arch
 	r.Extra = f.extra
 	return r, nil
 }

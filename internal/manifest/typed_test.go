@@ -91,6 +91,8 @@ func TestCheckErrors(t *testing.T) {
 		{"machine header ram range", "task-request", requestBase + headerBase + "ram-minimum: 10\nram-maximum: 5\n", f + "10:1: error: machine header manifest: 'ram-maximum' 5 is less than 'ram-minimum' 10"},
 		{"machine header missing summary", "task-request", requestBase + ":\nid: m-1.0\nname: m\n", f + "5:1: error: machine header manifest: missing required field 'summary'"},
 		{"machine header unknown field", "task-request", requestBase + headerBase + "cpus: 2\n", f + "9:1: error: machine header manifest: unknown field 'cpus'"},
+		{"machine header arch", "task-request", requestBase + headerBase + "buildfarm-arch: aarch64\n", ""},
+		{"machine header bad arch", "task-request", requestBase + headerBase + "buildfarm-arch: riscv64\n", f + "9:1: error: machine header manifest: invalid 'buildfarm-arch' value 'riscv64': not x86_64 or aarch64"},
 
 		// task response
 		{"task response no task", "task-response", ": 1\nsession:\n", ""},
@@ -349,6 +351,11 @@ func TestMachineArch(t *testing.T) {
 	}
 	if m.Arch != ArchAArch64 || m.Architecture() != ArchAArch64 {
 		t.Errorf("ParseMachine(%q).Arch = %q, Architecture() = %q, want aarch64", text, m.Arch, m.Architecture())
+	}
+	if h := m.Header(); h.Arch != ArchAArch64 {
+		t.Errorf("Header().Arch = %q, want aarch64", h.Arch)
+	} else if got := pairsOf([]Manifest{h.Manifest()}); !cmp.Equal(got[0][len(got[0])-1], nv{"buildfarm-arch", "aarch64"}) {
+		t.Errorf("Header().Manifest() = %v, want buildfarm-arch last", got)
 	}
 	x86 := Machine{ID: "m-1.0", Name: "m", Summary: "M", Type: "kvm"}
 	if got := x86.Architecture(); got != ArchX8664 {
