@@ -230,7 +230,7 @@ func writeMachineList(w io.Writer, ls []machine.Listed) error {
 	ms := make([]manifest.Manifest, 0, len(ls))
 	for _, l := range ls {
 		h := l.Machine.Header()
-		h.Arch = l.Machine.Architecture() // said even when the manifest does not
+		h.Arch = string(l.Machine.Architecture()) // said even when the manifest does not
 		ms = append(ms, h.Manifest())
 	}
 	if len(ms) == 0 {

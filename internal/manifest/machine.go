@@ -4,6 +4,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/buildfarm/buildfarm/internal/arch"
 )
 
 // MachineHeader is bbot's machine header manifest: what an agent tells a
@@ -45,8 +47,8 @@ func headerField(f *fields, p Pair, h *MachineHeader) (bool, error) {
 		}
 	case archField:
 		dst, check = &h.Arch, func(v string) string {
-			if v != ArchX8664 && v != ArchAArch64 {
-				return "not " + ArchX8664 + " or " + ArchAArch64
+			if v != string(arch.X8664) && v != string(arch.AArch64) {
+				return "not x86_64 or aarch64"
 			}
 			return ""
 		}
@@ -149,29 +151,22 @@ type Machine struct {
 	// Changes are the change log entries of the machine, as written.
 	Changes []string
 	// Arch is buildfarm's buildfarm-arch: the guest's architecture,
-	// ArchX8664 or ArchAArch64; "" (absent) means ArchX8664. A build2 peer
-	// in lenient mode keeps it as an unknown field.
+	// x86_64 or aarch64 (package arch); "" (absent) means x86_64. A build2
+	// peer in lenient mode keeps it as an unknown field.
 	Arch string
 	// Extra holds the fields kept in lenient mode.
 	Extra []Pair
 }
 
-// The architectures a machine's guest may have (buildfarm-arch), named as
-// QEMU and GNU target triplets name them.
-const (
-	ArchX8664   = "x86_64"
-	ArchAArch64 = "aarch64"
-)
-
 const archField = "buildfarm-arch"
 
-// Architecture returns the guest's architecture: Arch, or ArchX8664 when
-// the manifest does not say.
-func (m *Machine) Architecture() string {
+// Architecture returns the guest's architecture: Arch, or x86_64 when the
+// manifest does not say.
+func (m *Machine) Architecture() arch.Arch {
 	if m.Arch == "" {
-		return ArchX8664
+		return arch.X8664
 	}
-	return m.Arch
+	return arch.Arch(m.Arch)
 }
 
 // Header returns the machine's header manifest.

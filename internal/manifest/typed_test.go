@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"errors"
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"strings"
 	"testing"
 
@@ -349,16 +350,16 @@ func TestMachineArch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Arch != ArchAArch64 || m.Architecture() != ArchAArch64 {
+	if m.Arch != "aarch64" || m.Architecture() != arch.AArch64 {
 		t.Errorf("ParseMachine(%q).Arch = %q, Architecture() = %q, want aarch64", text, m.Arch, m.Architecture())
 	}
-	if h := m.Header(); h.Arch != ArchAArch64 {
+	if h := m.Header(); h.Arch != "aarch64" {
 		t.Errorf("Header().Arch = %q, want aarch64", h.Arch)
 	} else if got := pairsOf([]Manifest{h.Manifest()}); !cmp.Equal(got[0][len(got[0])-1], nv{"buildfarm-arch", "aarch64"}) {
 		t.Errorf("Header().Manifest() = %v, want buildfarm-arch last", got)
 	}
 	x86 := Machine{ID: "m-1.0", Name: "m", Summary: "M", Type: "kvm"}
-	if got := x86.Architecture(); got != ArchX8664 {
+	if got := x86.Architecture(); got != arch.X8664 {
 		t.Errorf("Architecture() without buildfarm-arch = %q, want x86_64", got)
 	}
 	for _, p := range x86.Manifest() {
