@@ -2,11 +2,12 @@ package manifest
 
 import (
 	"errors"
-	"github.com/buildfarm/buildfarm/internal/arch"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/buildfarm/buildfarm/internal/arch"
 )
 
 const (
