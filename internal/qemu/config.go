@@ -13,42 +13,42 @@
 // netns), where user-mode networking lets the guest reach only the
 // services bound to that namespace's loopback, as 10.0.2.2.
 //
-// A guest powers off on system_powerdown only if it handles the ACPI power
-// button: the button and evdev modules loaded and something acting on the
-// event (busybox acpid with an executable /etc/acpi/PWRF/00000080 that runs
-// poweroff -f).
+// Guests are x86_64 (-M pc) or aarch64 (-M virt, CPU AArch64CPU, console
+// ttyAMA0), with the same virtio PCI devices on both: virt has a PCIe host
+// bridge, boots as fast with virtio-*-pci as with virtio-mmio (measured:
+// 1.47 s against 1.51 s to an init with its disk and NIC), and PCI keeps a
+// machine manifest's -device options and the console's hot-plug the same
+// for both architectures. KVM runs only guests of the host's architecture.
 //
-// External tools: qemu-system-x86_64 or qemu-system-aarch64 (Debian's
-// qemu-system-x86 package ships qboot.rom, the fast firmware used for
-// direct kernel boot on x86).
+// A guest powers off on system_powerdown only if it handles the power
+// button. On x86_64 that is the ACPI button: the button and evdev modules
+// loaded and something acting on the event (busybox acpid with an
+// executable /etc/acpi/PWRF/00000080 that runs poweroff -f). On aarch64,
+// virt without firmware has no ACPI: QEMU pulses pin 3 of the PL061 GPIO
+// for 100 ms, and Debian's cloud kernel has no gpio-keys driver, so the
+// guest watches the line itself (package image's init does); poweroff -f
+// then ends QEMU through PSCI.
+//
+// External tools: qemu-system-x86_64 (Debian's qemu-system-x86, which
+// ships qboot.rom, the fast firmware used for direct kernel boot on x86)
+// and qemu-system-aarch64 (qemu-system-arm) for aarch64 guests.
 package qemu
 
 import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/buildfarm/buildfarm/internal/arch"
 )
 
-// Arch is a guest architecture, named as QEMU names it.
-type Arch string
-
-// The architectures buildfarm runs guests of.
-const (
-	X8664   Arch = "x86_64"
-	AArch64 Arch = "aarch64"
-)
-
-// ParseArch accepts build2's and Go's names (x64, x86_64, amd64; arm64,
-// aarch64).
-func ParseArch(s string) (Arch, error) {
-	switch s {
-	case "x64", "x86_64", "amd64", "":
-		return X8664, nil
-	case "arm64", "aarch64":
-		return AArch64, nil
-	}
-	return "", fmt.Errorf("unknown architecture %q (want x64 or arm64)", s)
-}
+// AArch64CPU is the CPU model of aarch64 guests under TCG (virt's default
+// CPU is 32-bit). Measured here, kernel to a busybox init that powers off
+// (bench/README.md "aarch64 guests"): cortex-a57 and cortex-a72 about 1.4 s,
+// neoverse-n1 1.5 s, max,pauth-impdef=on 2.2 s, max 6.2 s (the
+// architected pointer authentication is costly to emulate). Under KVM the
+// guest gets the host's CPU.
+const AArch64CPU = "cortex-a57"
 
 // Accelerators.
 const (
@@ -93,13 +93,15 @@ type Port struct {
 // Config describes a VM. Paths are used as given; the VM fills in the
 // defaults (socket and log in its working directory).
 type Config struct {
-	Name     string // shown by QEMU and in errors
-	Arch     Arch   // X8664 when empty
-	Binary   string // default qemu-system-ARCH
+	Name     string    // shown by QEMU and in errors
+	Arch     arch.Arch // the guest's; x86_64 when empty
+	Binary   string    // default qemu-system-ARCH
 	Machine  string // default pc on x86_64, virt on aarch64
 	CPUs     int    // default 1
 	MemoryMB int    // default 256
-	Accel    string // KVM or TCG (resolve "auto" with package accel first)
+	// Accel is KVM or TCG (resolve "auto" with package accel first); KVM
+	// only for a guest of the host's architecture.
+	Accel string
 
 	// Firmware is the -bios image. Empty means QbootROM when booting a
 	// kernel directly on x86_64 and QEMU's default otherwise; "default"
@@ -145,24 +147,27 @@ func (c *Config) binary() string {
 	if c.Binary != "" {
 		return c.Binary
 	}
-	arch := c.Arch
-	if arch == "" {
-		arch = X8664
+	return "qemu-system-" + string(c.arch())
+}
+
+func (c *Config) arch() arch.Arch {
+	if c.Arch == "" {
+		return arch.X8664
 	}
-	return "qemu-system-" + string(arch)
+	return c.Arch
 }
 
 // Args returns QEMU's command line for c, program name first.
 func (c *Config) Args() ([]string, error) {
-	arch := c.Arch
-	if arch == "" {
-		arch = X8664
-	}
-	if arch != X8664 && arch != AArch64 {
-		return nil, fmt.Errorf("vm %s: unknown architecture %q", c.Name, arch)
+	guest := c.arch()
+	if guest != arch.X8664 && guest != arch.AArch64 {
+		return nil, fmt.Errorf("vm %s: unknown architecture %q", c.Name, guest)
 	}
 	if c.Accel != KVM && c.Accel != TCG {
 		return nil, fmt.Errorf("vm %s: accelerator %q, want kvm or tcg", c.Name, c.Accel)
+	}
+	if c.Accel == KVM && guest != arch.Host() {
+		return nil, fmt.Errorf("vm %s: KVM runs only guests of the host's architecture (%s), not %s: use TCG", c.Name, arch.Host(), guest)
 	}
 	if c.Kernel == "" && len(c.Drives) == 0 && !c.Paused {
 		return nil, fmt.Errorf("vm %s: nothing to boot: no kernel and no drive", c.Name)
@@ -195,7 +200,7 @@ func (c *Config) Args() ([]string, error) {
 	machine := c.Machine
 	if machine == "" {
 		machine = "pc"
-		if arch == AArch64 {
+		if guest == arch.AArch64 {
 			machine = "virt"
 		}
 	}
@@ -215,8 +220,8 @@ func (c *Config) Args() ([]string, error) {
 	switch {
 	case c.Accel == KVM:
 		a = append(a, "-cpu", "host")
-	case arch == AArch64:
-		a = append(a, "-cpu", "max") // virt's default CPU is 32-bit
+	case guest == arch.AArch64:
+		a = append(a, "-cpu", AArch64CPU)
 	}
 	a = append(a, "-smp", strconv.Itoa(cpus), "-m", strconv.Itoa(mem))
 
@@ -224,7 +229,7 @@ func (c *Config) Args() ([]string, error) {
 	case c.Firmware == "default":
 	case c.Firmware != "":
 		a = append(a, "-bios", c.Firmware)
-	case c.Kernel != "" && arch == X8664:
+	case c.Kernel != "" && guest == arch.X8664:
 		a = append(a, "-bios", QbootROM)
 	}
 	if c.Kernel != "" {
@@ -269,9 +274,6 @@ func (c *Config) Args() ([]string, error) {
 	}
 	if netdev != "" {
 		dev := "virtio-net-pci,netdev=net0"
-		if arch == AArch64 {
-			dev = "virtio-net-device,netdev=net0"
-		}
 		if c.Net.MAC != "" {
 			dev += ",mac=" + c.Net.MAC
 		}
@@ -287,11 +289,7 @@ func (c *Config) Args() ([]string, error) {
 	}
 	a = append(a, "-chardev", serial, "-serial", "chardev:serial0")
 	if len(c.Ports) > 0 {
-		bus := "virtio-serial-pci,id=vser0"
-		if arch == AArch64 {
-			bus = "virtio-serial-device,id=vser0"
-		}
-		a = append(a, "-device", bus)
+		a = append(a, "-device", "virtio-serial-pci,id=vser0")
 		for i, p := range c.Ports {
 			id := fmt.Sprintf("port%d", i)
 			a = append(a, "-chardev", "socket,id="+id+",path="+p.Socket+",server=on,wait=off",
