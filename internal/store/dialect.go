@@ -1,0 +1,54 @@
+package store
+
+// sqliteDialect is SQLite's SQL. Its write transactions begin IMMEDIATE
+// on the one writer connection, so a SELECT in one reads rows no other
+// writer can change before it commits: no row locks are needed.
+var sqliteDialect = dialect{
+	name: "sqlite",
+	migrationsTable: `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version INTEGER PRIMARY KEY,
+		name    TEXT NOT NULL,
+		applied INTEGER NOT NULL)`,
+	claim: `UPDATE tasks SET state = 'running', attempts = attempts + 1, agent = $3,
+			machine = (SELECT value FROM json_each($1) WHERE key = tasks.config),
+			session = $4, claimed = $5, lease_expires = $6
+		WHERE id = (
+			SELECT id FROM tasks
+			WHERE state = 'queued' AND config IN (SELECT key FROM json_each($1))
+				AND (toolchain = '' OR toolchain = $2)
+			ORDER BY priority DESC, id LIMIT 1)
+		RETURNING ` + taskColumns,
+}
+
+// postgresDialect is PostgreSQL's SQL. A claim locks the task it takes and
+// passes over those that other controllers are taking (SKIP LOCKED), and
+// starts the session in the same statement.
+var postgresDialect = dialect{
+	name: "postgres",
+	// The key is "buildfarm" as a number; any fixed value would do.
+	lock:   `SELECT pg_advisory_lock(6254725418469322093)`,
+	unlock: `SELECT pg_advisory_unlock(6254725418469322093)`,
+	migrationsTable: `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version INTEGER PRIMARY KEY,
+		name    TEXT NOT NULL,
+		applied TIMESTAMPTZ NOT NULL)`,
+	forUpdate:  ` FOR UPDATE`,
+	skipLocked: ` FOR UPDATE SKIP LOCKED`,
+	claim: `WITH claimed AS (
+			SELECT id AS claimed_id FROM tasks
+			WHERE state = 'queued' AND config IN (SELECT jsonb_object_keys($1::text::jsonb))
+				AND (toolchain = '' OR toolchain = $2)
+			ORDER BY priority DESC, id LIMIT 1
+			FOR UPDATE SKIP LOCKED),
+		task AS (
+			UPDATE tasks SET state = 'running', attempts = attempts + 1, agent = $3,
+				machine = $1::text::jsonb ->> config,
+				session = $4, claimed = $5, lease_expires = $6
+			FROM claimed WHERE id = claimed.claimed_id
+			RETURNING ` + taskColumns + `),
+		session AS (
+			INSERT INTO sessions (id, task_id, agent, fingerprint, challenge, created, expires, state)
+			SELECT $4, id, $3, $7, $8, $5, $6, 'active' FROM task)
+		SELECT ` + taskColumns + ` FROM task`,
+	claimSession: true,
+}
