@@ -7,9 +7,11 @@ import (
 	"os"
 	"path"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
+
+	"github.com/buildfarm/buildfarm/internal/arch"
+	"github.com/buildfarm/buildfarm/internal/manifest"
 )
 
 // Config is one build configuration, one line of the buildtab: the
@@ -47,9 +49,9 @@ var (
 // DefaultBuildtab is the buildtab of a controller started without one: one
 // configuration, "any", on every machine, for this host's architecture.
 func DefaultBuildtab() *Buildtab {
-	cpu := map[string]string{"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "riscv64": "riscv64"}[runtime.GOARCH]
+	cpu := string(arch.Host())
 	if cpu == "" {
-		cpu = runtime.GOARCH
+		cpu = string(arch.X8664)
 	}
 	return &Buildtab{Configs: []Config{{MachinePattern: "*", Name: "any", Target: cpu + "-linux-gnu", Classes: []string{DefaultClass}}}}
 }
@@ -170,16 +172,21 @@ func (bt *Buildtab) Select(names []string) ([]Config, error) {
 	return cs, nil
 }
 
-// Machines maps each configuration that one of the offered machine names
-// matches to the first such machine name, as store.Claim wants it.
-func (bt *Buildtab) Machines(offered []string) map[string]string {
+// Machines maps each configuration to the first offered machine whose
+// name its pattern matches and whose architecture (buildfarm-arch, when
+// the machine says it) can build its target, as store.Claim wants it.
+func (bt *Buildtab) Machines(offered []manifest.MachineHeader) map[string]string {
 	m := map[string]string{}
 	for _, c := range bt.Configs {
-		for _, name := range offered {
-			if ok, _ := path.Match(c.MachinePattern, name); ok {
-				m[c.Name] = name
-				break
+		for _, h := range offered {
+			if ok, _ := path.Match(c.MachinePattern, h.Name); !ok {
+				continue
 			}
+			if h.Arch != "" && arch.Check(c.Target, arch.Arch(h.Arch)) != nil {
+				continue
+			}
+			m[c.Name] = h.Name
+			break
 		}
 	}
 	return m

@@ -141,18 +141,16 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request) (*manifest.TaskRes
 		Name: req.Agent, Toolchain: req.ToolchainName, Version: req.ToolchainVersion,
 		Fingerprint: req.Fingerprint, LastSeen: now, Address: remoteHost(r),
 	}
-	var offered []string
 	for _, m := range req.Machines {
 		agent.Machines = append(agent.Machines, store.Machine{ID: m.ID, Name: m.Name, Summary: m.Summary})
-		offered = append(offered, m.Name)
 	}
 	if err := s.store.SeeAgent(ctx, agent); err != nil {
 		return nil, fmt.Errorf("agent %s: %w", req.Agent, err)
 	}
 	// 4.
-	machines := s.opts.Buildtab.Machines(offered)
+	machines := s.opts.Buildtab.Machines(req.Machines)
 	if len(machines) == 0 {
-		s.log.Debug("no configuration for the agent's machines", "agent", req.Agent, "machines", offered)
+		s.log.Debug("no configuration for the agent's machines", "agent", req.Agent, "machines", len(req.Machines))
 		return &manifest.TaskResponse{}, nil
 	}
 	// 5.
