@@ -9,7 +9,11 @@
 // cache) and probed again when the host kernel (uname -r) or the QEMU
 // binary (path, size, mtime) changes.
 //
-// External tools: qemu-system-x86_64 (run by package qemu).
+// KVM runs only guests of the host's architecture: for a guest of another
+// (an aarch64 guest on an x86_64 host) the verdict is TCG without a probe.
+//
+// External tools: qemu-system-ARCH for the host's architecture (run by
+// package qemu).
 package accel
 
 import (
@@ -27,6 +31,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/cache"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 )
@@ -67,8 +72,11 @@ type Verdict struct {
 
 // Prober runs and caches the probe. The zero value uses the defaults.
 type Prober struct {
-	Binary   string        // default qemu-system-x86_64 from $PATH
-	Kernel   string        // default the cached guest kernel
+	// Arch is the guest architecture asked about; default the host's. For
+	// another one the verdict is TCG, without a probe.
+	Arch     arch.Arch
+	Binary   string        // default qemu-system-ARCH (the host's) from $PATH
+	Kernel   string        // default the cached guest kernel of the host's architecture
 	CacheDir string        // default cache.Dir()
 	Timeout  time.Duration // default DefaultTimeout
 	Log      *slog.Logger
@@ -87,7 +95,7 @@ func (p *Prober) log() *slog.Logger {
 func (p *Prober) host() (Host, error) {
 	bin := p.Binary
 	if bin == "" {
-		bin = "qemu-system-x86_64"
+		bin = "qemu-system-" + string(hostArch())
 	}
 	path, err := exec.LookPath(bin)
 	if err != nil {
@@ -110,11 +118,12 @@ func (p *Prober) host() (Host, error) {
 var loggedFallback sync.Once
 
 // Resolve turns an accelerator setting (auto, kvm or tcg) into kvm or tcg,
-// probing (or reading the cached verdict) for auto.
+// probing (or reading the cached verdict) for auto. For a guest of another
+// architecture than the host's it is tcg, whatever the setting.
 func (p *Prober) Resolve(ctx context.Context, setting string) (string, error) {
 	switch setting {
 	case qemu.KVM, qemu.TCG:
-		return setting, nil
+		return For(setting, p.Arch), nil
 	case Auto, "":
 	default:
 		return "", fmt.Errorf("accel: %q, want auto, kvm or tcg", setting)
@@ -129,9 +138,40 @@ func (p *Prober) Resolve(ctx context.Context, setting string) (string, error) {
 	return v.Accel, nil
 }
 
+// hostArch is this host's architecture, x86_64 for hosts of another.
+func hostArch() arch.Arch {
+	if h := arch.Host(); h != "" {
+		return h
+	}
+	return arch.X8664
+}
+
+// foreign returns the verdict for a guest of another architecture than the
+// host's, and whether p asks about one.
+func (p *Prober) foreign() (Verdict, bool) {
+	if p.Arch == "" || p.Arch == arch.Host() {
+		return Verdict{}, false
+	}
+	return Verdict{Accel: qemu.TCG, Probed: time.Now().UTC(),
+		Reason: fmt.Sprintf("%s guests run under TCG on this %s host: KVM runs only guests of the host's architecture", p.Arch, hostArch())}, true
+}
+
+// For returns the accelerator for a guest of architecture guest, given the
+// one resolved for the host's own guests (Resolve with no Arch): that one
+// for a guest of the host's architecture, TCG for any other.
+func For(hostAccel string, guest arch.Arch) string {
+	if guest != "" && guest != arch.Host() {
+		return qemu.TCG
+	}
+	return hostAccel
+}
+
 // Verdict returns the cached verdict if it is still valid for this host,
 // and probes (and caches the answer) otherwise.
 func (p *Prober) Verdict(ctx context.Context) (Verdict, error) {
+	if v, ok := p.foreign(); ok {
+		return v, nil
+	}
 	h, err := p.host()
 	if err != nil {
 		return Verdict{}, err
@@ -193,6 +233,9 @@ func (p *Prober) save(file string, v Verdict) error {
 
 // Probe tests KVM now, without the cache.
 func (p *Prober) Probe(ctx context.Context) (Verdict, error) {
+	if v, ok := p.foreign(); ok {
+		return v, nil
+	}
 	h, err := p.host()
 	if err != nil {
 		return Verdict{}, err
@@ -222,7 +265,7 @@ func (p *Prober) probe(ctx context.Context, h Host) (Verdict, error) {
 	}
 	kernel := p.Kernel
 	if kernel == "" {
-		k, err := cache.GuestKernel()
+		k, err := cache.GuestKernelFor(hostArch())
 		if err != nil {
 			return Verdict{}, fmt.Errorf("accel: a test boot needs a guest kernel: %w", err)
 		}
@@ -237,9 +280,13 @@ func (p *Prober) probe(ctx context.Context, h Host) (Verdict, error) {
 		return Verdict{}, fmt.Errorf("accel: %w", err)
 	}
 	defer os.RemoveAll(dir)
+	console := "ttyS0"
+	if hostArch() == arch.AArch64 {
+		console = "ttyAMA0"
+	}
 	vm, err := qemu.New(qemu.Config{
-		Name: "accel-probe", Binary: h.QEMU, Accel: try, MemoryMB: 128,
-		Kernel: kernel, Append: "console=ttyS0 quiet panic=-1 no_timer_check", NoReboot: true,
+		Name: "accel-probe", Arch: hostArch(), Binary: h.QEMU, Accel: try, MemoryMB: 128,
+		Kernel: kernel, Append: "console=" + console + " quiet panic=-1 no_timer_check", NoReboot: true,
 		Net: qemu.Net{Mode: qemu.NetNone},
 	}, filepath.Join(dir, "vm"), p.Log)
 	if err != nil {

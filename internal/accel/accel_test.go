@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
@@ -111,6 +112,38 @@ func TestCacheInvalidation(t *testing.T) {
 		var saved Verdict
 		if json.Unmarshal(b, &saved) != nil || !saved.Host.same(h) {
 			t.Errorf("cache after probing for another %s holds %s, want this host's verdict", name, b)
+		}
+	}
+}
+
+// A guest of another architecture than the host's runs under TCG, whatever
+// was asked, and no test boot is made for it (the binary and kernel given
+// do not exist).
+func TestForeignGuestIsTCG(t *testing.T) {
+	other := arch.AArch64
+	if arch.Host() == arch.AArch64 {
+		other = arch.X8664
+	}
+	p := &Prober{Arch: other, Binary: "/nonexistent/qemu", Kernel: "/nonexistent/kernel", CacheDir: t.TempDir()}
+	for _, s := range []string{Auto, qemu.KVM, qemu.TCG} {
+		if got, err := p.Resolve(t.Context(), s); got != qemu.TCG || err != nil {
+			t.Errorf("Resolve(%s) for an %s guest = %s, %v, want tcg", s, other, got, err)
+		}
+	}
+	v, err := p.Verdict(t.Context())
+	if err != nil || v.Accel != qemu.TCG || !strings.Contains(v.Reason, string(other)) {
+		t.Errorf("Verdict() for an %s guest = %+v, %v, want tcg saying why", other, v, err)
+	}
+	if ents, _ := os.ReadDir(p.CacheDir); len(ents) != 0 {
+		t.Errorf("Verdict() for an %s guest cached %v, want nothing", other, ents)
+	}
+	for _, tt := range []struct {
+		host  string
+		guest arch.Arch
+		want  string
+	}{{qemu.KVM, arch.Host(), qemu.KVM}, {qemu.KVM, "", qemu.KVM}, {qemu.KVM, other, qemu.TCG}, {qemu.TCG, arch.Host(), qemu.TCG}} {
+		if got := For(tt.host, tt.guest); got != tt.want {
+			t.Errorf("For(%s, %q) = %s, want %s", tt.host, tt.guest, got, tt.want)
 		}
 	}
 }

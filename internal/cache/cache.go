@@ -1,7 +1,9 @@
 // Package cache locates buildfarm's cache directory, where downloads and
 // derived artifacts that are costly to make are kept between runs: the guest
-// kernel that scripts/deps unpacks from Debian's linux-image package, the
-// debootstrap rootfs, the accelerator probe's verdict.
+// kernel that scripts/deps unpacks from Debian's linux-image package (in
+// kernel/ for x86_64 guests, kernel-arm64/ for aarch64 ones), the static
+// busybox of aarch64 guests (busybox-arm64/), the debootstrap rootfs, the
+// accelerator probe's verdict.
 //
 // Environment:
 //
@@ -15,6 +17,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/buildfarm/buildfarm/internal/arch"
 )
 
 // Dir returns the cache directory (it may not exist yet).
@@ -40,10 +44,23 @@ type Kernel struct {
 	Version string // for example 6.1.0-56-cloud-amd64
 }
 
-// GuestKernel returns the cached guest kernel, or an error wrapping
-// ErrNoKernel that names the directory looked in.
-func GuestKernel() (Kernel, error) {
-	dir := filepath.Join(Dir(), "kernel")
+// GuestKernel returns the cached guest kernel of x86_64 guests, or an error
+// wrapping ErrNoKernel that names the directory looked in.
+func GuestKernel() (Kernel, error) { return GuestKernelFor(arch.X8664) }
+
+// KernelDir is the cache's directory of the guest kernel for a: kernel for
+// x86_64, kernel-arm64 for aarch64 (by Debian's name).
+func KernelDir(a arch.Arch) string {
+	if a == arch.X8664 || a == "" {
+		return filepath.Join(Dir(), "kernel")
+	}
+	return filepath.Join(Dir(), "kernel-"+a.Debian())
+}
+
+// GuestKernelFor returns the cached guest kernel of a's guests, or an error
+// wrapping ErrNoKernel that names the directory looked in.
+func GuestKernelFor(a arch.Arch) (Kernel, error) {
+	dir := KernelDir(a)
 	v, err := os.ReadFile(filepath.Join(dir, "version"))
 	if err != nil {
 		return Kernel{}, fmt.Errorf("%s: %w", dir, ErrNoKernel)
@@ -62,4 +79,27 @@ func GuestKernel() (Kernel, error) {
 		}
 	}
 	return k, nil
+}
+
+// ErrNoBusybox means the cache holds no static busybox for a guest
+// architecture; scripts/deps fetches it.
+var ErrNoBusybox = errors.New("no static busybox for this architecture in the cache (scripts/deps fetches it)")
+
+// BusyboxDir is the cache's directory of the static busybox of a's guests
+// (busybox-arm64 for aarch64), which holds the binary as busybox. Guests
+// of the host's architecture use the host's /bin/busybox instead.
+func BusyboxDir(a arch.Arch) string { return filepath.Join(Dir(), "busybox-"+a.Debian()) }
+
+// Busybox returns the static busybox for a's guests: /bin/busybox for the
+// host's architecture, the cached one otherwise, or an error wrapping
+// ErrNoBusybox.
+func Busybox(a arch.Arch) (string, error) {
+	if a == arch.Host() || a == "" {
+		return "/bin/busybox", nil
+	}
+	p := filepath.Join(BusyboxDir(a), "busybox")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%s: %w", p, ErrNoBusybox)
+	}
+	return p, nil
 }
