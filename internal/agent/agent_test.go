@@ -69,18 +69,14 @@ func TestMain(m *testing.M) {
 }
 
 // farm is a build host for a test: a machines directory with one volume
-// holding the busybox machine, and a TFTP directory.
+// holding the busybox machine, and a TFTP directory. Its Write collects
+// the agent's log.
 type farm struct {
 	machines, tftp string
-	log            bytes.Buffer
-	mu             sync.Mutex
+	log            logBuffer
 }
 
-func (f *farm) Write(p []byte) (int, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.log.Write(p)
-}
+func (f *farm) Write(p []byte) (int, error) { return f.log.Write(p) }
 
 // newFarm builds a machine (the busybox preset unless opts names another,
 // with opts' extras) and adds it to a volume: on btrfs on a loop device, or
