@@ -174,10 +174,12 @@ func (c *APIClient) Agents(ctx context.Context) ([]Agent, error) {
 }
 
 // Wait polls the submission every poll until each of its tasks is done,
-// and returns it; it gives up with ctx's error.
+// and returns it. When ctx ends first, it returns the submission as last
+// seen (nil if never) with ctx's error.
 func (c *APIClient) Wait(ctx context.Context, id int64, poll time.Duration) (*Submission, error) {
 	t := time.NewTicker(poll)
 	defer t.Stop()
+	var last *Submission
 	for {
 		s, err := c.Submission(ctx, id)
 		var ae *APIError
@@ -186,13 +188,12 @@ func (c *APIClient) Wait(ctx context.Context, id int64, poll time.Duration) (*Su
 			return nil, err
 		case err == nil && s.Done():
 			return s, nil
+		case err == nil:
+			last = s
 		}
 		select {
 		case <-ctx.Done():
-			if err == nil {
-				return s, fmt.Errorf("submission %d: %w", id, ctx.Err())
-			}
-			return s, fmt.Errorf("submission %d: %w", id, errors.Join(ctx.Err(), err))
+			return last, fmt.Errorf("submission %d: %w", id, ctx.Err())
 		case <-t.C:
 		}
 	}
