@@ -43,8 +43,9 @@
 // its result. AuthRequired refuses task requests (401) from agents without
 // a registered key, and results without a valid signature (403). AuthOptional
 // gives unauthenticated agents tasks without a challenge. AuthAuto, the
-// default, is AuthRequired once at least one key is registered and
-// AuthOptional before, so a fresh `buildfarm up` farm works with no keys.
+// default, is AuthRequired once at least one key is registered (a
+// controller notices a first key within 2 seconds) and AuthOptional
+// before, so a fresh `buildfarm up` farm works with no keys.
 //
 // # Submit API (JSON under /api/v1/)
 //

@@ -159,7 +159,12 @@ func TestLongPoll(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		submitted := time.Now()
 		submitHello(t, via, nil)
-		a := <-got
+		var a answer
+		select {
+		case a = <-got:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("submit through %s: held request not answered", via.URL())
+		}
 		if a.resp.Session == "" {
 			t.Fatalf("submit through %s: held request got no task", via.URL())
 		}
@@ -282,5 +287,45 @@ func TestInterruptRequeues(t *testing.T) {
 	}
 	if again := askTask(t, s.URL()+"/task", agentReq("", "busybox"), nil); again.Session == "" || again.Session == resp.Session {
 		t.Errorf("task request after interrupt: session %q, want a new one", again.Session)
+	}
+}
+
+// TestShutdownAnswersHeldRequests: stopping the controller answers a held
+// task request with no task at once, and Serve returns nil.
+func TestShutdownAnswersHeldRequests(t *testing.T) {
+	st := openStore(t, "")
+	o := DefaultOptions()
+	o.Listen = "127.0.0.1:0"
+	s, err := New(st, o, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx) }()
+	got := make(chan *manifest.TaskResponse, 1)
+	go func() {
+		got <- askTask(t, s.URL()+"/task", agentReq("", "busybox"), http.Header{WaitHeader: {"20"}})
+	}()
+	time.Sleep(300 * time.Millisecond)
+	stopped := time.Now()
+	cancel()
+	select {
+	case resp := <-got:
+		if resp.Session != "" {
+			t.Errorf("held request at shutdown got a task")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("held request not answered within 5s of shutdown")
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve = %v, want nil after cancel", err)
+	}
+	if d := time.Since(stopped); d > 3*time.Second {
+		t.Errorf("shutdown took %v", d)
 	}
 }
