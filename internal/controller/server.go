@@ -197,10 +197,13 @@ func (s *Server) Serve(ctx context.Context) error {
 			errc <- srv.Serve(s.ln)
 		}
 	}()
+	s.log.Info("controller serving", "url", s.url, "public_url", s.opts.URL, "auth", s.opts.Auth,
+		"configurations", len(s.opts.Buildtab.Configs), "admin_token", s.opts.AdminToken != "")
 	var err error
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
+		s.log.Info("controller stopping")
 		s.stop()
 		sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		err = srv.Shutdown(sctx)
