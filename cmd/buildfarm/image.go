@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/image"
 )
 
@@ -29,6 +30,7 @@ func imageBuildCmd(e *env) *cobra.Command {
 		opts     image.Options
 		adds     []string
 		diskSize string
+		archName string
 	)
 	cmd := &cobra.Command{
 		Use:   "build --preset NAME --out DIR",
@@ -46,6 +48,14 @@ func imageBuildCmd(e *env) *cobra.Command {
 
 Presets: busybox, debian. The debian preset runs debootstrap once and keeps
 the result in the cache directory.
+
+--arch aarch64 makes the same machine for aarch64 guests (QEMU's virt
+machine; under TCG on an x86_64 host): Debian's cloud-arm64 kernel, the
+arm64 busybox-static (both fetched into the cache by scripts/deps), and
+buildfarm-worker-arm64 (CGO_ENABLED=0 GOARCH=arm64 go build -o
+buildfarm-worker-arm64 ./cmd/buildfarm-worker) found next to this program
+or in PATH. The debian preset's debootstrap then runs arm64 programs
+through qemu-user-static's binfmt handler (about ten minutes, once).
 
 --add, --remove and --init-override act on the initramfs. Before it starts
 the worker, the init runs the executables in /etc/buildfarm/rc.d (add them
@@ -68,6 +78,11 @@ chroot). The console shows the init's progress as "init: ..." lines.`,
 				}
 				opts.DiskSize = n
 			}
+			a, err := arch.Parse(archName)
+			if err != nil {
+				return fmt.Errorf("--arch: %w", err)
+			}
+			opts.Arch = a
 			if isTerminal(e.stderr) {
 				opts.Progress = e.stderr
 			}
@@ -76,9 +91,9 @@ chroot). The console shows the init's progress as "init: ..." lines.`,
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(e.stdout, "%s: machine %s (kernel %s, initrd %s, disk %s, %d modules: %s)\nid: %s\nmac: %s\n",
+			_, err = fmt.Fprintf(e.stdout, "%s: machine %s (kernel %s, initrd %s, disk %s, %d modules: %s)\nid: %s\nmac: %s\narch: %s\n",
 				m.Dir, m.Name, m.KernelVersion, image.HumanSize(m.InitrdSize), image.HumanSize(m.DiskSize),
-				len(m.Modules), strings.Join(m.Modules, " "), m.ID, m.MAC)
+				len(m.Modules), strings.Join(m.Modules, " "), m.ID, m.MAC, m.Arch)
 			return err
 		},
 	}
@@ -86,10 +101,11 @@ chroot). The console shows the init's progress as "init: ..." lines.`,
 	f.StringVar(&opts.Preset, "preset", "busybox", "what to build: busybox or debian")
 	f.StringVar(&opts.Out, "out", "", "the machine `DIR` to make (must not exist, or be empty)")
 	f.StringVar(&opts.Name, "name", "", "the machine's name (default: the preset's)")
-	f.StringVar(&opts.Kernel, "kernel", "", "a bzImage `FILE` to boot instead of the cached guest kernel (with --modules)")
+	f.StringVar(&archName, "arch", "x86_64", "the guest's architecture: x86_64 or aarch64")
+	f.StringVar(&opts.Kernel, "kernel", "", "a kernel `FILE` (bzImage, arm64 Image) to boot instead of the cached guest kernel (with --modules)")
 	f.StringVar(&opts.Modules, "modules", "", "the kernel's lib/modules/VERSION `DIR` (with --kernel)")
-	f.StringVar(&opts.Worker, "worker", "", "the static buildfarm-worker `FILE` (default: next to this program, then in PATH)")
-	f.StringVar(&opts.Busybox, "busybox", "", "a static busybox `FILE` (default /bin/busybox)")
+	f.StringVar(&opts.Worker, "worker", "", "the static buildfarm-worker `FILE` for the guest's architecture (default: buildfarm-worker, or buildfarm-worker-arm64 for aarch64 on x86_64, next to this program, then in PATH)")
+	f.StringVar(&opts.Busybox, "busybox", "", "a static busybox `FILE` for the guest's architecture (default /bin/busybox, or the cache's for another architecture)")
 	f.StringArrayVar(&adds, "add", nil, "add the host file SRC to the initramfs as DST (`SRC:DST`, repeatable)")
 	f.StringArrayVar(&opts.Remove, "remove", nil, "leave `PATH` out of the initramfs (repeatable)")
 	f.StringVar(&opts.SSHKey, "ssh-key", "", "a public key `FILE` for root's authorized_keys")

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/buildfarm/buildfarm/internal/accel"
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 )
@@ -35,7 +36,8 @@ func workerStarted(line string) bool {
 }
 
 // machineConfig reads the VM files of a machine directory: kernel, initrd
-// and cmdline for direct kernel boot, and/or disk.img.
+// and cmdline for direct kernel boot, and/or disk.img; its manifest gives
+// the guest's architecture, MAC and extra QEMU options.
 func machineConfig(dir string) (qemu.Config, error) {
 	cfg := qemu.Config{Name: filepath.Base(dir)}
 	exists := func(name string) bool {
@@ -75,6 +77,7 @@ func machineConfig(dir string) (qemu.Config, error) {
 	if err != nil {
 		return cfg, err
 	}
+	cfg.Arch = arch.Arch(m.Arch) // "" is x86_64 to QEMU too
 	cfg.Net.MAC = m.MAC
 	cfg.Extra = m.UnquotedOptions()
 	return cfg, nil
@@ -94,8 +97,9 @@ func vmBootTestCmd(e *env) *cobra.Command {
 		Long: `Boot the machine directory DIR (kernel, initrd, cmdline and/or disk.img,
 as buildfarm image build makes it) with user-mode networking, wait for the
 worker's first sign of life on the serial console ("buildfarm-worker
-VERSION: started"), power the VM off over QMP (ACPI power button: the guest
-needs the button and evdev modules and acpid), and print how long each
+VERSION: started"), power the VM off over QMP (the power button: ACPI on
+x86_64, where the guest needs the button and evdev modules and acpid; a GPIO
+line on aarch64, which buildfarm's init watches), and print how long each
 step took. Exit status 1 when a step fails, with the
 tail of the console.`,
 		Args: cobra.ExactArgs(1),
@@ -106,7 +110,7 @@ tail of the console.`,
 				return err
 			}
 			cfg.MemoryMB = memory
-			if cfg.Accel, err = (&accel.Prober{Log: e.log}).Resolve(ctx, accelSet); err != nil {
+			if cfg.Accel, err = (&accel.Prober{Log: e.log, Arch: cfg.Arch}).Resolve(ctx, accelSet); err != nil {
 				return err
 			}
 			work, err := os.MkdirTemp("", "buildfarm-boot-test-")
@@ -174,7 +178,7 @@ func bootTest(ctx context.Context, e *env, vm *qemu.VM, powerOff time.Duration) 
 	if err := vm.Wait(ctx); err != nil {
 		return err
 	}
-	step("power-off", t2, "clean, on the ACPI power-down request")
+	step("power-off", t2, "clean, on the power-down request")
 	step("total", t0, "")
 	return nil
 }

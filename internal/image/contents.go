@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/cache"
 	"github.com/buildfarm/buildfarm/internal/initramfs"
 	"github.com/buildfarm/buildfarm/internal/proc"
@@ -35,6 +36,7 @@ const (
 type contents struct {
 	name         string
 	preset       Preset
+	arch         arch.Arch
 	kernel       cache.Kernel
 	worker       string
 	busybox      string
@@ -64,9 +66,9 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 
 	// busybox and its applets.
 	check(a.AddFileFrom("bin/busybox", 0o755, c.busybox))
-	applets, err := proc.Output(ctx, c.busybox, "--list-full")
+	applets, err := listApplets(ctx, c.busybox, c.arch)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list busybox applets: %w", err)
+		return nil, nil, err
 	}
 	for _, p := range strings.Fields(string(applets)) {
 		if p != "bin/busybox" {
@@ -103,7 +105,7 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 	if err != nil {
 		return nil, nil, fmt.Errorf("kernel modules: %w", err)
 	}
-	mods, err := idx.Closure(GuestModules...)
+	mods, err := idx.Closure(modules(c.arch)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kernel modules: %w", err)
 	}
@@ -184,18 +186,44 @@ func writeInitrd(file string, a *initramfs.Archive) (int64, error) {
 	return fi.Size(), nil
 }
 
-// checkStatic makes sure file is a statically linked ELF executable: the
-// initramfs has no dynamic loader or libc.
-func checkStatic(file string) error {
+// elfMachine is the ELF machine of each architecture's programs.
+var elfMachine = map[arch.Arch]elf.Machine{arch.X8664: elf.EM_X86_64, arch.AArch64: elf.EM_AARCH64}
+
+// checkStatic makes sure file is a statically linked ELF executable for a:
+// the initramfs has no dynamic loader or libc, and a guest runs only its
+// own architecture's programs.
+func checkStatic(file string, a arch.Arch) error {
 	f, err := elf.Open(file)
 	if err != nil {
 		return fmt.Errorf("%s: %w", file, err)
 	}
 	defer f.Close()
+	if want, ok := elfMachine[a]; ok && f.Machine != want {
+		return fmt.Errorf("%s is a program for %v, not for %s guests", file, f.Machine, a)
+	}
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
 			return fmt.Errorf("%s is dynamically linked; the guest needs a static binary (CGO_ENABLED=0 for Go)", file)
 		}
 	}
 	return nil
+}
+
+// listApplets returns busybox's applets as --list-full gives them. A
+// busybox of another architecture than the host's runs through
+// qemu-user's binfmt handler when there is one; without, the host's
+// /bin/busybox answers: Debian builds busybox-static with one
+// configuration for every architecture.
+func listApplets(ctx context.Context, busybox string, a arch.Arch) ([]byte, error) {
+	out, err := proc.Output(ctx, busybox, "--list-full")
+	if err != nil && a != arch.Host() {
+		var herr error
+		if out, herr = proc.Output(ctx, "/bin/busybox", "--list-full"); herr == nil {
+			return out, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list busybox applets: %w", err)
+	}
+	return out, nil
 }

@@ -12,6 +12,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/buildfarm/buildfarm/internal/arch"
+	"github.com/buildfarm/buildfarm/internal/cache"
 )
 
 // Preset is a kind of guest machine.
@@ -40,18 +43,44 @@ var Presets = map[string]Preset{
 	},
 }
 
-// GuestModules are the kernel modules every guest loads (with what they
-// depend on): the virtio PCI transport, then the block, network and console
-// devices, ext4 for the disk (built into Debian's cloud kernel), and the
-// ACPI power button with evdev, so that the guest powers off when QEMU
-// presses the button (QMP system_powerdown).
+// GuestModules are the kernel modules every x86_64 guest loads (with what
+// they depend on): the virtio PCI transport, then the block, network and
+// console devices, ext4 for the disk (built into Debian's cloud kernel),
+// and the ACPI power button with evdev, so that the guest powers off when
+// QEMU presses the button (QMP system_powerdown).
 var GuestModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4", "button", "evdev"}
 
-// Cmdline is the kernel command line of the machines Build makes. panic=-1
-// turns a guest panic into a reboot, which QEMU's -no-reboot makes an exit;
-// no_timer_check skips the IO-APIC timer check, which can fail (and panic
-// the guest) under TCG on a loaded host.
+// AArch64Modules are those of aarch64 guests: the same virtio PCI devices
+// (package qemu gives virt the PCI ones) and ext4. virt without firmware
+// has no ACPI; its power button is a GPIO line, which the init watches
+// (the PL061 driver is built into the kernel).
+var AArch64Modules = []string{"virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4"}
+
+// Cmdline is the kernel command line of the x86_64 machines Build makes.
+// panic=-1 turns a guest panic into a reboot, which QEMU's -no-reboot makes
+// an exit; no_timer_check skips the IO-APIC timer check, which can fail
+// (and panic the guest) under TCG on a loaded host.
 const Cmdline = "console=ttyS0 quiet panic=-1 no_timer_check"
+
+// AArch64Cmdline is that of aarch64 machines: virt's PL011 serial port is
+// ttyAMA0, and it has no IO-APIC.
+const AArch64Cmdline = "console=ttyAMA0 quiet panic=-1"
+
+// modules and cmdline return the guest modules and kernel command line
+// for a.
+func modules(a arch.Arch) []string {
+	if a == arch.AArch64 {
+		return AArch64Modules
+	}
+	return GuestModules
+}
+
+func cmdline(a arch.Arch) string {
+	if a == arch.AArch64 {
+		return AArch64Cmdline
+	}
+	return Cmdline
+}
 
 var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
@@ -72,14 +101,22 @@ type Options struct {
 	Preset string // a key of Presets
 	Out    string // the machine directory to make; must not exist or be empty
 	Name   string // the machine's name; default the preset's
+	// Arch is the guest's architecture; default x86_64.
+	Arch arch.Arch
 
-	// Kernel is a bzImage to boot and Modules its lib/modules/VERSION
-	// directory; both empty means the cached guest kernel, fetched into the
-	// cache when missing.
+	// Kernel is a bzImage (an arm64 Image for aarch64) to boot and Modules
+	// its lib/modules/VERSION directory; both empty means the cached guest
+	// kernel of Arch, fetched into the cache when missing.
 	Kernel, Modules string
 
-	Worker  string // buildfarm-worker; default next to this executable, then in PATH
-	Busybox string // a static busybox; default /bin/busybox
+	// Worker is buildfarm-worker built for Arch; default next to this
+	// executable, then in PATH: buildfarm-worker for the host's
+	// architecture, buildfarm-worker-arm64 (GOARCH=arm64) for aarch64 on
+	// another host.
+	Worker string
+	// Busybox is a static busybox for Arch; default /bin/busybox for the
+	// host's architecture, the cache's (scripts/deps fetches it) for another.
+	Busybox string
 
 	Add          []Add    // extra files for the initramfs
 	Remove       []string // paths to leave out of the initramfs
@@ -99,6 +136,7 @@ type Options struct {
 type Machine struct {
 	Dir           string
 	Name          string
+	Arch          arch.Arch
 	ID            string // sha256 of the machine files, as in the manifest
 	MAC           string
 	KernelVersion string
@@ -135,6 +173,14 @@ func Build(ctx context.Context, opts Options) (*Machine, error) {
 	if !ok {
 		return nil, fmt.Errorf("unknown preset %q (have busybox, debian)", opts.Preset)
 	}
+	guest := opts.Arch
+	if guest == "" {
+		guest = arch.X8664
+	}
+	if _, err := arch.Parse(string(guest)); err != nil {
+		return nil, err
+	}
+	opts.Arch = guest
 	name := opts.Name
 	if name == "" {
 		name = preset.Name
@@ -160,16 +206,18 @@ func Build(ctx context.Context, opts Options) (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	worker, err := findWorker(opts.Worker)
+	worker, err := findWorker(opts.Worker, guest)
 	if err != nil {
 		return nil, err
 	}
 	bb := opts.Busybox
 	if bb == "" {
-		bb = "/bin/busybox"
+		if bb, err = cache.Busybox(guest); err != nil {
+			return nil, fmt.Errorf("busybox for %s guests: %w", guest, err)
+		}
 	}
 	for _, p := range []string{worker, bb} {
-		if err := checkStatic(p); err != nil {
+		if err := checkStatic(p, guest); err != nil {
 			return nil, err
 		}
 	}
@@ -186,7 +234,7 @@ func Build(ctx context.Context, opts Options) (*Machine, error) {
 	// 2. initrd, kernel, cmdline.
 	st.say("writing the initramfs")
 	spec := contents{
-		name: name, preset: preset, kernel: k, worker: worker, busybox: bb,
+		name: name, preset: preset, arch: guest, kernel: k, worker: worker, busybox: bb,
 		add: opts.Add, remove: opts.Remove, sshKey: opts.SSHKey, initOverride: opts.InitOverride,
 	}
 	a, mods, err := spec.archive(ctx)
@@ -200,7 +248,7 @@ func Build(ctx context.Context, opts Options) (*Machine, error) {
 	if err := copyFile(filepath.Join(tmp, KernelFile), k.Image, 0o644); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, CmdlineFile), []byte(Cmdline+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(tmp, CmdlineFile), []byte(cmdline(guest)+"\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("write cmdline: %w", err)
 	}
 
@@ -218,7 +266,7 @@ func Build(ctx context.Context, opts Options) (*Machine, error) {
 	// 4. manifest.
 	st.say("hashing the machine files")
 	m := &Machine{
-		Name: name, MAC: MAC(name), KernelVersion: k.Version,
+		Name: name, Arch: guest, MAC: MAC(name), KernelVersion: k.Version,
 		InitrdSize: initrdSize, DiskSize: diskSize,
 	}
 	for _, mod := range mods {
@@ -227,7 +275,7 @@ func Build(ctx context.Context, opts Options) (*Machine, error) {
 	if m.ID, err = machineID(ctx, tmp); err != nil {
 		return nil, err
 	}
-	summary := fmt.Sprintf("buildfarm %s guest: Debian kernel %s, %s", preset.Name, k.Version, preset.Summary)
+	summary := fmt.Sprintf("buildfarm %s guest (%s): Debian kernel %s, %s", preset.Name, guest, k.Version, preset.Summary)
 	if err := writeManifest(filepath.Join(tmp, ManifestFile), m, summary); err != nil {
 		return nil, err
 	}
@@ -240,7 +288,7 @@ func Build(ctx context.Context, opts Options) (*Machine, error) {
 		return nil, fmt.Errorf("machine directory: %w", err)
 	}
 	m.Dir = opts.Out
-	log.Debug("machine built", "dir", m.Dir, "name", name, "kernel", k.Version, "initrd", initrdSize, "disk", diskSize)
+	log.Debug("machine built", "dir", m.Dir, "name", name, "arch", guest, "kernel", k.Version, "initrd", initrdSize, "disk", diskSize)
 	return m, nil
 }
 
@@ -259,21 +307,32 @@ func checkEmpty(dir string) error {
 	return nil
 }
 
-// findWorker returns the buildfarm-worker to put in the image: path when
-// given, else the one next to the running executable, else one in PATH.
-func findWorker(path string) (string, error) {
+// WorkerName is the name findWorker looks for: buildfarm-worker for
+// guests of the host's architecture, buildfarm-worker-GOARCH for others
+// (buildfarm-worker-arm64 on an x86_64 host).
+func WorkerName(a arch.Arch) string {
+	if a == arch.Host() {
+		return "buildfarm-worker"
+	}
+	return "buildfarm-worker-" + a.GOARCH()
+}
+
+// findWorker returns the buildfarm-worker to put in a's image: path when
+// given, else WorkerName(a) next to the running executable, else in PATH.
+func findWorker(path string, a arch.Arch) (string, error) {
 	if path != "" {
 		return path, nil
 	}
+	name := WorkerName(a)
 	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "buildfarm-worker")
+		p := filepath.Join(filepath.Dir(exe), name)
 		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
 			return p, nil
 		}
 	}
-	p, err := exec.LookPath("buildfarm-worker")
+	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", fmt.Errorf("buildfarm-worker not found next to this program nor in PATH (build it with CGO_ENABLED=0 go build ./cmd/buildfarm-worker, or give --worker): %w", err)
+		return "", fmt.Errorf("%s not found next to this program nor in PATH (build it with CGO_ENABLED=0 GOARCH=%s go build -o %s ./cmd/buildfarm-worker, or give --worker): %w", name, a.GOARCH(), name, err)
 	}
 	return p, nil
 }

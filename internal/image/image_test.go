@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/initramfs"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/proc"
@@ -433,19 +434,26 @@ chroot "$BUILDFARM_ROOT" /bin/sh -c 'cd /build && gcc -O2 -o hello hello.c && ./
 
 func TestCheckStatic(t *testing.T) {
 	bb := testenv.NeedProgram(t, "busybox")
-	if err := checkStatic(bb); err != nil {
+	if err := checkStatic(bb, arch.Host()); err != nil {
 		t.Errorf("checkStatic(%s) = %v, want nil", bb, err)
 	}
 	sh := testenv.NeedProgram(t, "cpio")
-	if err := checkStatic(sh); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+	if err := checkStatic(sh, arch.Host()); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
 		t.Errorf("checkStatic(%s) = %v, want dynamically linked", sh, err)
 	}
 	notELF := write(t, filepath.Join(t.TempDir(), "x"), "#!/bin/sh\n", 0o755)
-	if err := checkStatic(notELF); err == nil {
+	if err := checkStatic(notELF, arch.Host()); err == nil {
 		t.Errorf("checkStatic(a script) = nil, want an error")
 	}
-	if err := checkStatic("/no/such"); !errors.Is(err, os.ErrNotExist) {
+	if err := checkStatic("/no/such", arch.Host()); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("checkStatic(/no/such) = %v, want ErrNotExist", err)
+	}
+	other := arch.AArch64
+	if arch.Host() == arch.AArch64 {
+		other = arch.X8664
+	}
+	if err := checkStatic(bb, other); err == nil || !strings.Contains(err.Error(), "not for "+string(other)) {
+		t.Errorf("checkStatic(%s, %s) = %v, want an error about the architecture", bb, other, err)
 	}
 }
 

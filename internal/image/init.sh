@@ -6,7 +6,8 @@
 #    (the image builder wrote them in dependency order), link each
 #    virtio-serial port as /dev/virtio-ports/NAME (as udev would: the
 #    management console's channels), and start acpid so that the ACPI power
-#    button powers the guest off.
+#    button powers the guest off (x86_64), or watch the GPIO power button
+#    (aarch64).
 # 3. Mount the build disk, /dev/vda (ext4): on /build (the worker's root is
 #    this initramfs), or as the root to chroot into (the rootfs preset).
 #    A guest without a disk still works: /build is then a directory of the
@@ -82,6 +83,30 @@ n=0
 while [ "$(ls -l /proc/$!/fd 2>/dev/null | grep -c /dev/input/)" != "$(ls /dev/input 2>/dev/null | grep -c event)" ] && [ $n -lt 200 ]; do
 	usleep 10000
 	n=$((n + 1))
+done
+
+# aarch64: QEMU's virt machine without firmware has no ACPI; QMP
+# system_powerdown pulses pin 3 of its PL061 GPIO for 100 ms, and Debian's
+# cloud kernel has no gpio-keys driver to make that a key press. Watch the
+# line from here every 50 ms, without forking: read is a shell builtin, and
+# a read that times out on a fifo nobody writes is the sleep.
+for c in /sys/class/gpio/gpiochip*; do
+	[ "$(cat "$c/label" 2>/dev/null)" = 9030000.pl061 ] || continue
+	pin=$(($(cat "$c/base") + 3))
+	echo "$pin" >/sys/class/gpio/export 2>/dev/null
+	[ -r "/sys/class/gpio/gpio$pin/value" ] || break
+	mkfifo /run/powerbutton.tick
+	(
+		exec 3<>/run/powerbutton.tick
+		while :; do
+			read -r v <"/sys/class/gpio/gpio$pin/value" || exit 0
+			[ "$v" != 1 ] || break
+			read -r -t 0.05 x <&3
+		done
+		say "power button pressed"
+		sync
+		poweroff -f
+	) </dev/null &
 done
 
 # The disk: wait briefly for devtmpfs to make the node once the driver has

@@ -60,6 +60,6 @@ func (c ctxReader) Read(p []byte) (int, error) {
 
 // writeManifest writes the build2 machine manifest of m.
 func writeManifest(file string, m *Machine, summary string) error {
-	mm := manifest.Machine{ID: m.ID, Name: m.Name, Summary: summary, Type: "kvm", MAC: m.MAC}
+	mm := manifest.Machine{ID: m.ID, Name: m.Name, Summary: summary, Type: "kvm", MAC: m.MAC, Arch: string(m.Arch)}
 	return manifest.WriteFile(file, []manifest.Manifest{mm.Manifest()})
 }

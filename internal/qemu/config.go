@@ -96,9 +96,9 @@ type Config struct {
 	Name     string    // shown by QEMU and in errors
 	Arch     arch.Arch // the guest's; x86_64 when empty
 	Binary   string    // default qemu-system-ARCH
-	Machine  string // default pc on x86_64, virt on aarch64
-	CPUs     int    // default 1
-	MemoryMB int    // default 256
+	Machine  string    // default pc on x86_64, virt on aarch64
+	CPUs     int       // default 1
+	MemoryMB int       // default 256
 	// Accel is KVM or TCG (resolve "auto" with package accel first); KVM
 	// only for a guest of the host's architecture.
 	Accel string
