@@ -3,11 +3,14 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/machine/machinetest"
 	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
 // machine list says each machine's architecture, x86_64 for a manifest
@@ -48,5 +51,43 @@ func TestMachineListArch(t *testing.T) {
 	}
 	if got["a"] != "aarch64" || got["x"] != "x86_64" || len(got) != 2 {
 		t.Errorf("machine list gave architectures %v, want a: aarch64, x: x86_64\n%s", got, out)
+	}
+}
+
+// doctor says that aarch64 guests run here under TCG once their QEMU,
+// kernel and busybox are in place, and what is missing otherwise.
+func TestDoctorArch(t *testing.T) {
+	testenv.NeedVM(t)
+	testenv.NeedRoot(t)
+	testenv.NeedProgram(t, "qemu-system-aarch64")
+	k := testenv.NeedKernel(t)
+	k64 := testenv.NeedKernelFor(t, arch.AArch64)
+	bb := testenv.NeedBusybox(t, arch.AArch64)
+	c := t.TempDir()
+	for link, target := range map[string]string{"kernel": k.Dir, "kernel-arm64": k64.Dir} {
+		if err := os.Symlink(target, filepath.Join(c, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("BUILDFARM_CACHE", c)
+	line := func() string {
+		t.Helper()
+		stdout, stderr, _ := runManifest(t, "", "doctor")
+		for _, l := range strings.Split(stdout, "\n") {
+			if strings.Contains(l, "aarch64 guests") {
+				return l
+			}
+		}
+		t.Fatalf("doctor printed no aarch64 line:\n%s%s", stdout, stderr)
+		return ""
+	}
+	if l := line(); !regexp.MustCompile(`^arch +warn +aarch64 guests cannot run: no busybox in .*busybox-arm64; scripts/deps`).MatchString(l) {
+		t.Errorf("doctor without the arm64 busybox: %q, want a warning naming it", l)
+	}
+	if err := os.Symlink(filepath.Dir(bb), filepath.Join(c, "busybox-arm64")); err != nil {
+		t.Fatal(err)
+	}
+	if l := line(); !regexp.MustCompile(`^arch +ok +aarch64 guests run under tcg .*qemu-system-aarch64, kernel ` + regexp.QuoteMeta(k64.Version)).MatchString(l) {
+		t.Errorf("doctor with everything for aarch64: %q, want ok, under tcg", l)
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/buildfarm/buildfarm/internal/accel"
 	"github.com/buildfarm/buildfarm/internal/agent"
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/cache"
 	"github.com/buildfarm/buildfarm/internal/netns"
 	"github.com/buildfarm/buildfarm/internal/proc"
@@ -57,6 +58,11 @@ func init() {
           host for each of --instances VMs (PORT plus 100 a VM), which
           fails when something holds one
   kernel  a guest kernel in the cache
+  arch    one line per guest architecture (x86_64, aarch64): whether this
+          host can run its guests and how: the accelerator (KVM only for
+          the host's own architecture, TCG for another), its QEMU binary,
+          and its guest kernel (and busybox, for another architecture) in
+          the cache; warn when one is missing
 
 Exit status 0 when builds can run, 1 otherwise; a failing line says what to
 do.`,
@@ -72,6 +78,12 @@ do.`,
 					{"btrfs", checkBtrfs},
 					{"tftp", func(ctx context.Context) checkResult { return checkTFTP(ctx, tftp) }},
 					{"kernel", checkKernel},
+				}
+				for _, a := range arch.All {
+					checks = append(checks, struct {
+						name string
+						run  func(context.Context) checkResult
+					}{"arch", func(ctx context.Context) checkResult { return checkArch(ctx, e, a) }})
 				}
 				failed := 0
 				for _, c := range checks {
@@ -129,6 +141,42 @@ func checkAccel(ctx context.Context, e *env, reprobe bool) checkResult {
 		how = "cached " + v.Probed.Format(time.RFC3339) + "; --reprobe to test again"
 	}
 	return checkResult{checkOK, fmt.Sprintf("%s: %s (%s)", v.Accel, v.Reason, how)}
+}
+
+// checkArch says whether this host can run guests of a, and how.
+func checkArch(ctx context.Context, e *env, a arch.Arch) checkResult {
+	bin := "qemu-system-" + string(a)
+	pkg := map[arch.Arch]string{arch.X8664: "qemu-system-x86", arch.AArch64: "qemu-system-arm"}[a]
+	var missing, have []string
+	if path, err := exec.LookPath(bin); err != nil {
+		missing = append(missing, fmt.Sprintf("%s not found (install %s)", bin, pkg))
+	} else {
+		have = append(have, path)
+	}
+	if k, err := cache.GuestKernelFor(a); err != nil {
+		missing = append(missing, fmt.Sprintf("no guest kernel in %s", cache.KernelDir(a)))
+	} else {
+		have = append(have, "kernel "+k.Version)
+	}
+	if bb, err := cache.Busybox(a); err != nil {
+		missing = append(missing, fmt.Sprintf("no busybox in %s", cache.BusyboxDir(a)))
+	} else if a != arch.Host() {
+		have = append(have, "busybox "+bb)
+	}
+	if len(missing) > 0 {
+		return checkResult{checkWarn, fmt.Sprintf("%s guests cannot run: %s; scripts/deps installs them", a, strings.Join(missing, ", "))}
+	}
+	v, err := (&accel.Prober{Log: e.log, Arch: a}).Verdict(ctx)
+	how := "tcg"
+	switch {
+	case err != nil:
+		how = fmt.Sprintf("accelerator unknown (%v)", err)
+	case a == arch.Host():
+		how = v.Accel + " (the accel check's verdict)"
+	default:
+		how = v.Accel + " (KVM runs only the host's architecture)"
+	}
+	return checkResult{checkOK, fmt.Sprintf("%s guests run under %s: %s", a, how, strings.Join(have, ", "))}
 }
 
 func checkBtrfs(ctx context.Context) checkResult {

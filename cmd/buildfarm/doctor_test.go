@@ -36,6 +36,8 @@ func TestDoctor(t *testing.T) {
 		`^btrfs +(ok|warn) `,
 		`^tftp +ok +UDP 127\.0\.0\.1:23401 bound in a VM's network namespace`,
 		`^kernel +ok +` + regexp.QuoteMeta(k.Version),
+		`^arch +ok +x86_64 guests run under (tcg|kvm) `,
+		`^arch +warn +aarch64 guests cannot run: .*no guest kernel in ` + regexp.QuoteMeta(filepath.Join(c, "kernel-arm64")),
 	}
 	if len(lines) != len(want) {
 		t.Fatalf("doctor printed %d lines, want %d:\n%s", len(lines), len(want), stdout)

@@ -55,7 +55,7 @@ arm64 busybox-static (both fetched into the cache by scripts/deps), and
 buildfarm-worker-arm64 (CGO_ENABLED=0 GOARCH=arm64 go build -o
 buildfarm-worker-arm64 ./cmd/buildfarm-worker) found next to this program
 or in PATH. The debian preset's debootstrap then runs arm64 programs
-through qemu-user-static's binfmt handler (about ten minutes, once).
+through qemu-user-static's binfmt handler (about four minutes, once).
 
 --add, --remove and --init-override act on the initramfs. Before it starts
 the worker, the init runs the executables in /etc/buildfarm/rc.d (add them

@@ -300,7 +300,8 @@ func (p *Prober) probe(ctx context.Context, h Host) (Verdict, error) {
 		}
 		var qe *qemu.Error
 		if errors.As(err, &qe) {
-			return done("QEMU cannot start under KVM: " + strings.TrimSpace(qe.Output))
+			// One line, for doctor's and the log's: QEMU may say it in several.
+			return done("QEMU cannot start under KVM: " + strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(qe.Output), "\n", "; ")), " "))
 		}
 		return done("QEMU cannot start under KVM: " + err.Error())
 	}

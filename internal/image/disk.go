@@ -114,7 +114,7 @@ func debianDisk(ctx context.Context, disk string, size int64, name string, opts 
 //
 // For another architecture than the host's, debootstrap's second stage
 // runs the guest's programs (dpkg, maintainer scripts) through
-// qemu-user-static's binfmt handler: measured here for arm64, 9 min 30 s
+// qemu-user-static's binfmt handler: measured here for arm64, 240 s
 // against 39 s for amd64 (bench/README.md "aarch64 guests").
 func debootstrapTarball(ctx context.Context, mirror string, a arch.Arch, st status, log *slog.Logger) (string, error) {
 	if mirror == "" {
@@ -164,7 +164,7 @@ func debootstrapTarball(ctx context.Context, mirror string, a arch.Arch, st stat
 		}
 		args = append(args, "--arch="+a.Debian())
 	}
-	log.Info("debootstrap: installing Debian into the cache, once (a minute; ten for another architecture)",
+	log.Info("debootstrap: installing Debian into the cache, once (a minute; four for another architecture)",
 		"suite", debianSuite, "arch", a.Debian(), "include", debianInclude, "mirror", mirror, "tarball", tarball)
 	start := time.Now()
 	cmd := proc.Command(ctx, "debootstrap", append(args, debianSuite, root, mirror)...)

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/cache"
 )
 
@@ -74,6 +75,36 @@ func NeedKernel(t testing.TB) cache.Kernel {
 		t.Skip(err)
 	}
 	return k
+}
+
+// NeedKernelFor returns the cached guest kernel of a's guests (for
+// aarch64, scripts/deps puts it in kernel-arm64), or fails (VM tests) or
+// skips.
+func NeedKernelFor(t testing.TB, a arch.Arch) cache.Kernel {
+	t.Helper()
+	k, err := cache.GuestKernelFor(a)
+	if err != nil {
+		if VMTests() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	return k
+}
+
+// NeedBusybox returns the static busybox of a's guests (for another
+// architecture than the host's, the one scripts/deps puts in the cache),
+// or fails (VM tests) or skips.
+func NeedBusybox(t testing.TB, a arch.Arch) string {
+	t.Helper()
+	bb, err := cache.Busybox(a)
+	if err != nil {
+		if VMTests() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	return bb
 }
 
 // Btrfs makes a btrfs file system of size bytes on a loop device, mounts it
