@@ -3,7 +3,10 @@
 // group; cancelling its context signals the whole group with SIGTERM, then
 // SIGKILL after a grace period; its standard error is captured so that a
 // failure names the command and says what it printed. Children may be tied
-// to the parent's life with Pdeathsig, so that they never outlive it.
+// to the parent's life with Pdeathsig, so that they never outlive it, or
+// through a tether (StartTethered: this binary re-executed as
+// "buildfarm-tether", which a package init recognises), whose tie can be
+// released so that a child outlives this process on purpose.
 package proc
 
 import (
