@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -53,53 +54,20 @@ state.
   buildfarm wait --controller http://127.0.0.1:8080 "$id"`,
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				ctx := cmd.Context()
 				c, err := apiClient(ctl, tokenFile)
 				if err != nil {
 					return err
 				}
-				tmpl, err := os.ReadFile(tmplFile)
-				if err != nil {
-					return fmt.Errorf("template: %w", err)
-				}
-				ms, err := manifest.Parse(bytes.NewReader(tmpl), tmplFile)
-				if err != nil {
-					return err
-				}
-				if len(ms) != 1 {
-					return fmt.Errorf("template %s: %d manifests, want one task manifest", tmplFile, len(ms))
-				}
-				req.Template = string(tmpl)
 				if timeout > 0 {
 					req.Timeout = timeout.String()
-				}
-				sources := 0
-				for _, s := range []string{dir, archiveFile, gitURL} {
-					if s != "" {
-						sources++
-					}
-				}
-				if sources != 1 {
-					return fmt.Errorf("give the sources as one of --dir, --archive, --git")
 				}
 				if (gitURL != "") != (rev != "") {
 					return fmt.Errorf("--git and --rev go together")
 				}
-				switch {
-				case gitURL != "":
+				if gitURL != "" {
 					req.Git = &controller.GitSource{URL: gitURL, Revision: rev}
-				default:
-					data, err := sourcesArchive(dir, archiveFile, ms[0])
-					if err != nil {
-						return err
-					}
-					a, err := c.PutArchive(ctx, data)
-					if err != nil {
-						return err
-					}
-					req.Archive = a.SHA256
 				}
-				s, err := c.Submit(ctx, &req)
+				s, err := submitWork(cmd.Context(), c, req, tmplFile, dir, archiveFile)
 				if err != nil {
 					return err
 				}
@@ -130,6 +98,46 @@ state.
 		f.StringVar(&req.Submitter, "submitter", os.Getenv("USER"), "who submits (shown with the submission)")
 		return cmd
 	})
+}
+
+// submitWork submits req to c with the task template in tmplFile and the
+// sources given by exactly one of dir (packed here), archiveFile and
+// req.Git, and returns the submission with its tasks. `buildfarm submit`
+// and `buildfarm up --demo` submit through it.
+func submitWork(ctx context.Context, c *controller.APIClient, req controller.SubmitRequest, tmplFile, dir, archiveFile string) (*controller.Submission, error) {
+	tmpl, err := os.ReadFile(tmplFile)
+	if err != nil {
+		return nil, fmt.Errorf("template: %w", err)
+	}
+	ms, err := manifest.Parse(bytes.NewReader(tmpl), tmplFile)
+	if err != nil {
+		return nil, err
+	}
+	if len(ms) != 1 {
+		return nil, fmt.Errorf("template %s: %d manifests, want one task manifest", tmplFile, len(ms))
+	}
+	req.Template = string(tmpl)
+	sources := 0
+	for _, given := range []bool{dir != "", archiveFile != "", req.Git != nil} {
+		if given {
+			sources++
+		}
+	}
+	if sources != 1 {
+		return nil, fmt.Errorf("give the sources as one of --dir, --archive, --git")
+	}
+	if req.Git == nil {
+		data, err := sourcesArchive(dir, archiveFile, ms[0])
+		if err != nil {
+			return nil, err
+		}
+		a, err := c.PutArchive(ctx, data)
+		if err != nil {
+			return nil, err
+		}
+		req.Archive = a.SHA256
+	}
+	return c.Submit(ctx, &req)
 }
 
 // sourcesArchive reads the archive file, or packs dir reproducibly without

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -9,45 +10,100 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/buildfarm/buildfarm/internal/agent"
+	"github.com/buildfarm/buildfarm/internal/arch"
+	"github.com/buildfarm/buildfarm/internal/controller"
 	"github.com/buildfarm/buildfarm/internal/image"
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/store"
 )
+
+// upOptions are up's command-line options.
+type upOptions struct {
+	state, listen, worker, examples string
+	instances                       int
+	buildTimeout, demoTimeout       time.Duration
+	demo                            bool
+}
 
 func init() {
 	register(func(e *env) *cobra.Command {
-		var state, task, worker string
+		o := upOptions{listen: "127.0.0.1:8080", buildTimeout: time.Hour, demoTimeout: 20 * time.Minute}
 		cmd := &cobra.Command{
-			Use:   "up [--state DIR] [--task FILE]",
-			Short: "Run the farm on this computer (today: one build of examples/hello in a VM)",
-			Long: `up runs buildfarm's embedded default under one state directory.
+			Use:   "up [--state DIR] [--listen ADDR] [--demo]",
+			Short: "Run the whole farm on this computer: a controller, an agent and the busybox machine",
+			Long: `up runs buildfarm's embedded default, the whole farm on one computer, under
+one state directory:
 
-Today that is one build in a real one-shot VM: it makes the busybox machine
-(once), adds it to the state directory's machine volume, and has an agent
-bootstrap it (once) and build the task — examples/hello by default — in a
-fresh snapshot, printing the result manifest. Once the controller exists,
-up will run the whole farm: a controller on embedded SQLite, one agent and
-the default machine.
+  1. It makes the busybox machine (image build --preset busybox) and adds
+     it to the state's machine volume, unless it is there already.
+  2. It writes the state's buildtab if it is missing (see below).
+  3. It starts a controller on SQLite (state/controller.db) listening on
+     --listen (default 127.0.0.1:8080; HOST:0 picks a free port) and prints
+     its URL.
+  4. It starts one agent in this process, serving that controller with
+     long polling, with --instances slots (default: fitted to this host,
+     see below). The agent bootstraps each machine that needs it (the
+     first time: about a minute under TCG) before it asks for tasks.
+
+Then it serves until interrupted (SIGINT or SIGTERM: running VMs are
+stopped and their snapshots deleted, the controller answers what it holds
+and exits). Submit work to it with
+
+  buildfarm submit --controller URL --dir DIR --template DIR/task.manifest
+  buildfarm wait --controller URL ID
+
+--demo submits examples/hello and examples/hello-broken (from --examples)
+to the busybox configuration through the controller's API, waits for their
+results, prints each one's status and operations, stops the farm, and exits
+0 when hello ended success and hello-broken error, 1 otherwise.
+
+The buildtab (state/buildtab), written if missing and read at each start:
+
+  busybox*  busybox  TARGET  default
+  debian*   debian   TARGET  gcc
+
+TARGET being this host's CPU with -linux-gnu. A submission that names no
+configuration builds on busybox; "--config debian" (or "gcc") builds on a
+machine named debian*, which "machine add" may add (image build --preset
+debian makes one). Edit the file to change them.
+
+--instances 0 (the default) fits the agent to the host: one VM a CPU
+minus one CPU left to the host (the controller, the agent, QEMU's own
+threads), and no more VMs than half the available memory holds at the
+agent's 512 MiB a VM; at least one. Under TCG each guest CPU keeps a host
+CPU busy, so more VMs than that would only slow each other down.
 
 State (default /var/lib/buildfarm as root, else ~/.local/state/buildfarm):
 
-  machines/   the machine volumes (btrfs subvolumes on btrfs)
-  tftp/       the agent's per-VM TFTP directories
-
-It exits 0 when the build succeeded (or warned), 1 otherwise.`,
+  machines/       the machine volumes (btrfs subvolumes on btrfs)
+  tftp/           the agent's per-VM TFTP directories and its result spool
+  controller.db   the controller's SQLite database
+  buildtab        the build configurations`,
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				return up(cmd.Context(), e, state, task, worker)
+				return up(cmd.Context(), e, o)
 			},
 		}
-		cmd.Flags().StringVar(&state, "state", defaultState(), "state `directory`")
-		cmd.Flags().StringVar(&worker, "worker", "", "buildfarm-worker `binary` for the machine (default: beside buildfarm, then in PATH)")
-		cmd.Flags().StringVar(&task, "task", filepath.Join("examples", "hello", "task.manifest"), "task manifest `file` to build; its directory holds the sources")
+		f := cmd.Flags()
+		f.StringVar(&o.state, "state", defaultState(), "state `directory`")
+		f.StringVar(&o.listen, "listen", o.listen, "the controller's `address` (HOST:PORT; port 0 picks one)")
+		f.IntVar(&o.instances, "instances", 0, "`number` of tasks the agent performs at once (0: fitted to this host)")
+		f.DurationVar(&o.buildTimeout, "build-timeout", o.buildTimeout, "a task's longest build time (controller and agent)")
+		f.StringVar(&o.worker, "worker", "", "buildfarm-worker `binary` for the machine (default: beside buildfarm, then in PATH)")
+		f.BoolVar(&o.demo, "demo", false, "submit examples/hello and examples/hello-broken, wait for their results, and exit")
+		f.StringVar(&o.examples, "examples", "examples", "`directory` holding hello and hello-broken (--demo)")
+		f.DurationVar(&o.demoTimeout, "demo-timeout", o.demoTimeout, "how long --demo waits for its results")
 		return cmd
 	})
 }
@@ -62,74 +118,323 @@ func defaultState() string {
 	return "buildfarm-state"
 }
 
-// up is the main job on the embedded default:
-//
-//  1. Make the busybox machine and add it to the state's volume, unless it
-//     is there already.
-//  2. Run an agent on the task: it bootstraps the machine (first time),
-//     builds the task in a one-shot VM and prints the result.
-func up(ctx context.Context, e *env, state, task, worker string) error {
-	if _, err := os.Stat(task); err != nil {
-		return fmt.Errorf("task %s: %w (run up from a clone of buildfarm, or give --task)", task, err)
-	}
-	machines := filepath.Join(state, "machines")
-	store := &machine.Store{Dir: machines, Log: e.log}
-	v, err := store.Volume(machine.DefaultVolume, true)
-	if err != nil {
-		return err
-	}
-	const name = "busybox"
-	if _, _, err := v.Current(name); err != nil {
-		if !errors.Is(err, machine.ErrRemoved) && !errors.Is(err, machine.ErrNotFound) && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		fmt.Fprintf(e.stderr, "up: making the %s machine\n", name)
-		tmp, err := os.MkdirTemp(state, ".image-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(tmp)
-		opts := image.Options{Preset: name, Out: filepath.Join(tmp, name), Worker: worker, Log: e.log}
-		if isTerminal(e.stderr) {
-			opts.Progress = e.stderr
-		}
-		if _, err := image.Build(ctx, opts); err != nil {
-			return err
-		}
-		if _, err := v.Add(ctx, name, machine.Source{Dir: opts.Out}); err != nil {
-			return err
-		}
-		fmt.Fprintf(e.stderr, "up: machine %s added to %s\n", name, v.Dir)
-	}
+// upMachine is the machine up makes, and the toolchain its agent has.
+const (
+	upMachine   = "busybox"
+	upToolchain = "default"
+)
 
-	o := agent.DefaultOptions()
-	o.Machines, o.TFTP = machines, filepath.Join(state, "tftp")
-	o.FakeRequest, o.DumpResult = task, true
-	o.BuildStartup, o.BuildTimeout = 2*time.Minute, 10*time.Minute
-	o.BootstrapStartup, o.BootstrapTimeout = 2*time.Minute, 10*time.Minute
-	var result bytes.Buffer
-	a, err := agent.New(o, e.log, io.MultiWriter(e.stdout, &result))
+// up runs the farm (see the command's help):
+//
+//  1. Write the buildtab if missing, and read it.
+//  2. Open the store and listen, so that a busy address is said at once.
+//  3. Make the busybox machine and add it, unless it is there.
+//  4. Serve the controller and run the agent, each until ctx ends or
+//     either fails.
+//  5. With --demo, submit the examples, wait for their results, print
+//     them and stop the farm; else serve until interrupted.
+func up(ctx context.Context, e *env, o upOptions) error {
+	if o.demo {
+		for _, ex := range []string{"hello", "hello-broken"} {
+			if _, err := os.Stat(filepath.Join(o.examples, ex, "task.manifest")); err != nil {
+				return fmt.Errorf("--demo: examples: %w (run up from a clone of buildfarm, or give --examples)", err)
+			}
+		}
+	}
+	if o.instances < 0 {
+		return fmt.Errorf("--instances %d: must not be negative (0: fitted to this host)", o.instances)
+	}
+	if o.buildTimeout <= 0 {
+		return fmt.Errorf("--build-timeout %v: must be positive", o.buildTimeout)
+	}
+	// 1.
+	if err := os.MkdirAll(o.state, 0o755); err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	bt, err := upBuildtab(filepath.Join(o.state, "buildtab"))
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "up: building %s in a one-shot VM\n", task)
-	if err := a.Run(ctx, nil); err != nil {
-		return err
-	}
-	if ctx.Err() != nil {
-		return silent(1, ctx.Err())
-	}
-	ms, err := manifest.Parse(&result, "result")
-	if err != nil || len(ms) != 1 {
-		return fmt.Errorf("the agent printed no result manifest: %v", err)
-	}
-	res, err := manifest.ParseResult(ms[0], "result", manifest.Lenient)
+	// 2.
+	st, err := store.Open(ctx, filepath.Join(o.state, "controller.db"), e.log)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "up: %s %s: %s\n", res.Name, res.Version, res.Status)
-	if res.Status != manifest.StatusSuccess && res.Status != manifest.StatusWarning {
-		return silent(1, fmt.Errorf("build %s", res.Status))
+	defer st.Close()
+	co := controller.DefaultOptions()
+	co.Listen, co.Buildtab, co.BuildTimeout = o.listen, bt, o.buildTimeout
+	srv, err := controller.New(st, co, e.log)
+	if err != nil {
+		return err
+	}
+	if err := srv.Listen(); err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("%w: another controller or program is listening there; stop it, or give up another --listen address (127.0.0.1:0 picks a free port)", err)
+		}
+		return err
+	}
+	machines := filepath.Join(o.state, "machines")
+	ao := agent.DefaultOptions()
+	ao.Machines, ao.TFTP = machines, filepath.Join(o.state, "tftp")
+	ao.ToolchainName = upToolchain
+	ao.Instances = o.instances
+	if ao.Instances == 0 {
+		ao.Instances = fitInstances(runtime.NumCPU(), memAvailable(), ao.CPU, ao.RAM)
+	}
+	ao.BuildStartup, ao.BuildTimeout = 2*time.Minute, o.buildTimeout
+	ao.BootstrapStartup, ao.BootstrapTimeout = 2*time.Minute, 10*time.Minute
+	a, err := agent.New(ao, e.log, io.Discard)
+	if err != nil {
+		return err
+	}
+	// 3.
+	if err := upMakeMachine(ctx, e, machines, o); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "up: controller listening on %s\n", srv.URL())
+	if !bootstrapped(machines, upMachine, upToolchain) {
+		fmt.Fprintf(e.stderr, "up: the agent bootstraps the %s machine first (about a minute under TCG)\n", upMachine)
+	}
+	fmt.Fprintf(e.stderr, "up: agent serving with %d instance(s)\n", ao.Instances)
+
+	// 4.
+	fctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	var srvErr, agentErr error
+	wg.Go(func() {
+		defer stop()
+		if srvErr = srv.Serve(fctx); srvErr != nil {
+			srvErr = fmt.Errorf("controller: %w", srvErr)
+		}
+	})
+	wg.Go(func() {
+		defer stop()
+		if agentErr = a.Run(fctx, []string{srv.URL()}); agentErr != nil {
+			agentErr = fmt.Errorf("agent: %w", agentErr)
+		} else if fctx.Err() == nil {
+			agentErr = errors.New("agent: stopped by itself")
+		}
+	})
+	// 5.
+	var demoErr error
+	if o.demo {
+		demoErr = upDemo(fctx, e, srv.URL(), o)
+		stop()
+	}
+	<-fctx.Done()
+	fmt.Fprintf(e.stderr, "up: stopping\n")
+	wg.Wait()
+	if err := errors.Join(srvErr, agentErr); err != nil {
+		return err
+	}
+	return demoErr // nil when interrupted: a clean stop
+}
+
+// upMakeMachine makes the busybox machine and adds it to the default
+// volume under machines, unless it is there already.
+func upMakeMachine(ctx context.Context, e *env, machines string, o upOptions) error {
+	ms := &machine.Store{Dir: machines, Log: e.log}
+	v, err := ms.Volume(machine.DefaultVolume, true)
+	if err != nil {
+		return err
+	}
+	_, _, err = v.Current(upMachine)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, machine.ErrRemoved) && !errors.Is(err, machine.ErrNotFound) && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "up: making the %s machine\n", upMachine)
+	tmp, err := os.MkdirTemp(o.state, ".image-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	opts := image.Options{Preset: upMachine, Out: filepath.Join(tmp, upMachine), Worker: o.worker, Log: e.log}
+	if isTerminal(e.stderr) {
+		opts.Progress = e.stderr
+	}
+	if _, err := image.Build(ctx, opts); err != nil {
+		return err
+	}
+	if _, err := v.Add(ctx, upMachine, machine.Source{Dir: opts.Out}); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "up: machine %s added to %s\n", upMachine, v.Dir)
+	return nil
+}
+
+// bootstrapped reports whether name looks bootstrapped for toolchain in
+// the default volume (for a progress line only; the agent decides).
+func bootstrapped(machines, name, toolchain string) bool {
+	_, err := os.Stat(filepath.Join(machines, machine.DefaultVolume, name, name+"-"+toolchain))
+	return err == nil
+}
+
+// upBuildtab reads the buildtab at file, writing the default one first if
+// it is missing.
+func upBuildtab(file string) (*controller.Buildtab, error) {
+	if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
+		if err := os.WriteFile(file, []byte(defaultUpBuildtab()), 0o644); err != nil {
+			return nil, fmt.Errorf("buildtab: %w", err)
+		}
+	}
+	return controller.ReadBuildtab(file)
+}
+
+// defaultUpBuildtab is the buildtab up writes: the busybox machine in the
+// default class, and the debian machine (gcc, make) in class gcc, both for
+// this host's CPU.
+func defaultUpBuildtab() string {
+	cpu := arch.Host()
+	if cpu == "" {
+		cpu = arch.X8664
+	}
+	target := string(cpu) + "-linux-gnu"
+	return fmt.Sprintf(`# Build configurations of "buildfarm up", one a line:
+#   MACHINE-PATTERN CONFIG-NAME TARGET [CLASS...]
+# A submission that names none builds in class "default" (busybox); name
+# "debian" or "gcc" for the debian machine (image build --preset debian).
+busybox*  busybox  %[1]s  default
+debian*   debian   %[1]s  gcc
+`, target)
+}
+
+// fitInstances is how many VMs of cpu CPUs and ram MiB each fit a host of
+// ncpu CPUs and avail bytes of available memory (0: unknown): one CPU is
+// left to the host, half of the memory to everything else; at least one.
+func fitInstances(ncpu int, avail int64, cpu, ram int) int {
+	n := (ncpu - 1) / max(cpu, 1)
+	if avail > 0 {
+		n = min(n, int(avail/2/(int64(ram)<<20)))
+	}
+	return max(n, 1)
+}
+
+// memAvailable is /proc/meminfo's MemAvailable in bytes, 0 if unknown.
+func memAvailable() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) >= 2 && fs[0] == "MemAvailable:" {
+			kb, err := strconv.ParseInt(fs[1], 10, 64)
+			if err != nil {
+				return 0
+			}
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// demoTask is one example --demo submits and the status it should end
+// with.
+type demoTask struct {
+	example string
+	want    manifest.Status
+}
+
+var demoTasks = []demoTask{
+	{"hello", manifest.StatusSuccess},
+	{"hello-broken", manifest.StatusError},
+}
+
+// upDemo submits the examples to the controller at url through its API,
+// waits for their results and prints them: for each, a line with its
+// status and then its operations. It returns an error (exit 1) unless
+// each ended as expected.
+func upDemo(ctx context.Context, e *env, url string, o upOptions) error {
+	c, err := controller.NewAPIClient(url, "", nil)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.demoTimeout)
+	defer cancel()
+	ids := make([]int64, len(demoTasks))
+	for i, d := range demoTasks {
+		dir := filepath.Join(o.examples, d.example)
+		s, err := submitWork(ctx, c, controller.SubmitRequest{Configs: []string{upMachine}, Submitter: "buildfarm up --demo"},
+			filepath.Join(dir, "task.manifest"), dir, "")
+		if err != nil {
+			return fmt.Errorf("--demo: submit %s: %w", dir, err)
+		}
+		ids[i] = s.ID
+		fmt.Fprintf(e.stderr, "up: submitted %s: submission %d\n", dir, s.ID)
+	}
+	var bad []string
+	for i, d := range demoTasks {
+		s, err := c.Wait(ctx, ids[i], 500*time.Millisecond)
+		if err != nil {
+			return fmt.Errorf("--demo: %s: %w", d.example, err)
+		}
+		for _, t := range s.Tasks {
+			res, err := demoResult(ctx, c, t)
+			if err != nil {
+				return fmt.Errorf("--demo: %s: %w", d.example, err)
+			}
+			verdict := "as expected"
+			if t.Status != d.want.String() {
+				verdict = "expected " + d.want.String()
+				bad = append(bad, fmt.Sprintf("%s ended %s, expected %s", d.example, t.Status, d.want))
+			}
+			fmt.Fprintf(e.stdout, "%s %s on %s: %s (%s)\n", t.Name, t.Version, dash(t.Machine), t.Status, verdict)
+			if t.Reason != "" {
+				fmt.Fprintf(e.stdout, "  reason: %s\n", t.Reason)
+			}
+			if res != nil {
+				for _, op := range res.Results {
+					fmt.Fprintf(e.stdout, "  %s: %s\n", op.Operation, op.Status)
+					if op.Status != manifest.StatusSuccess {
+						for _, l := range lastLines(op.Log, 5) {
+							fmt.Fprintf(e.stdout, "    | %s\n", l)
+						}
+					}
+				}
+			}
+		}
+	}
+	fmt.Fprintf(e.stdout, "results: %s/api/v1/submissions/ID and %s/api/v1/tasks/ID/result\n", url, url)
+	if len(bad) > 0 {
+		return silent(1, fmt.Errorf("--demo: %s", strings.Join(bad, "; ")))
 	}
 	return nil
+}
+
+// demoResult fetches and parses a done task's result manifest; nil when
+// it has none (a task that ended without a result, for example abnormal
+// after its leases ran out).
+func demoResult(ctx context.Context, c *controller.APIClient, t controller.Task) (*manifest.Result, error) {
+	text, err := c.Result(ctx, t.ID)
+	var ae *controller.APIError
+	if errors.As(err, &ae) && ae.StatusCode == 404 {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	name := fmt.Sprintf("task %d result", t.ID)
+	ms, err := manifest.Parse(bytes.NewReader(text), name)
+	if err != nil {
+		return nil, err
+	}
+	if len(ms) != 1 {
+		return nil, fmt.Errorf("%s: %d manifests, want 1", name, len(ms))
+	}
+	return manifest.ParseResult(ms[0], name, manifest.Lenient)
+}
+
+// lastLines returns the last n non-empty lines of s.
+func lastLines(s string, n int) []string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) == 1 && lines[0] == "" {
+		return nil
+	}
+	return lines[max(0, len(lines)-n):]
 }

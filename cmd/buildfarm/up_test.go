@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,12 +11,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/controller"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
-// TestUp runs the main job as the README's first command does: one build of
-// examples/hello in a real VM, from nothing, then again on the machine it
-// left bootstrapped.
+// TestUp runs the README's first command, `buildfarm up --demo`, for real
+// from an empty state directory: it makes the busybox machine, starts the
+// controller on SQLite and the agent, which bootstraps the machine, and
+// submits examples/hello and examples/hello-broken through the
+// controller's API; the agent builds each in a one-shot VM. It must exit 0
+// with hello ended success and hello-broken error, and leave no process
+// running on its state directory. This is also the test of real VMs
+// through the real controller and agent.
 func TestUp(t *testing.T) {
 	testenv.NeedVM(t)
 	testenv.NeedRoot(t)
@@ -27,23 +34,118 @@ func TestUp(t *testing.T) {
 		t.Fatalf("go build worker: %v\n%s", err, out)
 	}
 	state := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	for i, task := range []string{"hello", "hello-broken"} {
+	var stdout, stderr bytes.Buffer
+	err := run(ctx, []string{"up", "--demo", "--state", state, "--listen", "127.0.0.1:0", "--worker", worker,
+		"--examples", filepath.Join("..", "..", "examples")}, nil, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("up --demo = %v (exit %d)\nstdout:\n%s\nstderr:\n%s", err, exitCode(err), stdout.String(), stderr.String())
+	}
+	for _, want := range []string{
+		"hello 1.0.0 on busybox: success (as expected)",
+		"hello-broken 1.0.0 on busybox: error (as expected)",
+		"  update: success", // hello's operations are listed
+	} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("up --demo printed\n%s\nwant a line %q", stdout.String(), want)
+		}
+	}
+	for _, want := range []string{"up: making the busybox machine", "up: controller listening on http://127.0.0.1:", "up: the agent bootstraps"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("up --demo's progress lacks %q:\n%s", want, stderr.String())
+		}
+	}
+	for _, f := range []string{"controller.db", "buildtab"} {
+		if _, err := os.Stat(filepath.Join(state, f)); err != nil {
+			t.Errorf("state: %v", err)
+		}
+	}
+	if pids := processesOn(t, state); len(pids) > 0 {
+		t.Errorf("processes left running on the state directory after up --demo: %v", pids)
+	}
+}
+
+// processesOn lists the processes whose command line names dir.
+func processesOn(t *testing.T, dir string) []string {
+	t.Helper()
+	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	var pids []string
+	for _, f := range cmdlines {
+		b, err := os.ReadFile(f)
+		if err == nil && bytes.Contains(b, []byte(dir)) {
+			pids = append(pids, filepath.Base(filepath.Dir(f))+": "+strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	return pids
+}
+
+// TestUpListenBusy checks that up says clearly that its address is taken,
+// before it spends minutes making a machine.
+func TestUpListenBusy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	state := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	err = run(context.Background(), []string{"up", "--state", state, "--listen", ln.Addr().String()}, nil, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "address already in use") || !strings.Contains(err.Error(), "127.0.0.1:0 picks a free port") {
+		t.Fatalf("up on a busy address = %v, want it to say the address is in use and what to do", err)
+	}
+	if strings.Contains(stderr.String(), "making the busybox machine") {
+		t.Errorf("up made a machine before finding its address busy:\n%s", stderr.String())
+	}
+	// The buildtab it wrote is one the controller reads, with both
+	// machines' configurations.
+	bt, err := controller.ReadBuildtab(filepath.Join(state, "buildtab"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, class string }{{"busybox", "default"}, {"debian", "gcc"}} {
+		got, err := bt.Select([]string{c.class})
+		if err != nil || len(got) != 1 || got[0].Name != c.name {
+			t.Errorf("buildtab class %s selects %+v, %v; want configuration %s", c.class, got, err, c.name)
+		}
+	}
+}
+
+func TestUpBadOptions(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--instances", "-1"}, "--instances -1"},
+		{[]string{"--build-timeout", "0s"}, "--build-timeout 0s"},
+		{[]string{"--demo", "--examples", "/nonexistent"}, "--demo: examples"},
+	} {
 		var stdout, stderr bytes.Buffer
-		err := run(ctx, []string{"up", "--state", state, "--worker", worker,
-			"--task", filepath.Join("..", "..", "examples", task, "task.manifest")}, nil, &stdout, &stderr)
-		wantErr := task == "hello-broken"
-		if (err != nil) != wantErr || exitCode(err) != map[bool]int{false: 0, true: 1}[wantErr] {
-			t.Fatalf("up %s = %v (exit %d)\n%s", task, err, exitCode(err), stderr.String())
+		err := run(context.Background(), append([]string{"up", "--state", t.TempDir()}, tc.args...), nil, &stdout, &stderr)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("up %v = %v, want an error naming %q", tc.args, err, tc.want)
 		}
-		status := map[bool]string{false: "status: success", true: "status: error"}[wantErr]
-		if !strings.Contains(stdout.String(), status) {
-			t.Errorf("up %s printed\n%s\nwant %q", task, stdout.String(), status)
-		}
-		made := strings.Contains(stderr.String(), "making the busybox machine")
-		if made != (i == 0) {
-			t.Errorf("up run %d: made the machine: %v, want %v", i+1, made, i == 0)
+	}
+}
+
+func TestFitInstances(t *testing.T) {
+	const gib = 1 << 30
+	for _, tc := range []struct {
+		ncpu     int
+		avail    int64
+		cpu, ram int
+		want     int
+	}{
+		{1, 8 * gib, 1, 512, 1},    // at least one
+		{2, 8 * gib, 1, 512, 1},    // one CPU left to the host
+		{8, 64 * gib, 1, 512, 7},   // CPUs bound it
+		{8, 64 * gib, 2, 512, 3},   // two CPUs a VM
+		{16, 2 * gib, 1, 512, 2},   // memory bounds it: half of 2 GiB
+		{16, 0, 1, 512, 15},        // memory unknown
+		{16, 100 << 20, 1, 512, 1}, // too little memory: still one
+	} {
+		if got := fitInstances(tc.ncpu, tc.avail, tc.cpu, tc.ram); got != tc.want {
+			t.Errorf("fitInstances(%d, %d, %d, %d) = %d, want %d", tc.ncpu, tc.avail, tc.cpu, tc.ram, got, tc.want)
 		}
 	}
 }
