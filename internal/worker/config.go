@@ -25,6 +25,9 @@ type Config struct {
 	Dir       string // the work directory: sources, toolchain, install
 	BlockSize int    // TFTP block size
 	LogLimit  int    // bytes of each operation's log kept in the result
+	// AwaitStart makes a build wait for StartFile before its task
+	// (buildfarm.start=wait): the point a warm image is saved at.
+	AwaitStart bool
 
 	// Notify, when set, receives the worker's stage messages (event
 	// "progress") for the management console (a *Channel).
@@ -76,6 +79,11 @@ func (c *Config) ParseCmdline(cmdline string) error {
 			default:
 				return fmt.Errorf("kernel parameter %s: mode must be build or bootstrap", f)
 			}
+		case startWaitParam:
+			if value != "wait" {
+				return fmt.Errorf("kernel parameter %s: the only value is wait", f)
+			}
+			c.AwaitStart = true
 		case "buildfarm.dir":
 			if !strings.HasPrefix(value, "/") {
 				return fmt.Errorf("kernel parameter %s: not an absolute path", f)

@@ -31,4 +31,8 @@
 //	buildfarm.mode=build|bootstrap  what to do (build)
 //	buildfarm.dir=DIR               the work directory (/build)
 //	buildfarm.blksize=N             TFTP block size (65464)
+//	buildfarm.start=wait            before the task, ask for the file start until the
+//	                                agent serves it, then set the clock and reseed the
+//	                                random pool from it (the point a warm start saves
+//	                                the guest at and restores it from; see StartFile)
 package worker

@@ -118,6 +118,12 @@ func (w *Worker) Build(ctx context.Context) error {
 	// 2. Fetch and unpack the sources; failing that, the result is abort.
 	// 3. Run the operations in order; the first that fails ends the build.
 	// 4. Upload the result manifest.
+	// With buildfarm.start=wait, first await the start (see awaitStart).
+	if w.cfg.AwaitStart {
+		if err := w.awaitStart(ctx); err != nil {
+			return err
+		}
+	}
 	w.progress(ctx, "task", "fetching")
 	var tb bytes.Buffer
 	if err := w.get(ctx, TaskFile, &tb); err != nil {

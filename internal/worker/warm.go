@@ -1,0 +1,195 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/tftp"
+)
+
+// StartFile is what a worker started with buildfarm.start=wait asks for
+// before its task: the point a warm start saves the guest at. The agent
+// that builds a warm image never serves it; the agent that restores one
+// writes it when the restored worker's first request arrives, with the
+// host's time and random bytes: the worker's fresh identity (see Start).
+const StartFile = "start"
+
+// startPoll is the pause between requests for StartFile, and startTimeout
+// the TFTP timeout of one request: short, since a request in flight when
+// the guest's state was saved is never answered after the restore.
+const (
+	startPoll    = 10 * time.Millisecond
+	startTimeout = 100 * time.Millisecond
+)
+
+// Start is the contents of StartFile: what a restored guest must not share
+// with the others restored from the same state.
+type Start struct {
+	Time   time.Time // the host's clock when the agent wrote the file
+	Random []byte    // seed for the kernel's random pool, credited in full
+}
+
+// MinRandom and MaxRandom bound Start.Random, in bytes.
+const (
+	MinRandom = 32
+	MaxRandom = 512
+)
+
+// Manifest returns s as a manifest: format version 1, time (RFC 3339 with
+// nanoseconds) and random (hex).
+func (s *Start) Manifest() manifest.Manifest {
+	return manifest.Manifest{
+		{Name: "", Value: "1"},
+		{Name: "time", Value: s.Time.UTC().Format(time.RFC3339Nano)},
+		{Name: "random", Value: hex.EncodeToString(s.Random)},
+	}
+}
+
+// ParseStart reads a StartFile manifest from r; file names it in errors.
+func ParseStart(r io.Reader, file string) (*Start, error) {
+	ms, err := manifest.Parse(r, file)
+	if err != nil {
+		return nil, err
+	}
+	if len(ms) != 1 {
+		return nil, fmt.Errorf("%s: %d manifests, want 1", file, len(ms))
+	}
+	m := ms[0]
+	if len(m) == 0 || m[0].Name != "" || m[0].Value != "1" {
+		return nil, fmt.Errorf("%s: not a start manifest of format 1", file)
+	}
+	s := &Start{}
+	var haveTime bool
+	for _, p := range m[1:] {
+		switch p.Name {
+		case "time":
+			if haveTime {
+				return nil, fmt.Errorf("%s: time given twice", file)
+			}
+			t, err := time.Parse(time.RFC3339Nano, p.Value)
+			if err != nil {
+				return nil, fmt.Errorf("%s: time %q: %w", file, p.Value, err)
+			}
+			s.Time, haveTime = t, true
+		case "random":
+			if s.Random != nil {
+				return nil, fmt.Errorf("%s: random given twice", file)
+			}
+			b, err := hex.DecodeString(p.Value)
+			if err != nil {
+				return nil, fmt.Errorf("%s: random: %w", file, err)
+			}
+			if len(b) < MinRandom || len(b) > MaxRandom {
+				return nil, fmt.Errorf("%s: random: %d bytes, want %d to %d", file, len(b), MinRandom, MaxRandom)
+			}
+			s.Random = b
+		default:
+			return nil, fmt.Errorf("%s: unknown field %q", file, p.Name)
+		}
+	}
+	if !haveTime || s.Random == nil {
+		return nil, fmt.Errorf("%s: want the fields time and random", file)
+	}
+	return s, nil
+}
+
+// awaitStart asks for StartFile until the agent serves it, and applies
+// it: this is where a warm image's guest is saved, and where a restored
+// one goes on. Requests that fail (the file is not there yet, or the
+// answer was lost) are repeated every startPoll, without end: the agent's
+// startup deadline bounds the wait.
+func (w *Worker) awaitStart(ctx context.Context) error {
+	opts := w.opts
+	opts.Timeout, opts.Retries = startTimeout, 1
+	polls := 0
+	for {
+		var b bytes.Buffer
+		_, err := tftp.Get(ctx, w.cfg.TFTP, StartFile, &b, opts)
+		polls++
+		if err == nil {
+			s, err := ParseStart(&b, StartFile)
+			if err != nil {
+				return err
+			}
+			w.log.Info("start", "polls", polls, "host-time", s.Time.Format(time.RFC3339Nano))
+			w.applyStart(s)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		t := time.NewTimer(startPoll)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+}
+
+// applyStart gives the guest its fresh identity: the host's clock, and
+// the random bytes added to the kernel's pool, credited, followed by a
+// reseed of the kernel's generator, so that /dev/urandom and getrandom no
+// longer continue from the saved state. Failures (a worker run by hand,
+// not root) are logged.
+func (w *Worker) applyStart(s *Start) {
+	tv := unix.NsecToTimeval(s.Time.UnixNano())
+	if err := unix.Settimeofday(&tv); err != nil {
+		w.log.Warn("clock not set", "err", err)
+	}
+	if err := addEntropy(s.Random); err != nil {
+		w.log.Warn("random pool not reseeded", "err", err)
+	}
+}
+
+// The ioctls of random(4): RNDADDENTROPY is _IOW('R', 0x03, int[2]),
+// RNDRESEEDCRNG _IO('R', 0x07).
+const (
+	rndAddEntropy  = 0x40085203
+	rndReseedCRNG  = 0x5207
+	randomDevice   = "/dev/random"
+	bitsPerByte    = 8
+	poolInfoHeader = 8 // struct rand_pool_info: int entropy_count, int buf_size
+)
+
+// addEntropy adds b to the kernel's input pool, crediting all of its bits
+// (RNDADDENTROPY), and makes the generator reseed from the pool now
+// (RNDRESEEDCRNG).
+func addEntropy(b []byte) error {
+	f, err := os.OpenFile(randomDevice, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	info := make([]byte, poolInfoHeader+len(b)+3) // buf is __u32[]
+	binary.NativeEndian.PutUint32(info[0:], uint32(len(b)*bitsPerByte))
+	binary.NativeEndian.PutUint32(info[4:], uint32(len(b)))
+	copy(info[poolInfoHeader:], b)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndAddEntropy, uintptr(unsafe.Pointer(&info[0]))); e != 0 {
+		return fmt.Errorf("%s: RNDADDENTROPY: %w", randomDevice, e)
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndReseedCRNG, 0); e != 0 && !errors.Is(e, unix.EINVAL) {
+		return fmt.Errorf("%s: RNDRESEEDCRNG: %w", randomDevice, e)
+	}
+	return nil
+}
+
+// startWaitParam is the kernel parameter that makes a worker await
+// StartFile.
+const startWaitParam = "buildfarm.start"
+
+// StartWaitArg is the kernel command line argument that makes the worker
+// of a build VM await StartFile before its task (see Config.AwaitStart).
+const StartWaitArg = startWaitParam + "=wait"

@@ -1,0 +1,112 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/manifest"
+)
+
+func TestStartRoundTrip(t *testing.T) {
+	s := &Start{Time: time.Date(2026, 12, 2, 7, 0, 0, 123456789, time.UTC), Random: bytes.Repeat([]byte{0xab}, 64)}
+	var b bytes.Buffer
+	if err := manifest.Serialize(&b, []manifest.Manifest{s.Manifest()}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseStart(&b, "start")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Time.Equal(s.Time) || !bytes.Equal(got.Random, s.Random) {
+		t.Errorf("ParseStart = %+v, want %+v", got, s)
+	}
+}
+
+func TestParseStartErrors(t *testing.T) {
+	rnd := strings.Repeat("ab", 32)
+	for _, tc := range []struct{ in, want string }{
+		{": 2\ntime: 2026-12-02T07:00:00Z\nrandom: " + rnd + "\n", "format version 2"},
+		{": 1\ntime: yesterday\nrandom: " + rnd + "\n", "time \"yesterday\""},
+		{": 1\ntime: 2026-12-02T07:00:00Z\nrandom: abc\n", "random"},
+		{": 1\ntime: 2026-12-02T07:00:00Z\nrandom: abcd\n", "2 bytes, want 32 to 512"},
+		{": 1\ntime: 2026-12-02T07:00:00Z\n", "want the fields time and random"},
+		{": 1\ntime: 2026-12-02T07:00:00Z\nrandom: " + rnd + "\nmac: x\n", "unknown field \"mac\""},
+		{": 1\ntime: 2026-12-02T07:00:00Z\ntime: 2026-12-02T07:00:00Z\nrandom: " + rnd + "\n", "time given twice"},
+	} {
+		_, err := ParseStart(strings.NewReader(tc.in), "start")
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "start") {
+			t.Errorf("ParseStart(%q) = %v, want an error naming start and saying %q", tc.in, err, tc.want)
+		}
+	}
+}
+
+func FuzzParseStart(f *testing.F) {
+	f.Add(": 1\ntime: 2026-12-02T07:00:00Z\nrandom: " + strings.Repeat("00", 32) + "\n")
+	f.Add(": 1\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		s, err := ParseStart(strings.NewReader(in), "start")
+		if err != nil {
+			return
+		}
+		var b bytes.Buffer
+		if err := manifest.Serialize(&b, []manifest.Manifest{s.Manifest()}); err != nil {
+			t.Fatal(err)
+		}
+		s2, err := ParseStart(&b, "start")
+		if err != nil || !s2.Time.Equal(s.Time) || !bytes.Equal(s2.Random, s.Random) {
+			t.Fatalf("round trip of %q: %+v, %v", in, s2, err)
+		}
+	})
+}
+
+// TestAwaitStart runs a build that waits for the start file, which comes
+// only later: the worker asks until it is there, then builds.
+func TestAwaitStart(t *testing.T) {
+	session := t.TempDir()
+	addr := agentSide(t, session)
+	placeTask(t, session, "hello")
+	w := testWorker(t, addr, ModeBuild)
+	w.cfg.AwaitStart = true
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	time.Sleep(300 * time.Millisecond)
+	if _, err := os.Stat(filepath.Join(session, "put", ProgressFile)); err == nil {
+		t.Fatal("the worker went on without the start file")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned %v without the start file", err)
+	default:
+	}
+	s := &Start{Time: time.Now(), Random: bytes.Repeat([]byte{1}, 32)}
+	tmp := filepath.Join(session, "start.tmp")
+	if err := manifest.WriteFile(tmp, []manifest.Manifest{s.Manifest()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(session, "get", StartFile)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if res := readResult(t, session); res.Status != manifest.StatusSuccess {
+		t.Errorf("status %v, want success", res.Status)
+	}
+}
+
+func TestParseCmdlineStart(t *testing.T) {
+	c := DefaultConfig()
+	if err := c.ParseCmdline("quiet " + StartWaitArg); err != nil || !c.AwaitStart {
+		t.Errorf("ParseCmdline(%s) = %v, AwaitStart %v", StartWaitArg, err, c.AwaitStart)
+	}
+	if err := c.ParseCmdline("buildfarm.start=now"); err == nil || !strings.Contains(err.Error(), "buildfarm.start=now") {
+		t.Errorf("ParseCmdline(buildfarm.start=now) = %v, want an error naming it", err)
+	}
+}
