@@ -6,10 +6,14 @@
 // WaitConsole; SaveState and Config.Incoming save a running guest and
 // restore it in a new QEMU (a warm start).
 //
-// A QEMU never outlives its parent: it runs in its own process group with
-// Pdeathsig SIGKILL, started from an OS thread that is locked for the life
-// of the VM (Pdeathsig fires when the creating thread ends, not the
-// process). It may run inside a network namespace of the VM's own (package
+// A QEMU never outlives its parent, unless Detach says so: it runs in its
+// own process group under a tether (proc.StartTethered), a small process
+// between it and its parent that kills it when the parent dies; QEMU's
+// Pdeathsig SIGKILL ties it to the tether. VM.Detach releases the tie, so
+// that a VM suspended for investigation outlives the agent that ran it;
+// the tether then stays QEMU's parent until QEMU exits. The tether is
+// started from an OS thread locked for the life of the VM, which may enter
+// the VM's network namespace. It may run inside a network namespace of the VM's own (package
 // netns), where user-mode networking lets the guest reach only the
 // services bound to that namespace's loopback, as 10.0.2.2.
 //

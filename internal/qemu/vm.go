@@ -73,6 +73,7 @@ type VM struct {
 	started atomic.Bool
 	mu      sync.Mutex // guards the fields below until done is closed
 	pid     int
+	tether  *proc.Tether
 	client  *qmp.Client
 	pty     string
 	vnc     string
@@ -275,20 +276,29 @@ func (v *VM) supervise(out *os.File, started chan<- error) {
 	}
 	// The VM is not tied to any context: it ends by Shutdown, Forcedown or
 	// the death of this process.
+	// QEMU runs under a tether (package proc): tied to this process until
+	// Detach.
 	cmd := proc.Command(context.Background(), v.args[0], v.args[1:]...)
 	cmd.Dir = v.dir
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	t, err := proc.StartTethered(cmd)
+	if err != nil {
+		var pe *proc.Error
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
 		err = v.startError(err)
 		v.finish(err)
 		started <- err
 		return
 	}
+	defer t.Close()
 	v.mu.Lock()
-	v.pid = cmd.Process.Pid
+	v.pid = t.PID
+	v.tether = t
 	v.mu.Unlock()
 	started <- nil
-	err := cmd.Wait()
+	err = t.Cmd.Wait()
 	if err != nil {
 		err = &Error{VM: v.cfg.Name, Op: "run", Err: err, Output: v.outputTail(), Command: v.CommandLine()}
 	}
@@ -474,6 +484,25 @@ func (v *VM) PID() int {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.pid
+}
+
+// Detach unties QEMU from this process: it keeps running when this
+// process exits, until it exits itself or is killed (by its pid, which
+// outlives the VM value). The VM's methods keep working while this process
+// lives. It is the one exception to "a QEMU never outlives its parent",
+// for a VM kept for investigation.
+func (v *VM) Detach(ctx context.Context) error {
+	v.mu.Lock()
+	t := v.tether
+	v.mu.Unlock()
+	if t == nil || !v.Running() {
+		return fmt.Errorf("vm %s: detach: %w", v.cfg.Name, ErrExited)
+	}
+	if err := t.Release(ctx); err != nil {
+		return fmt.Errorf("vm %s: detach: %w", v.cfg.Name, err)
+	}
+	v.log.Debug("qemu detached: it outlives this process", "pid", t.PID)
+	return nil
 }
 
 // Suspend stops the guest's CPUs (QMP stop); the VM keeps its state.

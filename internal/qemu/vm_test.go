@@ -24,6 +24,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/netns"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/qemu/guesttest"
+	"github.com/buildfarm/buildfarm/internal/qmp"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
@@ -474,6 +475,12 @@ func init() {
 		os.Exit(1)
 	}
 	time.Sleep(300 * time.Millisecond) // let the starting thread go away
+	if os.Getenv("BUILDFARM_QEMU_HELPER_DETACH") == "1" {
+		if err := vm.Detach(context.Background()); err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+	}
 	fmt.Printf("pid %d\n", vm.PID())
 	select {}
 }
@@ -483,6 +490,45 @@ func TestParentDeath(t *testing.T) {
 	testenv.NeedProgram(t, "qemu-system-x86_64")
 	helper := exec.Command(os.Args[0], "-test.run=^$")
 	helper.Env = append(os.Environ(), "BUILDFARM_QEMU_HELPER_DIR="+filepath.Join(t.TempDir(), "vm"))
+	pid := parentDeath(t, helper)
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU %d still alive 5 s after its parent was killed", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestDetachOutlivesParent: a detached QEMU outlives the process that
+// started it, and answers QMP after its death.
+func TestDetachOutlivesParent(t *testing.T) {
+	testenv.NeedVM(t)
+	testenv.NeedProgram(t, "qemu-system-x86_64")
+	dir := filepath.Join(t.TempDir(), "vm")
+	helper := exec.Command(os.Args[0], "-test.run=^$")
+	helper.Env = append(os.Environ(), "BUILDFARM_QEMU_HELPER_DIR="+dir, "BUILDFARM_QEMU_HELPER_DETACH=1")
+	pid := parentDeath(t, helper)
+	time.Sleep(500 * time.Millisecond)
+	if !alive(pid) {
+		t.Fatalf("detached QEMU %d died with its parent", pid)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := qmp.Dial(ctx, filepath.Join(dir, qemu.QMPSocketName))
+	if err != nil {
+		t.Fatalf("QMP of the detached VM: %v", err)
+	}
+	defer c.Close()
+	if st, err := c.QueryStatus(ctx); err != nil || st.Status != "prelaunch" && st.Status != "paused" {
+		t.Errorf("detached VM's status = %+v, %v; want it stopped as it started", st, err)
+	}
+}
+
+// parentDeath runs helper, which starts a VM and prints QEMU's pid, kills
+// the helper and returns the pid (killed at the test's end).
+func parentDeath(t *testing.T, helper *exec.Cmd) int {
+	t.Helper()
 	out, err := helper.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -512,13 +558,7 @@ func TestParentDeath(t *testing.T) {
 	if err := helper.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("QEMU %d still alive 5 s after its parent was killed", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return pid
 }
 
 func TestInfoPTYAndVNC(t *testing.T) {
