@@ -112,8 +112,10 @@ func (s *Snapshot) Delete(ctx context.Context) error {
 // CleanStray deletes, in every volume and machine of the store, the task
 // snapshots, unfinished bootstraps and unfinished imports that no running
 // process owns any more: what a crash left behind. Snapshots of other
-// running agents are left alone. It returns the directories it deleted.
-func (s *Store) CleanStray(ctx context.Context) ([]string, error) {
+// running agents are left alone, and so are the directories in keep (the
+// snapshots of suspended VMs, which outlive the agent that locked them).
+// It returns the directories it deleted.
+func (s *Store) CleanStray(ctx context.Context, keep ...string) ([]string, error) {
 	vs, err := s.Volumes()
 	if err != nil {
 		return nil, err
@@ -129,7 +131,7 @@ func (s *Store) CleanStray(ctx context.Context) ([]string, error) {
 			if err != nil {
 				return deleted, err
 			}
-			busy, err := v.cleanWork(ctx, name)
+			busy, err := v.cleanWork(ctx, name, keep)
 			if err != nil {
 				return deleted, err
 			}

@@ -85,6 +85,15 @@ func TestCleanStray(t *testing.T) {
 				t.Fatal(err)
 			}
 
+			// A snapshot kept (a suspended VM's) stays, though its
+			// agent is gone.
+			if deleted, err := s.CleanStray(ctx, crashed, abandoned); err != nil || len(deleted) != 0 {
+				t.Errorf("CleanStray(keep %s, %s) = %q, %v; want nothing deleted", crashed, abandoned, deleted, err)
+			}
+			if _, err := os.Stat(crashed); err != nil {
+				t.Errorf("kept snapshot: %v", err)
+			}
+
 			deleted, err := s.CleanStray(ctx)
 			if err != nil {
 				t.Fatal(err)

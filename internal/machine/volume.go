@@ -594,7 +594,7 @@ func (v *Volume) waitIdle(ctx context.Context, name string, progress RemoveProgr
 	start := time.Now()
 	var lastReport time.Time
 	for {
-		busy, err := v.cleanWork(ctx, name)
+		busy, err := v.cleanWork(ctx, name, nil)
 		if err != nil || len(busy) == 0 {
 			return err
 		}
@@ -622,7 +622,7 @@ func cmpBool(a, b bool) int {
 
 // cleanWork deletes the task snapshots, bootstraps in progress and imports
 // of machine name whose owners are gone, and returns those still owned.
-func (v *Volume) cleanWork(ctx context.Context, name string) (busy []string, err error) {
+func (v *Volume) cleanWork(ctx context.Context, name string, keep []string) (busy []string, err error) {
 	mdir := v.machineDir(name)
 	es, err := v.entries(name)
 	if err != nil {
@@ -639,6 +639,10 @@ func (v *Volume) cleanWork(ctx context.Context, name string) (busy []string, err
 		}
 	}
 	for _, w := range work {
+		if slices.ContainsFunc(keep, func(k string) bool { return sameFile(k, filepath.Join(mdir, w)) }) {
+			busy = append(busy, w)
+			continue
+		}
 		lp := filepath.Join(mdir, workLockName(w))
 		l, ok, err := tryLock(lp)
 		if err != nil {
@@ -656,6 +660,14 @@ func (v *Volume) cleanWork(ctx context.Context, name string) (busy []string, err
 		}
 	}
 	return busy, nil
+}
+
+// sameFile reports whether paths a and b name the same file: equal as
+// absolute paths.
+func sameFile(a, b string) bool {
+	aa, err1 := filepath.Abs(a)
+	ab, err2 := filepath.Abs(b)
+	return err1 == nil && err2 == nil && aa == ab
 }
 
 // deleteWork deletes a work directory; an import may hold a received

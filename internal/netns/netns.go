@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -206,8 +207,10 @@ func alive(pid int) bool {
 }
 
 // Cleanup deletes the namespaces that processes now gone left behind (an
-// agent killed mid-task) and returns their names.
-func Cleanup(ctx context.Context, log *slog.Logger) ([]string, error) {
+// agent killed mid-task) and returns their names. The namespaces named in
+// keep stay (those of suspended VMs, which outlive the agent that made
+// them).
+func Cleanup(ctx context.Context, log *slog.Logger, keep ...string) ([]string, error) {
 	names, err := List()
 	if err != nil {
 		return nil, err
@@ -216,7 +219,7 @@ func Cleanup(ctx context.Context, log *slog.Logger) ([]string, error) {
 	var errs []error
 	for _, name := range names {
 		pid := owner(name)
-		if pid == 0 || alive(pid) {
+		if pid == 0 || alive(pid) || slices.Contains(keep, name) {
 			continue
 		}
 		if err := (&NS{Name: name}).Delete(ctx); err != nil {

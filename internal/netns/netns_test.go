@@ -110,6 +110,10 @@ func TestCleanup(t *testing.T) {
 	}
 	mine := newNS(t, ctx)
 
+	// Kept (a suspended VM's), it stays though its maker is gone.
+	if deleted, err := Cleanup(ctx, slog.New(slog.DiscardHandler), dead); err != nil || slices.Contains(deleted, dead) {
+		t.Errorf("Cleanup(keep %s) = %v, %v; want it kept", dead, deleted, err)
+	}
 	deleted, err := Cleanup(ctx, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
