@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/buildfarm/buildfarm/internal/store/pgtest"
 )
 
 // BenchmarkClaimComplete measures what a controller's store does per task:
@@ -14,6 +16,13 @@ import (
 func BenchmarkClaimComplete(b *testing.B) {
 	b.Run("sqlite", func(b *testing.B) {
 		benchClaimComplete(b, filepath.Join(b.TempDir(), "bench.db"))
+	})
+	b.Run("postgres", func(b *testing.B) {
+		dsn, err := pgtest.NewServer(b).NewDatabase(b.Context())
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchClaimComplete(b, dsn)
 	})
 }
 

@@ -44,6 +44,14 @@ type dialect struct {
 	// and $8 the challenge, and it inserts the session itself.
 	claim        string
 	claimSession bool
+	// completeStored, if not "", stores a result (not an interrupt) in
+	// one statement when its session is active and its task still in
+	// hand, and returns the task's id; otherwise it returns no row and
+	// changes nothing. $1 the session, $2 the status, $3 now, $4 the
+	// encoding, $5 the size and $6 the data of the result.
+	completeStored string
+	// analyze updates the planner's statistics of tasks ("" for none).
+	analyze string
 }
 
 // taskColumns are a task's columns in the order scanTask reads them.
@@ -149,8 +157,19 @@ func (s *sqlStore) Submit(ctx context.Context, sub *Submission, tasks []*Task) e
 	if err != nil {
 		return fmt.Errorf("submit %s %s: %w", sub.Name, sub.Version, err)
 	}
+	if s.d.analyze != "" && len(tasks) >= bulk {
+		// After a bulk load, as the planner's statistics would
+		// otherwise wait for autovacuum.
+		if _, err := s.exec(ctx, s.d.analyze); err != nil {
+			s.log.Warn("store: analyze after a bulk submission", "store", s.name, "err", err)
+		}
+	}
 	return nil
 }
+
+// bulk is the number of tasks in a submission after which the store
+// updates the planner's statistics (dialect.analyze).
+const bulk = 100
 
 func (s *sqlStore) Claim(ctx context.Context, c Claim) (*Task, error) {
 	if len(c.Machines) == 0 {
@@ -213,37 +232,41 @@ func (s *sqlStore) Complete(ctx context.Context, r Result, maxAttempts int) (Out
 	if r.Now.IsZero() {
 		r.Now = now()
 	}
-	// A session's task never changes, so it is read before the write
-	// transaction; that then locks the task before the session, in the
-	// order Expire does.
-	var taskID int64
-	err := s.readRow(ctx, `SELECT task_id FROM sessions WHERE id = $1`, r.Session).Scan(&taskID)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, fmt.Errorf("complete session %q: %w", r.Session, ErrUnknownSession)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("complete session %q: %w", r.Session, err)
-	}
 	// Compressing takes the longest: do it before the transaction.
 	encoding, data, err := compress(r.Manifest)
 	if err != nil {
 		return 0, fmt.Errorf("complete session %q: %w", r.Session, err)
 	}
+	if s.d.completeStored != "" && r.Status != statusInterrupt {
+		// The usual case in one statement; no row when the session is not
+		// one whose result is due, and the transaction below says why.
+		var taskID int64
+		err := s.writeRow(ctx, s.d.completeStored, r.Session, r.Status, ts(r.Now), encoding, int64(len(r.Manifest)), data).Scan(&taskID)
+		if err == nil {
+			return Stored, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return 0, fmt.Errorf("complete session %q: %w", r.Session, err)
+		}
+	}
 	var out Outcome
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		var (
+			taskID          int64
 			state, session  string
 			attempts        int
 			leaseExpires    time.Time
 			sessionState    string
 			taskStillInHand bool
 		)
-		err := s.txRow(ctx, tx, `SELECT state, attempts, session, lease_expires FROM tasks WHERE id = $1`+s.d.forUpdate,
-			taskID).Scan(&state, &attempts, &session, timeCol{&leaseExpires})
-		if err != nil {
-			return fmt.Errorf("task %d: %w", taskID, err)
+		// One statement locks the task, then the session (the order
+		// Expire takes them in).
+		err := s.txRow(ctx, tx, `SELECT t.id, t.state, t.attempts, t.session, t.lease_expires, s.state
+			FROM tasks t JOIN sessions s ON s.task_id = t.id WHERE s.id = $1`+s.d.forUpdate,
+			r.Session).Scan(&taskID, &state, &attempts, &session, timeCol{&leaseExpires}, &sessionState)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ErrUnknownSession
 		}
-		err = s.txRow(ctx, tx, `SELECT state FROM sessions WHERE id = $1`+s.d.forUpdate, r.Session).Scan(&sessionState)
 		if err != nil {
 			return err
 		}

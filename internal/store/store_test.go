@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/buildfarm/buildfarm/internal/store/pgtest"
 )
 
 // testStore runs the suite against the database that newDSN makes: a
@@ -41,6 +43,17 @@ func testStore(t *testing.T, newDSN func(t *testing.T) string) {
 
 func TestSQLite(t *testing.T) {
 	testStore(t, func(t *testing.T) string { return filepath.Join(t.TempDir(), "buildfarm.db") })
+}
+
+func TestPostgres(t *testing.T) {
+	srv := pgtest.NewServer(t)
+	testStore(t, func(t *testing.T) string {
+		dsn, err := srv.NewDatabase(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dsn
+	})
 }
 
 func openDSN(t testing.TB, dsn string) Store {

@@ -93,3 +93,9 @@ CREATE TABLE archives (
 
 -- Results are compressed before they are stored: PostgreSQL need not try again.
 ALTER TABLE results ALTER COLUMN data SET STORAGE EXTERNAL;
+
+-- The queue changes fast, and a claim's plan (an ordered scan of
+-- tasks_queue) needs the planner to know how many tasks wait: analyse and
+-- vacuum tasks far more often than by default.
+ALTER TABLE tasks SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 200,
+	autovacuum_vacuum_scale_factor = 0.05, autovacuum_vacuum_threshold = 200);
