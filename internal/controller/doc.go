@@ -35,6 +35,11 @@
 // answered with an empty session. A bbot agent does not send the header and
 // is answered at once.
 //
+// Each task request records its agent (GET /api/v1/agents), at most once
+// every 5 seconds while the agent offers the same machines, toolchain and
+// key from the same address, so that busy agents do not cost a database
+// write a request.
+//
 // # Agent authentication
 //
 // As brep does it: agents' public keys (RSA or Ed25519) are registered by

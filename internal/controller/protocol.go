@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/auth"
@@ -99,7 +100,8 @@ func (s *Server) handleTask(w http.ResponseWriter, r *http.Request) {
 //  1. Read the request and the wait the agent asks for.
 //  2. Authenticate: a registered fingerprint gets a challenge; with
 //     authentication required, an agent without one gets 401.
-//  3. Record the agent.
+//  3. Record the agent (at most every seeAgentEvery while it is
+//     unchanged: a write per request would bound the controller by it).
 //  4. Match its machines to the build configurations.
 //  5. Claim a task; if there is none, wait (long polling) for a submit
 //     or requeue here, or poll for one elsewhere, then claim again.
@@ -144,8 +146,11 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request) (*manifest.TaskRes
 	for _, m := range req.Machines {
 		agent.Machines = append(agent.Machines, store.Machine{ID: m.ID, Name: m.Name, Summary: m.Summary})
 	}
-	if err := s.store.SeeAgent(ctx, agent); err != nil {
-		return nil, fmt.Errorf("agent %s: %w", req.Agent, err)
+	if s.seen.due(agent, now) {
+		if err := s.store.SeeAgent(ctx, agent); err != nil {
+			s.seen.forget(agent.Name)
+			return nil, fmt.Errorf("agent %s: %w", req.Agent, err)
+		}
 	}
 	// 4.
 	machines := s.opts.Buildtab.Machines(req.Machines)
@@ -368,4 +373,55 @@ func (s *Server) result(w http.ResponseWriter, r *http.Request) error {
 		log.Warn("interrupted too often; task ended abnormal")
 	}
 	return nil
+}
+
+// seeAgentEvery is how often an unchanged agent's requests are recorded
+// (store.SeeAgent): its last-seen time may lag by this much.
+const seeAgentEvery = 5 * time.Second
+
+// seenAgents remembers when each agent was last recorded, and as what.
+type seenAgents struct {
+	mu sync.Mutex
+	m  map[string]seenAgent
+}
+
+type seenAgent struct {
+	at  time.Time
+	sig string // what was recorded: toolchain, key, address, machines
+}
+
+// due reports whether a is to be recorded now: the first time, when it
+// changed, and otherwise once every seeAgentEvery. A true answer counts
+// as recorded.
+func (s *seenAgents) due(a store.Agent, now time.Time) bool {
+	var sig strings.Builder
+	fmt.Fprintf(&sig, "%q %q %q %q", a.Toolchain, a.Version, a.Fingerprint, a.Address)
+	for _, m := range a.Machines {
+		fmt.Fprintf(&sig, " %q %q %q", m.ID, m.Name, m.Summary)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string]seenAgent{}
+	}
+	last, ok := s.m[a.Name]
+	if ok && last.sig == sig.String() && now.Sub(last.at) < seeAgentEvery && !now.Before(last.at) {
+		return false
+	}
+	if len(s.m) >= 10000 { // bound the memory: forget the agents not seen lately
+		for n, e := range s.m {
+			if now.Sub(e.at) >= seeAgentEvery {
+				delete(s.m, n)
+			}
+		}
+	}
+	s.m[a.Name] = seenAgent{at: now, sig: sig.String()}
+	return true
+}
+
+// forget makes the agent's next request recorded.
+func (s *seenAgents) forget(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, name)
 }

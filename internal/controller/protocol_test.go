@@ -329,3 +329,33 @@ func TestShutdownAnswersHeldRequests(t *testing.T) {
 		t.Errorf("shutdown took %v", d)
 	}
 }
+
+// TestSeeAgentThrottled checks that an unchanged agent is recorded at most
+// once every seeAgentEvery, and a changed one at once.
+func TestSeeAgentThrottled(t *testing.T) {
+	var s seenAgents
+	t0 := time.Now()
+	a := store.Agent{Name: "a1", Toolchain: "default", Machines: []store.Machine{{ID: "m-1", Name: "busybox"}}}
+	for _, tc := range []struct {
+		after time.Duration
+		edit  func(*store.Agent)
+		want  bool
+	}{
+		{0, nil, true},
+		{time.Second, nil, false},
+		{2 * time.Second, func(a *store.Agent) { a.Machines[0].ID = "m-2" }, true}, // upgraded machine
+		{3 * time.Second, nil, false},
+		{2*time.Second + seeAgentEvery, nil, true},
+	} {
+		if tc.edit != nil {
+			tc.edit(&a)
+		}
+		if got := s.due(a, t0.Add(tc.after)); got != tc.want {
+			t.Errorf("due after %v = %v, want %v", tc.after, got, tc.want)
+		}
+	}
+	s.forget("a1")
+	if !s.due(a, t0.Add(2*time.Second+seeAgentEvery)) {
+		t.Errorf("due after forget = false, want true")
+	}
+}

@@ -81,6 +81,7 @@ type Server struct {
 	store store.Store
 	log   *slog.Logger
 	wake  broadcast
+	seen  seenAgents // agents recorded lately (SeeAgent throttled)
 
 	// keysSeen caches whether any agent key is registered (AuthAuto).
 	keysMu   sync.Mutex
