@@ -2,11 +2,13 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/buildfarm/buildfarm/internal/agent"
 	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/machine/machinetest"
 	"github.com/buildfarm/buildfarm/internal/manifest"
@@ -90,4 +92,115 @@ func TestDoctorArch(t *testing.T) {
 	if l := line(); !regexp.MustCompile(`^arch +ok +aarch64 guests run under tcg .*qemu-system-aarch64, kernel ` + regexp.QuoteMeta(k64.Version)).MatchString(l) {
 		t.Errorf("doctor with everything for aarch64: %q, want ok, under tcg", l)
 	}
+}
+
+// dumpedResult parses the result manifest the agent printed.
+func dumpedResult(t *testing.T, out string) *manifest.Result {
+	t.Helper()
+	ms, err := manifest.Parse(strings.NewReader(out), "result")
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("agent printed %q, want one result manifest: %v", out, err)
+	}
+	r, err := manifest.ParseResult(ms[0], "result", manifest.Lenient)
+	if err != nil {
+		t.Fatalf("agent printed %q: %v", out, err)
+	}
+	return r
+}
+
+// A task for one architecture is never given to a machine of the other:
+// the agent refuses it, naming both, and a task whose target matches its
+// machine goes ahead (to --fake-build's abort, without a VM).
+func TestAgentRefusesOtherArch(t *testing.T) {
+	tasks := map[string]string{ // target -> a task for it
+		"x86_64":  filepath.Join("..", "..", "examples", "hello", "task.manifest"),
+		"aarch64": filepath.Join("..", "..", "examples", "hello-aarch64", "task.manifest"),
+	}
+	for _, tt := range []struct {
+		task, machineArch string
+		want              string // in the error result's log; "" for a task that goes ahead
+	}{
+		{"aarch64", "x86_64", "target aarch64-linux-gnu needs an aarch64 machine"},
+		{"x86_64", "aarch64", "target x86_64-linux-gnu needs an x86_64 machine"},
+		{"aarch64", "aarch64", ""},
+		{"x86_64", "x86_64", ""},
+	} {
+		t.Run(tt.task+" task on "+tt.machineArch, func(t *testing.T) {
+			task, _, err := agent.ReadTaskFile(tasks[tt.task])
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The machine the task names, of the architecture under test.
+			dir := t.TempDir()
+			header := filepath.Join(dir, "machines.manifest")
+			h := manifest.MachineHeader{ID: task.Machine + "-1.0", Name: task.Machine, Summary: "a " + tt.machineArch + " machine", Arch: tt.machineArch}
+			if err := manifest.WriteFile(header, []manifest.Manifest{h.Manifest()}); err != nil {
+				t.Fatal(err)
+			}
+			out, errOut, code := runManifest(t, "", "agent", "--fake-machine", header, "--fake-build", "--no-netns",
+				"--tftp", filepath.Join(dir, "tftp"), "--fake-request", tasks[tt.task], "--dump-result")
+			if code != 0 {
+				t.Fatalf("agent: exit %d: %s", code, errOut)
+			}
+			r := dumpedResult(t, out)
+			log := ""
+			for _, op := range r.Results {
+				log += op.Log
+			}
+			switch {
+			case tt.want != "" && (r.Status != manifest.StatusError || !strings.Contains(log, tt.want)):
+				t.Errorf("%s task on an %s machine: status %s, log %q; want error, %q", tt.task, tt.machineArch, r.Status, log, tt.want)
+			case tt.want == "" && (r.Status != manifest.StatusAbort || !strings.Contains(log, "fake build")):
+				t.Errorf("%s task on an %s machine: status %s, log %q; want the fake build's abort", tt.task, tt.machineArch, r.Status, log)
+			}
+		})
+	}
+}
+
+// TestBuildHelloAArch64 builds examples/hello-aarch64 on an aarch64 busybox
+// machine, under TCG, through the agent's --fake-request path: image build
+// --arch aarch64 with the worker cross-compiled, machine add, and the
+// agent, which boots qemu-system-aarch64 for the machine's architecture.
+// The result carries the guest's uname -m.
+func TestBuildHelloAArch64(t *testing.T) {
+	testenv.NeedVM(t)
+	testenv.NeedRoot(t)
+	testenv.NeedProgram(t, "qemu-system-aarch64")
+	testenv.NeedKernelFor(t, arch.AArch64)
+	testenv.NeedBusybox(t, arch.AArch64)
+	dir := t.TempDir()
+	worker := filepath.Join(dir, "buildfarm-worker-arm64")
+	build := exec.Command("go", "build", "-o", worker, "../buildfarm-worker")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH=arm64")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build (GOARCH=arm64) buildfarm-worker: %v\n%s", err, out)
+	}
+	m, machines := filepath.Join(dir, "m"), filepath.Join(dir, "machines")
+	for _, args := range [][]string{
+		{"image", "build", "--preset", "busybox", "--arch", "aarch64", "--name", "busybox-aarch64", "--out", m, "--worker", worker},
+		{"machine", "add", "--machines", machines, "--backend", "fallback", "--name", "busybox-aarch64", m},
+	} {
+		if out, errOut, code := runManifest(t, "", args...); code != 0 {
+			t.Fatalf("buildfarm %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+		}
+	}
+	out, errOut, code := runManifest(t, "", "agent", "--machines", machines, "--tftp", filepath.Join(dir, "tftp"),
+		"--accel", "auto", "--ram", "256", "--fake-bootstrap", "--build-startup", "60s", "--build-timeout", "120s",
+		"--fake-request", filepath.Join("..", "..", "examples", "hello-aarch64", "task.manifest"), "--dump-result")
+	if code != 0 {
+		t.Fatalf("agent: exit %d\n%s", code, errOut)
+	}
+	r := dumpedResult(t, out)
+	if r.Status != manifest.StatusSuccess {
+		t.Fatalf("hello-aarch64: status %s, want success\nresult:\n%s\nagent log:\n%s", r.Status, out, errOut)
+	}
+	for _, op := range r.Results {
+		if op.Operation == "test" {
+			if !strings.Contains(op.Log, "uname -m: aarch64") || !strings.Contains(op.Log, "PASS: architecture") {
+				t.Errorf("hello-aarch64's test log = %q, want the guest's uname -m, aarch64", op.Log)
+			}
+			return
+		}
+	}
+	t.Errorf("hello-aarch64's result has no test operation:\n%s", out)
 }
