@@ -13,6 +13,9 @@ import (
 // BenchmarkClaimComplete measures what a controller's store does per task:
 // a claim and the result's completion (a 4 KiB manifest), by several
 // goroutines at once, as the HTTP handlers of agents' requests would.
+// SQLite commits without fsync (WAL, synchronous=NORMAL: durable across a
+// crash of the process, not of the machine); pgtest's server runs with
+// fsync off.
 func BenchmarkClaimComplete(b *testing.B) {
 	b.Run("sqlite", func(b *testing.B) {
 		benchClaimComplete(b, filepath.Join(b.TempDir(), "bench.db"))

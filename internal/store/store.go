@@ -193,7 +193,9 @@ type Queue struct {
 // by any number of controllers sharing the database.
 type Store interface {
 	// Submit stores a submission and its tasks in one transaction, and
-	// sets their IDs.
+	// sets their IDs. It sets a zero Created to now, and fills each task's
+	// empty Name, Version and Toolchain and zero Priority and Created from
+	// the submission; the tasks are Queued.
 	Submit(ctx context.Context, s *Submission, tasks []*Task) error
 	// Claim gives the best matching queued task to an agent in a new
 	// session (see Claim), or returns ErrNoTask. Two claims never get the
@@ -206,14 +208,17 @@ type Store interface {
 	// that is unknown is ErrUnknownSession; one that expired is
 	// ErrSessionExpired, and nothing is stored. An interrupt result
 	// requeues the task (Requeued), unless it has had maxAttempts
-	// sessions (Abandoned: it ends abnormal).
+	// sessions (Abandoned: it ends abnormal, its result kept); maxAttempts
+	// 0 means no limit. The manifest is stored compressed.
 	Complete(ctx context.Context, r Result, maxAttempts int) (Outcome, error)
 	// Expire ends the sessions whose lease ran out before now: their
 	// tasks are queued again, or end abnormal with a reason once they
-	// have had maxAttempts sessions. It returns the tasks it changed.
+	// have had maxAttempts sessions (0: no limit). It returns the tasks
+	// it changed, as they are now.
 	Expire(ctx context.Context, now time.Time, maxAttempts int) ([]*Task, error)
 
-	// Submission returns a submission and its tasks, or ErrNotFound.
+	// Submission returns a submission and its tasks (in the order
+	// submitted), or ErrNotFound.
 	Submission(ctx context.Context, id int64) (*Submission, []*Task, error)
 	// Submissions lists submissions, newest first (limit 0 means 100).
 	Submissions(ctx context.Context, limit, offset int) ([]*Submission, error)
@@ -239,8 +244,9 @@ type Store interface {
 	Key(ctx context.Context, fingerprint string) (*Key, error)
 	RemoveKey(ctx context.Context, fingerprint string) error
 
-	// PutArchive stores a sources archive under its SHA-256 (hex), which
-	// the caller has computed; storing it again is not an error.
+	// PutArchive stores a sources archive under its SHA-256 (lower-case
+	// hex), which the caller has computed and PutArchive checks; storing
+	// it again is not an error.
 	// Archive returns it, or ErrNotFound.
 	PutArchive(ctx context.Context, sha256 string, data []byte) error
 	Archive(ctx context.Context, sha256 string) ([]byte, error)
