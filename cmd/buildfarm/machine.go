@@ -12,6 +12,7 @@ import (
 
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/vmrecord"
 )
 
 // machineFlags are the options every machine subcommand shares.
@@ -241,16 +242,25 @@ func writeMachineList(w io.Writer, ls []machine.Listed) error {
 
 func machineCleanCmd(e *env) *cobra.Command {
 	var mf machineFlags
+	var registry string
 	cmd := &cobra.Command{
 		Use:   "clean --machines DIR",
 		Short: "Delete the task snapshots and unfinished bootstraps that crashed agents left",
 		Long: `Delete, in every machine of every volume, the task snapshots, bootstraps and
 imports whose owning process is gone (their lock is free), as the agent does
-when it starts. Snapshots of running agents are left alone.`,
+when it starts. Snapshots of running agents, and those of the VMs recorded
+in --registry that still run (suspended VMs), are left alone.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			mf.store.Log = e.log
-			deleted, err := mf.store.CleanStray(cmd.Context())
+			var keep []string
+			recs, _ := vmrecord.Registry{Dir: registry}.List()
+			for _, r := range recs {
+				if r.Alive() && r.Snapshot != "" {
+					keep = append(keep, r.Snapshot)
+				}
+			}
+			deleted, err := mf.store.CleanStray(cmd.Context(), keep...)
 			for _, d := range deleted {
 				fmt.Fprintf(e.stdout, "deleted %s\n", d)
 			}
@@ -258,5 +268,6 @@ when it starts. Snapshots of running agents are left alone.`,
 		},
 	}
 	mf.add(cmd, false)
+	cmd.Flags().StringVar(&registry, "registry", vmrecord.DefaultDir, "`directory` of the host's VM records")
 	return cmd
 }

@@ -38,6 +38,12 @@ func LinkPath(dir, toolchain string, instance int) string {
 	return filepath.Join(dir, fmt.Sprintf("%s-%d.sock", toolchain, instance))
 }
 
+// SlotLinkPath is LinkPath for slot slot (from 1) of an agent instance
+// that runs several VMs at once: DIR/TOOLCHAIN-INSTANCE.SLOT.sock.
+func SlotLinkPath(dir, toolchain string, instance, slot int) string {
+	return filepath.Join(dir, fmt.Sprintf("%s-%d.%d.sock", toolchain, instance, slot))
+}
+
 // SetPorts gives cfg, a VM working in dir, what its console needs: the
 // serial console on dir/serial.sock (still logged to the serial log) and
 // the guest channel's virtio-serial ports on dir/guest.sock and

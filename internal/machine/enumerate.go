@@ -117,6 +117,11 @@ type Candidate struct {
 	Bootstrap *Bootstrapping
 }
 
+// ReasonLocked is the reason of a machine ignored because another agent or
+// command holds its lock (a bootstrap, upgrade or removal in progress):
+// the one ignore that is not worth telling the admin about.
+const ReasonLocked = "locked by another agent or command"
+
 // testHookSnapshotted, when set by a test, runs between the snapshot of
 // the revision and the second look at the link.
 var testHookSnapshotted func(v *Volume, name string)
@@ -189,7 +194,7 @@ func (v *Volume) enumerate(ctx context.Context, name, tc string, want Want) (_ *
 		return nil, err
 	}
 	if !ok {
-		return &Candidate{Volume: v, Name: name, Decision: Decision{ActionIgnore, "locked by another agent or command"}}, nil
+		return &Candidate{Volume: v, Name: name, Decision: Decision{ActionIgnore, ReasonLocked}}, nil
 	}
 	defer func() {
 		if ml != nil {

@@ -47,6 +47,7 @@ type Record struct {
 	PID       int       `json:"pid"`                // QEMU's
 	AgentPID  int       `json:"agent_pid,omitzero"` // the agent that started it
 	Dir       string    `json:"dir"`                // its working directory
+	TFTP      string    `json:"tftp,omitempty"`     // its TFTP directory (get/, put/, and Dir), deleted with it
 	Snapshot  string    `json:"snapshot,omitempty"` // its disk snapshot, to delete with it
 	NetNS     string    `json:"netns,omitempty"`
 	QMP       string    `json:"qmp"`
