@@ -57,7 +57,18 @@ Without a controller, --fake-request runs one task from a file:
       --fake-request examples/hello/task.manifest --dump-result
 
 The directory holding the task manifest is packed as the task's sources
-(its buildfarm-archive field names the archive). A VM that never makes its
+(its buildfarm-archive field names the archive).
+
+After bootstrapping a machine the agent boots it once more to the point
+where its worker waits for a task, and saves that VM's state beside the
+machine. With --start auto (the default) or warm, a task's VM is restored
+from that state (about a second under TCG) instead of booted, and the
+worker gets the host's time and fresh random bytes; a state that does not
+fit (another QEMU, --ram, --cpu, machine or toolchain) or fails to restore
+gives a cold boot, logged with the reason, and is built again. Each result
+says how its VM started in its buildfarm-start field (warm or cold).
+
+A VM that never makes its
 first TFTP request has mis-booted and is retried; one that misses a
 deadline or ends abnormally is suspended, not destroyed, for investigation.
 SIGTERM stops the running VMs, deletes their snapshots and exits 0.`,
@@ -85,6 +96,7 @@ SIGTERM stops the running VMs, deletes their snapshots and exits 0.`,
 		f.IntVar(&o.CPU, "cpu", o.CPU, "virtual `CPUs` of each VM (each of --instances VMs gets this many)")
 		f.IntVar(&o.RAM, "ram", o.RAM, "`MiB` of memory of each VM (each of --instances VMs gets this much)")
 		f.StringVar(&o.Accel, "accel", o.Accel, "accelerator: kvm, tcg, or auto (KVM only when a test guest really runs under it)")
+		f.StringVar(&o.Start, "start", o.Start, "how task VMs start: warm (restored from a state saved after bootstrap, built first where missing), cold (booted), or auto (warm where a valid state exists)")
 		f.DurationVar(&o.BootstrapStartup, "bootstrap-startup", o.BootstrapStartup, "bootstrap VM's time to its first TFTP request")
 		f.DurationVar(&o.BootstrapTimeout, "bootstrap-timeout", o.BootstrapTimeout, "bootstrap's time to upload its manifest")
 		f.IntVar(&o.BootstrapRetries, "bootstrap-retries", o.BootstrapRetries, "retries of a bootstrap VM that mis-booted")

@@ -37,6 +37,7 @@ type Agent struct {
 	key    crypto.Signer     // --auth-key, or nil
 
 	enumMu sync.Mutex // one enumeration (and bootstrap) at a time
+	warm   warmBuilds // warm states' failed builds and QEMU versions (warm.go)
 
 	mu        sync.Mutex
 	suspended []*vmRun // VMs kept for investigation until the agent exits
@@ -282,13 +283,32 @@ func (a *Agent) sources(ctx context.Context, slot int, task *manifest.Task, srcD
 	return taskSources{file: f.Name()}, cleanup, nil
 }
 
+// performOnce runs task once in a VM of machine m: restored from m's warm
+// state when there is one to use (see warm.go), and booted cold when there
+// is none or the restore fails before the worker asks for its task.
 func (a *Agent) performOnce(ctx context.Context, slot int, m *machineState, task *manifest.Task, src taskSources, last bool) (*manifest.Result, error) {
-	snap, err := a.snapshotForTask(ctx, m)
+	if w := a.warmFor(ctx, slot, m); w != nil {
+		res, err := a.performIn(ctx, slot, m, task, src, false, w)
+		if !errors.Is(err, errWarmFailed) {
+			return res, err
+		}
+		a.warmFailed(ctx, m, w, err)
+	}
+	return a.performIn(ctx, slot, m, task, src, last, nil)
+}
+
+// performIn runs task once in a VM of machine m, booted cold (w nil) or
+// restored from w.
+func (a *Agent) performIn(ctx context.Context, slot int, m *machineState, task *manifest.Task, src taskSources, last bool, w *warmState) (*manifest.Result, error) {
+	snap, err := a.taskSnapshot(ctx, m, w)
 	if err != nil {
 		return nil, err
 	}
 	s := a.newSession(slot, snap.dir, worker.ModeBuild)
 	s.mac = m.mac
+	if w != nil {
+		a.warmSession(s, m, w)
+	}
 	keep := false
 	defer func() {
 		if !keep {
@@ -307,15 +327,22 @@ func (a *Agent) performOnce(ctx context.Context, slot int, m *machineState, task
 	if err != nil {
 		return nil, err
 	}
+	a.log.Info("starting the task's VM", "vm", s.name, "machine", m.name, "start", startedHow(w))
 	r, err := a.boot(ctx, s, last)
 	if err != nil {
 		if r != nil { // suspended for investigation
 			keep = true
 			a.keepSuspended(r, snap)
 		}
+		if w != nil && r == nil && ctx.Err() == nil && restoreFailed(err) {
+			return nil, fmt.Errorf("%w: %w", errWarmFailed, err)
+		}
 		return nil, err
 	}
 	res, perr := readResult(filepath.Join(s.putDir(), worker.ResultFile), task)
+	if perr == nil {
+		setStarted(res, w)
+	}
 	if perr == nil && res.Status == manifest.StatusAbnormal {
 		perr = fmt.Errorf("worker reported an abnormal end")
 	}

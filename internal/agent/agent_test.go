@@ -123,6 +123,7 @@ func (f *farm) options() Options {
 	o.BootstrapStartup, o.BuildStartup = 30*time.Second, 30*time.Second
 	o.BootstrapTimeout, o.BuildTimeout = 60*time.Second, 60*time.Second
 	o.ShutdownTimeout = 10 * time.Second
+	o.Start = StartCold // the warm start has its own tests (warm_test.go)
 	return o
 }
 
@@ -267,7 +268,7 @@ func startAgent(t *testing.T, f *farm, args ...string) (*exec.Cmd, int) {
 	t.Helper()
 	buildfarm, _ := binaries(t)
 	args = append([]string{"agent", "--machines", f.machines, "--tftp", f.tftp, "--accel", "tcg", "--ram", "256",
-		"--fake-bootstrap", "--build-startup", "60s"}, args...)
+		"--fake-bootstrap", "--build-startup", "60s", "--start", "cold"}, args...)
 	cmd := exec.Command(buildfarm, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {

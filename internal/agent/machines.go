@@ -161,6 +161,7 @@ func (a *Agent) machines(ctx context.Context, slot int) ([]*machineState, error)
 		case machine.ActionIgnore:
 			continue
 		case machine.ActionBootstrap:
+			a.dropWarm(ctx, c.Volume, c.Name, "bootstrapping again: "+c.Decision.Reason)
 			if err := a.bootstrap(ctx, slot, c); err != nil {
 				if ctx.Err() != nil {
 					abortBootstraps(ctx, cs[i+1:])
@@ -173,6 +174,7 @@ func (a *Agent) machines(ctx context.Context, slot int) ([]*machineState, error)
 		out = append(out, &machineState{name: c.Name, volume: c.Volume, machine: c.Machine, mac: c.Machine.MAC})
 	}
 	slices.SortFunc(out, func(x, y *machineState) int { return strings.Compare(x.name, y.name) })
+	a.ensureWarm(ctx, slot, out) // warm states after bootstraps, and where missing
 	return out, nil
 }
 

@@ -28,6 +28,7 @@ type Options struct {
 	CPU   int    // virtual CPUs per VM (each of Instances VMs gets this many)
 	RAM   int    // MiB per VM (each of Instances VMs gets this much)
 	Accel string // kvm, tcg or auto
+	Start string // how task VMs start: warm, cold or auto (see warm.go)
 
 	BootstrapStartup time.Duration
 	BootstrapTimeout time.Duration
@@ -72,6 +73,7 @@ func DefaultOptions() Options {
 		CPU:              1,
 		RAM:              512,
 		Accel:            "auto",
+		Start:            StartAuto,
 		BootstrapStartup: 300 * time.Second,
 		BootstrapTimeout: 3600 * time.Second,
 		BootstrapRetries: 2,
@@ -129,6 +131,9 @@ func (o *Options) Check() error {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s %v: must be positive", d.name, d.v))
 		}
+	}
+	if o.Start != StartWarm && o.Start != StartCold && o.Start != StartAuto {
+		errs = append(errs, fmt.Errorf("--start %q: want warm, cold or auto", o.Start))
 	}
 	if o.LongPoll < 0 {
 		errs = append(errs, fmt.Errorf("--long-poll %v: must not be negative (0 disables long polling)", o.LongPoll))

@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/qemu"
+	"github.com/buildfarm/buildfarm/internal/tftp"
 	"github.com/buildfarm/buildfarm/internal/worker"
 )
 
@@ -25,6 +28,12 @@ type session struct {
 	shutdown   time.Duration
 	mac        string
 	port       int // the TFTP server's port
+
+	// For a warm start (warm.go): configure adjusts the VM's configuration
+	// before it starts (an error fails the start), and onRequest sees each
+	// TFTP request.
+	configure func(context.Context, *qemu.Config) error
+	onRequest func(tftp.Request)
 }
 
 // newSession returns the session of a VM in slot (from 0, one of

@@ -143,6 +143,11 @@ func (r *vmRun) Start(ctx context.Context) error {
 	if r.ns != nil {
 		cfg.NetNS = r.ns.Path()
 	}
+	if s.configure != nil {
+		if err := s.configure(ctx, &cfg); err != nil {
+			return err
+		}
+	}
 	vm, err := qemu.New(cfg, filepath.Join(s.tftpDir, "vm"), a.log)
 	if err != nil {
 		return err
@@ -158,6 +163,9 @@ func (r *vmRun) Start(ctx context.Context) error {
 // onRequest is the TFTP server's hook: every request is a sign of life,
 // progress reports are logged, and the wanted upload ends the job.
 func (r *vmRun) onRequest(req tftp.Request) {
+	if r.s.onRequest != nil {
+		r.s.onRequest(req)
+	}
 	r.once1.Do(func() { close(r.firstRequest) })
 	if req.Op == tftp.OpWrite && req.Err == nil {
 		r.a.uploaded(r.s, req.Filename)

@@ -17,6 +17,9 @@ type Result struct {
 	// tell the next build of the same configuration whether anything
 	// changed.
 	WorkerChecksum, DependencyChecksum string
+	// Start (buildfarm-start, ours) says how the task's VM started: warm
+	// (restored from a saved state) or cold (booted).
+	Start string
 	// Extra holds the fields kept in lenient mode.
 	Extra []Pair
 }
@@ -68,6 +71,8 @@ func ParseResult(m Manifest, file string, mode Mode) (*Result, error) {
 			err = f.set(p, &r.WorkerChecksum, word)
 		case n == "dependency-checksum":
 			err = f.set(p, &r.DependencyChecksum, word)
+		case n == "buildfarm-start":
+			err = f.set(p, &r.Start, word)
 		case n == "status":
 			if err = f.once(p); err == nil {
 				r.Status, err = status(p)
@@ -116,7 +121,7 @@ func ParseResult(m Manifest, file string, mode Mode) (*Result, error) {
 
 // Manifest returns the result manifest's pairs in libbbot's order: name,
 // version and status, the operations' statuses, their logs (empty ones
-// left out), the checksums, then the extra fields.
+// left out), the checksums, buildfarm-start, then the extra fields.
 func (r *Result) Manifest() Manifest {
 	b := newBuilder()
 	b.add("name", r.Name)
@@ -130,6 +135,7 @@ func (r *Result) Manifest() Manifest {
 	}
 	b.opt("worker-checksum", r.WorkerChecksum)
 	b.opt("dependency-checksum", r.DependencyChecksum)
+	b.opt("buildfarm-start", r.Start)
 	b.extra(r.Extra)
 	return b.m
 }

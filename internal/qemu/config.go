@@ -315,3 +315,6 @@ func (c *Config) Args() ([]string, error) {
 	}
 	return append(a, c.Extra...), nil
 }
+
+// Program returns the QEMU program c runs: Binary, or qemu-system-ARCH.
+func (c *Config) Program() string { return c.binary() }

@@ -1,0 +1,595 @@
+package agent
+
+// Warm start: a task's VM restored from a saved state instead of booted.
+//
+// Each bootstrapped machine gets a warm machine, beside its bootstrapped
+// copy in the machine's directory:
+//
+//	<name>/.<name>-<toolchain>.warm/       a snapshot of <name>-<toolchain>, its
+//	                                       disk as the saved guest left it
+//	<name>/.<name>-<toolchain>.warm.state  the guest's memory and devices
+//	<name>/.<name>-<toolchain>.warm.key    what the state depends on (warmKey)
+//
+// The agent makes it after a bootstrap, and whenever it is missing at an
+// enumeration: it boots a snapshot of the bootstrapped machine with the
+// worker's buildfarm.start=wait, waits for the worker's first request (for
+// worker.StartFile, which it never serves: the worker waits for its
+// task), saves the running guest's state (a live migration to a file; the
+// guest stops when the last of its memory is written), forces QEMU down,
+// and keeps the snapshot as the warm machine. The key is written last: a
+// warm machine without one is not there.
+//
+// A task then takes its snapshot of the warm machine, not of the
+// bootstrapped one (the guest's memory holds that disk's mounted file
+// system), and QEMU restores the state (-incoming) in a fresh network
+// namespace whose TFTP server listens on the port the state was saved
+// with: from the guest's side, 10.0.2.2:PORT is where it was. At the
+// restored worker's first request the agent writes the start file: the
+// host's time and 64 random bytes. The worker sets the clock, adds the
+// bytes to the kernel's random pool, credited, and reseeds the kernel's
+// generator (RNDADDENTROPY, RNDRESEEDCRNG), then asks for its task as a
+// cold-booted worker does. What stays the same in every VM restored from
+// one state: the kernel's layout (KASLR was decided at the saved boot),
+// the processes' address-space layouts and PIDs of init and the worker,
+// the boot id, the MAC address of the machine and, with user networking,
+// the guest's address 10.0.2.15 (every guest has that one, cold-booted or
+// not, and the network remembers nothing: each VM has a namespace and a
+// slirp of its own). None of these is a secret that a task could use
+// against another: the VM is one-shot, reaches nothing but its agent's
+// TFTP server, and no two tasks share it. With tap networking a restored
+// guest would also need a fresh MAC and a new DHCP lease; the agent runs
+// user networking only.
+//
+// The key (warmKey) holds the machine id, the toolchain id, the worker
+// version, the QEMU program (path, size, modification time) and its
+// version, the accelerator and CPU model, memory, CPUs, the TFTP port and
+// the whole QEMU command line with its per-VM paths left out (so the
+// device set too), and the state file's size with a hash of its ends. A
+// task whose key does not match, whose state file is missing or changed,
+// or whose restored worker does not ask for its start within warmStartup,
+// boots cold; the agent logs why and deletes the warm machine, which the
+// next enumeration builds again. A machine that is bootstrapped again
+// (upgraded, or a new toolchain) loses its warm machine before the
+// bootstrap, and a removed machine loses it with its directory.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/machine"
+	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/proc"
+	"github.com/buildfarm/buildfarm/internal/qemu"
+	"github.com/buildfarm/buildfarm/internal/tftp"
+	"github.com/buildfarm/buildfarm/internal/worker"
+)
+
+// --start values.
+const (
+	// StartAuto restores a task's VM when its machine has a valid warm
+	// state, and boots it cold otherwise; states are built after each
+	// bootstrap and when missing at an enumeration (not again for
+	// warmRetry after a failed build).
+	StartAuto = "auto"
+	// StartWarm is StartAuto that also builds a missing state before a
+	// task, and logs a cold boot as an error.
+	StartWarm = "warm"
+	// StartCold always boots; warm states are neither built nor used.
+	StartCold = "cold"
+)
+
+// StartField is the result manifest field of our own that says how the
+// task's VM started: warm (restored) or cold (booted).
+const StartField = "buildfarm-start"
+
+// warmStartup is a restored VM's time to its worker's first request: a
+// restore takes well under a second, a boot several.
+const warmStartup = 15 * time.Second
+
+// warmRetry is how long StartAuto waits before building again a warm
+// state whose build failed.
+const warmRetry = 10 * time.Minute
+
+// errWarmFailed means a warm start failed before the worker asked for its
+// task: the task is run again in a cold-booted VM.
+var errWarmFailed = errors.New("warm start failed")
+
+// errWarmInvalid means the warm state does not fit the VM to start.
+var errWarmInvalid = errors.New("warm state does not fit")
+
+// warmFiles are the paths of a machine's warm state.
+type warmFiles struct {
+	dir, state, key string
+}
+
+func (a *Agent) warmFilesOf(v *machine.Volume, name string) warmFiles {
+	base := filepath.Join(v.Dir, name, "."+name+"-"+a.opts.toolchain()+".warm")
+	return warmFiles{dir: base, state: base + ".state", key: base + ".key"}
+}
+
+// warmState is a machine's warm state as saved: its files and key.
+type warmState struct {
+	files warmFiles
+	key   manifest.Manifest
+}
+
+// get returns the value of the key's field name.
+func (w *warmState) get(name string) string {
+	for _, p := range w.key {
+		if p.Name == name {
+			return p.Value
+		}
+	}
+	return ""
+}
+
+// warmBuilds remembers failed builds of warm states, for warmRetry.
+type warmBuilds struct {
+	mu       sync.Mutex
+	failed   map[string]time.Time // by state file
+	versions map[string]string    // QEMU's --version by program file
+}
+
+// readWarm reads the key of m's warm state; nil when there is none.
+func (a *Agent) readWarm(m *machineState) (*warmState, error) {
+	f := a.warmFilesOf(m.volume, m.name)
+	ms, err := manifest.ReadFile(f.key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err == nil && len(ms) != 1 {
+		err = fmt.Errorf("%s: %d manifests, want 1", f.key, len(ms))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &warmState{files: f, key: ms[0]}, nil
+}
+
+// warmFor returns the warm state to restore a task's VM of m from, or nil
+// for a cold boot (--start cold, a machine without a disk of ours, no
+// state). With --start warm a missing state is built first.
+func (a *Agent) warmFor(ctx context.Context, slot int, m *machineState) *warmState {
+	if a.opts.Start == StartCold || m.fake || m.volume == nil {
+		return nil
+	}
+	w, err := a.readWarm(m)
+	if err != nil {
+		a.log.Warn("warm state unreadable; cold boot, and the state will be built again", "machine", m.name, "err", err)
+		a.dropWarm(ctx, m.volume, m.name, "unreadable key")
+		return nil
+	}
+	if w == nil && a.opts.Start == StartWarm {
+		a.enumMu.Lock()
+		err := a.buildWarm(ctx, slot, m)
+		a.enumMu.Unlock()
+		if err != nil {
+			a.log.Error("warm state not built; cold boot", "machine", m.name, "err", err)
+			return nil
+		}
+		w, err = a.readWarm(m)
+		if err != nil {
+			a.log.Error("warm state unreadable; cold boot", "machine", m.name, "err", err)
+			return nil
+		}
+	}
+	if w == nil {
+		a.log.Info("no warm state; cold boot", "machine", m.name)
+	}
+	return w
+}
+
+// ensureWarm builds the warm state of each of ms that has none (see
+// StartAuto). The caller holds enumMu.
+func (a *Agent) ensureWarm(ctx context.Context, slot int, ms []*machineState) {
+	if a.opts.Start == StartCold {
+		return
+	}
+	for _, m := range ms {
+		if m.fake || m.volume == nil || ctx.Err() != nil {
+			continue
+		}
+		f := a.warmFilesOf(m.volume, m.name)
+		if _, err := os.Stat(f.key); err == nil {
+			continue
+		}
+		a.warm.mu.Lock()
+		at, failed := a.warm.failed[f.state]
+		a.warm.mu.Unlock()
+		if failed && time.Since(at) < warmRetry && a.opts.Start == StartAuto {
+			continue
+		}
+		if err := a.buildWarm(ctx, slot, m); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Error("warm state not built; its tasks boot cold", "machine", m.name, "err", err, "retry-in", warmRetry)
+			a.warm.mu.Lock()
+			if a.warm.failed == nil {
+				a.warm.failed = map[string]time.Time{}
+			}
+			a.warm.failed[f.state] = time.Now()
+			a.warm.mu.Unlock()
+			continue
+		}
+		a.warm.mu.Lock()
+		delete(a.warm.failed, f.state)
+		a.warm.mu.Unlock()
+	}
+}
+
+// buildWarm makes m's warm state (see the top of this file), replacing
+// the one there is.
+func (a *Agent) buildWarm(ctx context.Context, slot int, m *machineState) error {
+	t0 := time.Now()
+	f := a.warmFilesOf(m.volume, m.name)
+	snap, err := m.volume.SnapshotForTask(ctx, m.name, a.opts.toolchain())
+	if err != nil {
+		return fmt.Errorf("warm state of %s: %w", m.name, err)
+	}
+	kept := false
+	defer func() {
+		if !kept {
+			snap.Delete(context.WithoutCancel(ctx))
+		}
+	}()
+	s := a.newSession(slot, snap.Dir, worker.ModeBuild)
+	s.mac = m.mac
+	defer os.RemoveAll(s.tftpDir)
+	if err := s.prepare(); err != nil {
+		return err
+	}
+	var key manifest.Manifest
+	s.configure = func(ctx context.Context, cfg *qemu.Config) error {
+		cfg.Append = strings.TrimSpace(cfg.Append + " " + worker.StartWaitArg)
+		var err error
+		key, err = a.warmKey(ctx, m, s.port, cfg)
+		return err
+	}
+	a.log.Info("building warm state", "machine", m.name, "vm", s.name)
+	r := a.newVMRun(s)
+	defer r.Close(context.WithoutCancel(ctx))
+	if err := r.Start(ctx); err != nil {
+		return fmt.Errorf("warm state of %s: %w", m.name, err)
+	}
+	if err := r.waitFor(ctx, r.firstRequest, s.startup, ErrMisboot); err != nil {
+		return fmt.Errorf("warm state of %s: the worker did not ask for its start: %w", m.name, err)
+	}
+	booted := time.Since(t0)
+	tmp := f.state + ".tmp"
+	defer os.Remove(tmp)
+	if err := r.vm.SaveState(ctx, tmp); err != nil {
+		return fmt.Errorf("warm state of %s: %w", m.name, err)
+	}
+	if err := r.Close(ctx); err != nil {
+		return fmt.Errorf("warm state of %s: %w", m.name, err)
+	}
+	size, sample, err := stateSample(tmp)
+	if err != nil {
+		return fmt.Errorf("warm state of %s: %w", m.name, err)
+	}
+	key = append(key, manifest.Pair{Name: "state-size", Value: strconv.FormatInt(size, 10)},
+		manifest.Pair{Name: "state-sample", Value: sample})
+	a.dropWarm(ctx, m.volume, m.name, "")
+	kept = true
+	if err := snap.Keep(f.dir); err != nil {
+		return fmt.Errorf("warm state of %s: %w", m.name, err)
+	}
+	if err := os.Rename(tmp, f.state); err != nil {
+		return fmt.Errorf("warm state of %s: %w", m.name, err)
+	}
+	if err := manifest.WriteFile(f.key+".tmp", []manifest.Manifest{key}); err != nil {
+		return fmt.Errorf("warm state of %s: %w", m.name, err)
+	}
+	if err := os.Rename(f.key+".tmp", f.key); err != nil {
+		return fmt.Errorf("warm state of %s: %w", m.name, err)
+	}
+	a.log.Info("warm state built", "machine", m.name, "state", f.state, "MiB", size>>20,
+		"boot", booted.Round(time.Millisecond), "took", time.Since(t0).Round(time.Millisecond))
+	return nil
+}
+
+// dropWarm deletes machine name's warm state in v, saying why (unless
+// why is empty), key first.
+func (a *Agent) dropWarm(ctx context.Context, v *machine.Volume, name, why string) {
+	f := a.warmFilesOf(v, name)
+	_, err := os.Lstat(f.key)
+	had := err == nil
+	if err := os.Remove(f.key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		a.log.Warn("deleting warm state", "file", f.key, "err", err)
+	}
+	if err := os.Remove(f.state); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		a.log.Warn("deleting warm state", "file", f.state, "err", err)
+	}
+	if err := v.DeleteKept(context.WithoutCancel(ctx), f.dir); err != nil {
+		a.log.Warn("deleting warm machine", "dir", f.dir, "err", err)
+	}
+	if had && why != "" {
+		a.log.Info("warm state deleted", "machine", name, "why", why)
+	}
+}
+
+// taskSnapshot is the task's snapshot of m: of its warm machine for a warm
+// start, of its bootstrapped machine otherwise.
+func (a *Agent) taskSnapshot(ctx context.Context, m *machineState, w *warmState) (*snapshot, error) {
+	if w == nil {
+		return a.snapshotForTask(ctx, m)
+	}
+	s, err := m.volume.SnapshotOf(ctx, m.name, a.opts.toolchain(), w.files.dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errWarmFailed, err)
+	}
+	a.log.Info("task snapshot of the warm machine", "dir", s.Dir, "how", s.Method)
+	return &snapshot{dir: s.Dir, delete: s.Delete}, nil
+}
+
+// warmSession makes s restore w, machine m's state: the state's TFTP port (in a namespace of
+// its own the port is free), the short startup deadline, the check of the
+// key against the VM about to start, -incoming, and the start file
+// written at the restored worker's first request.
+func (a *Agent) warmSession(s *session, m *machineState, w *warmState) {
+	if p, err := strconv.Atoi(w.get("tftp-port")); err == nil && !a.opts.NoNetNS {
+		s.port = p
+	}
+	s.startup = min(s.startup, warmStartup)
+	var t0 time.Time
+	s.configure = func(ctx context.Context, cfg *qemu.Config) error {
+		cfg.Append = strings.TrimSpace(cfg.Append + " " + worker.StartWaitArg)
+		key, err := a.warmKey(ctx, m, s.port, cfg)
+		if err != nil {
+			return err
+		}
+		if err := w.check(key); err != nil {
+			return err
+		}
+		if cfg.Incoming, err = qemu.IncomingFile(w.files.state); err != nil {
+			return err
+		}
+		t0 = time.Now()
+		return nil
+	}
+	var once sync.Once
+	s.onRequest = func(tftp.Request) {
+		once.Do(func() {
+			if err := writeStart(s.getDir()); err != nil {
+				a.log.Error("start file not written", "vm", s.name, "err", err)
+				return
+			}
+			a.log.Info("VM restored: the worker asked for its start", "vm", s.name, "after", time.Since(t0).Round(time.Millisecond))
+		})
+	}
+}
+
+// check compares the key of the VM about to start with the saved one,
+// field by field, and checks the state file against its size and sample.
+func (w *warmState) check(now manifest.Manifest) error {
+	for _, p := range now {
+		if saved := w.get(p.Name); saved != p.Value {
+			return fmt.Errorf("%w: %s is %q now, the state was saved with %q", errWarmInvalid, p.Name, p.Value, saved)
+		}
+	}
+	size, sample, err := stateSample(w.files.state)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errWarmInvalid, err)
+	}
+	if s := strconv.FormatInt(size, 10); s != w.get("state-size") || sample != w.get("state-sample") {
+		return fmt.Errorf("%w: state file %s changed since it was saved (size %s, saved %s; or its contents): corrupt", errWarmInvalid, w.files.state, s, w.get("state-size"))
+	}
+	return nil
+}
+
+// restoreFailed reports whether a warm VM's boot error means the restore
+// failed before the worker asked for its task: it did not start, or made
+// no request in time.
+func restoreFailed(err error) bool {
+	return errors.Is(err, ErrMisboot) || !errors.Is(err, ErrTimeout) && !errors.Is(err, ErrNoResult)
+}
+
+// warmFailed logs why a warm start failed and deletes the state, which
+// the next enumeration builds again.
+func (a *Agent) warmFailed(ctx context.Context, m *machineState, w *warmState, err error) {
+	log := a.log.Warn
+	if a.opts.Start == StartWarm {
+		log = a.log.Error
+	}
+	log("warm start failed; booting cold, and the warm state will be built again", "machine", m.name, "why", err)
+	a.dropWarm(ctx, m.volume, m.name, "warm start failed")
+}
+
+// startedHow says how a VM restored from w (nil: booted) started: warm or
+// cold.
+func startedHow(w *warmState) string {
+	if w != nil {
+		return StartWarm
+	}
+	return StartCold
+}
+
+// setStarted records in res how its VM started (StartField).
+func setStarted(res *manifest.Result, w *warmState) { res.Start = startedHow(w) }
+
+// writeStart writes the worker's start file into dir (get/): the host's
+// time and random bytes, renamed into place whole.
+func writeStart(dir string) error {
+	s := &worker.Start{Random: make([]byte, 64)}
+	if _, err := rand.Read(s.Random); err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "."+worker.StartFile+".tmp")
+	s.Time = time.Now()
+	if err := manifest.WriteFile(tmp, []manifest.Manifest{s.Manifest()}); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, worker.StartFile))
+}
+
+// stateSample returns the size of a state file and a hash of its size,
+// first and last 64 KiB: a check cheap enough for every task that still
+// notices a truncated, replaced or scribbled-over file. (Damage in the
+// middle shows as a restore that fails or does not reach the worker.)
+func stateSample(path string) (int64, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, "", fmt.Errorf("state file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, "", fmt.Errorf("state file: %w", err)
+	}
+	const n = 64 << 10
+	h := sha256.New()
+	fmt.Fprintf(h, "%d\n", fi.Size())
+	if _, err := io.CopyN(h, f, n); err != nil && err != io.EOF {
+		return 0, "", fmt.Errorf("state file %s: %w", path, err)
+	}
+	if fi.Size() > 2*n {
+		if _, err := io.Copy(h, io.NewSectionReader(f, fi.Size()-n, n)); err != nil {
+			return 0, "", fmt.Errorf("state file %s: %w", path, err)
+		}
+	}
+	return fi.Size(), hex.EncodeToString(h.Sum(nil)[:16]), nil
+}
+
+// warmKey is what a state saved from (or restored into) the VM of cfg
+// depends on, for machine m with the TFTP server on port.
+func (a *Agent) warmKey(ctx context.Context, m *machineState, port int, cfg *qemu.Config) (manifest.Manifest, error) {
+	prog, err := exec.LookPath(cfg.Program())
+	if err != nil {
+		return nil, fmt.Errorf("warm state: %w", err)
+	}
+	fi, err := os.Stat(prog)
+	if err != nil {
+		return nil, fmt.Errorf("warm state: %w", err)
+	}
+	qemuID := fmt.Sprintf("%s %d %d", prog, fi.Size(), fi.ModTime().UnixNano())
+	version, err := a.qemuVersion(ctx, prog, qemuID)
+	if err != nil {
+		return nil, err
+	}
+	args, err := normalArgs(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cpu := cpuOf(args)
+	if cfg.Accel == qemu.KVM {
+		cpu += " " + hostCPU()
+	}
+	return manifest.Manifest{
+		{Name: "", Value: "1"},
+		{Name: "machine", Value: m.name},
+		{Name: "machine-id", Value: m.machine.ID},
+		{Name: "toolchain-id", Value: a.want().ToolchainID},
+		{Name: "worker-version", Value: strconv.Itoa(worker.Version)},
+		{Name: "qemu", Value: qemuID},
+		{Name: "qemu-version", Value: version},
+		{Name: "accel", Value: cfg.Accel},
+		{Name: "cpu", Value: cpu},
+		{Name: "memory", Value: strconv.Itoa(cfg.MemoryMB)},
+		{Name: "cpus", Value: strconv.Itoa(cfg.CPUs)},
+		{Name: "tftp-port", Value: strconv.Itoa(port)},
+		{Name: "qemu-args", Value: strings.Join(args, " ")},
+	}, nil
+}
+
+// qemuVersion returns the first line of prog --version, asked once per
+// program file (id: path, size and time).
+func (a *Agent) qemuVersion(ctx context.Context, prog, id string) (string, error) {
+	a.warm.mu.Lock()
+	v, ok := a.warm.versions[id]
+	a.warm.mu.Unlock()
+	if ok {
+		return v, nil
+	}
+	out, err := proc.Output(ctx, prog, "--version")
+	if err != nil {
+		return "", fmt.Errorf("warm state: %s --version: %w", prog, err)
+	}
+	line, _, _ := strings.Cut(string(out), "\n")
+	v = strings.TrimSpace(line)
+	a.warm.mu.Lock()
+	if a.warm.versions == nil {
+		a.warm.versions = map[string]string{}
+	}
+	a.warm.versions[id] = v
+	a.warm.mu.Unlock()
+	return v, nil
+}
+
+// normalArgs is QEMU's command line for cfg without the program and the
+// paths that differ from VM to VM (snapshot, sockets, logs, namespace,
+// state): what the saved and the restored VM must agree on.
+func normalArgs(cfg *qemu.Config) ([]string, error) {
+	c := *cfg
+	c.Name, c.Binary, c.Incoming = "", "", ""
+	if c.Kernel != "" {
+		c.Kernel = filepath.Base(c.Kernel)
+	}
+	if c.Initrd != "" {
+		c.Initrd = filepath.Base(c.Initrd)
+	}
+	c.Drives = append([]qemu.Drive(nil), cfg.Drives...)
+	for i := range c.Drives {
+		c.Drives[i].Path = filepath.Base(c.Drives[i].Path)
+	}
+	c.Ports = append([]qemu.Port(nil), cfg.Ports...)
+	for i := range c.Ports {
+		c.Ports[i].Socket = "PORT-" + c.Ports[i].Name
+	}
+	c.SerialLog, c.QMPSocket = "SERIAL", "QMP"
+	if c.SerialSocket != "" {
+		c.SerialSocket = "SERIAL-SOCKET"
+	}
+	if c.VNC != "" {
+		c.VNC = "VNC"
+	}
+	if c.NetNS != "" {
+		c.NetNS = "NETNS"
+	}
+	args, err := c.Args()
+	if err != nil {
+		return nil, fmt.Errorf("warm state: %w", err)
+	}
+	return args[1:], nil
+}
+
+// cpuOf returns the -cpu of args, or "default".
+func cpuOf(args []string) string {
+	for i, a := range args {
+		if a == "-cpu" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return "default"
+}
+
+// hostCPU returns the host CPU's model name (what -cpu host gives a KVM
+// guest).
+func hostCPU() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}

@@ -1,0 +1,183 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/image"
+	"github.com/buildfarm/buildfarm/internal/machine"
+	"github.com/buildfarm/buildfarm/internal/manifest"
+)
+
+// identityTask writes a task whose one step prints 32 random bytes and
+// the guest's clock, and returns its file.
+func identityTask(t *testing.T) string {
+	t.Helper()
+	task := manifest.Task{Name: "identity", Version: "1.0.0", RepositoryURL: "https://example.org/identity.git",
+		Machine: "busybox", Target: "x86_64-linux-gnu",
+		Steps: []manifest.Step{{Operation: "configure",
+			Command: `echo "random=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"; echo "clock=$(date +%s)"`}}}
+	f := filepath.Join(t.TempDir(), "task.manifest")
+	if err := manifest.WriteFile(f, []manifest.Manifest{task.Manifest()}); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+var (
+	randomRE = regexp.MustCompile(`random=([0-9a-f]{64})\n`)
+	clockRE  = regexp.MustCompile(`clock=([0-9]+)\n`)
+)
+
+// runIdentity runs the identity task and returns its result, the random
+// bytes the guest read and how far its clock was from the host's when the
+// step ran (as the host saw the step start: the agent's log of the
+// worker's progress report).
+func runIdentity(t *testing.T, f *farm, o Options) (res *manifest.Result, random string, skew time.Duration) {
+	t.Helper()
+	mark := len(f.log.String())
+	out, err := f.run(t, o)
+	if err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	res = parseResult(t, out)
+	if res.Status != manifest.StatusSuccess {
+		t.Fatalf("identity task: %v:\n%s", res.Status, out)
+	}
+	log := res.Results[0].Log
+	r, c := randomRE.FindStringSubmatch(log), clockRE.FindStringSubmatch(log)
+	if r == nil || c == nil {
+		t.Fatalf("identity task's log %q: no random bytes or clock", log)
+	}
+	guest, _ := strconv.ParseInt(c[1], 10, 64)
+	started := regexp.MustCompile(`time=(\S+) level=INFO msg=guest .*step=configure state=started`).FindStringSubmatch(f.log.String()[mark:])
+	if started == nil {
+		t.Fatalf("no progress report of the step in the agent's log")
+	}
+	host, err := time.Parse(time.RFC3339Nano, started[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, r[1], time.Unix(guest, 0).Sub(host.Truncate(time.Second))
+}
+
+// since returns the agent's log from mark on.
+func since(f *farm, mark int) string { return f.log.String()[mark:] }
+
+// TestWarmStart: two tasks in a row restored from the busybox machine's
+// warm state get different random bytes and the host's time; a corrupt
+// state file and another memory size each give a cold boot that says why
+// and a state built again; an upgraded machine's next task does not
+// restore the old state.
+func TestWarmStart(t *testing.T) {
+	f := newFarm(t, true, image.Options{})
+	o := f.options()
+	o.Start = StartAuto
+	o.FakeRequest, o.DumpResult = identityTask(t), true
+
+	// Two tasks in a row, warm: the first run bootstraps and builds the
+	// state.
+	res1, rnd1, skew1 := runIdentity(t, f, o)
+	if !strings.Contains(f.log.String(), "warm state built") || res1.Start != StartWarm {
+		t.Fatalf("first task started %q, want warm after the state was built", res1.Start)
+	}
+	time.Sleep(3 * time.Second) // a restored clock would lag by this much
+	mark := len(f.log.String())
+	res2, rnd2, skew2 := runIdentity(t, f, o)
+	if res2.Start != StartWarm || strings.Contains(since(f, mark), "warm state built") {
+		t.Fatalf("second task started %q, want warm from the same state", res2.Start)
+	}
+	if rnd1 == rnd2 {
+		t.Errorf("both restored guests read the same random bytes %s", rnd1)
+	}
+	for _, s := range []time.Duration{skew1, skew2} {
+		if s < -2*time.Second || s > 2*time.Second {
+			t.Errorf("guest clocks off the host's by %v and %v, want within 2 s", skew1, skew2)
+			break
+		}
+	}
+	store := &machine.Store{Dir: f.machines}
+	v, err := store.Volume(machine.DefaultVolume, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{opts: o}
+	files := a.warmFilesOf(v, "busybox")
+
+	// A corrupt state file: a cold boot that says why, then a new state.
+	fh, err := os.OpenFile(files.state, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.WriteAt([]byte(strings.Repeat("garbage!", 512)), 0)
+	fh.Close()
+	mark = len(f.log.String())
+	res, _, _ := runIdentity(t, f, o)
+	if log := since(f, mark); res.Start != StartCold || !strings.Contains(log, "changed since it was saved") || !strings.Contains(log, "warm start failed") {
+		t.Errorf("task with a corrupt state started %q, want cold, and a log saying why:\n%s", res.Start, log)
+	}
+	mark = len(f.log.String())
+	if res, _, _ = runIdentity(t, f, o); res.Start != StartWarm || !strings.Contains(since(f, mark), "warm state built") {
+		t.Errorf("next task started %q, want warm from a state built again", res.Start)
+	}
+
+	// Another memory size: the same.
+	o.RAM = 320
+	mark = len(f.log.String())
+	res, _, _ = runIdentity(t, f, o)
+	if log := since(f, mark); res.Start != StartCold || !strings.Contains(log, `memory is \"320\" now, the state was saved with \"256\"`) {
+		t.Errorf("task with --ram 320 started %q, want cold, and a log saying why:\n%s", res.Start, log)
+	}
+	mark = len(f.log.String())
+	if res, _, _ = runIdentity(t, f, o); res.Start != StartWarm || !strings.Contains(since(f, mark), "warm state built") {
+		t.Errorf("next task started %q, want warm from a state built again", res.Start)
+	}
+
+	// An upgrade: the old state is dropped before the bootstrap, and the
+	// task restores a state of the new revision.
+	_, cur, err := v.Current("busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := filepath.Join(t.TempDir(), "r2")
+	if out, err := exec.Command("cp", "-a", "--reflink=auto", cur, r2).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	exec.Command("chmod", "-R", "u+w", r2).Run()
+	ms, err := manifest.ReadFile(filepath.Join(r2, machine.ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range ms[0] {
+		if p.Name == "id" {
+			ms[0][i].Value += "-r2"
+		}
+	}
+	if err := manifest.WriteFile(filepath.Join(r2, machine.ManifestFile), ms); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Upgrade(context.Background(), "busybox", machine.Source{Dir: r2}); err != nil {
+		t.Fatal(err)
+	}
+	mark = len(f.log.String())
+	res, _, _ = runIdentity(t, f, o)
+	log := since(f, mark)
+	if !strings.Contains(log, "warm state deleted") || !strings.Contains(log, "bootstrapping again") || !strings.Contains(log, "warm state built") {
+		t.Errorf("after the upgrade: the old state was not dropped and a new one built:\n%s", log)
+	}
+	key, err := manifest.ReadFile(files.key)
+	if err != nil || !strings.Contains(fmt.Sprint(key), "-r2") {
+		t.Errorf("warm key after the upgrade %v, %v; want the new revision's id", key, err)
+	}
+	if res.Start != StartWarm {
+		t.Errorf("task after the upgrade started %q, want warm from the new state", res.Start)
+	}
+}
