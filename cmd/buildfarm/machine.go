@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/buildfarm/buildfarm/internal/agent"
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/vmrecord"
@@ -211,7 +212,9 @@ func machineListCmd(e *env) *cobra.Command {
 		Long: `Print, as a manifest stream, the header (id, name, summary) of the current
 revision of every machine in every volume, as bbot's agent --dump-machines
 does, with buildfarm-arch, the guest's architecture (x86_64 or aarch64).
-Machines being removed (unlinked) are left out.`,
+Machines being removed (unlinked) are left out. After the headers, a
+comment line for each warm state an agent saved (see agent --start) gives
+its machine, toolchain and size on disk.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			mf.store.Log = e.log
@@ -219,7 +222,10 @@ Machines being removed (unlinked) are left out.`,
 			if err != nil {
 				return err
 			}
-			return writeMachineList(e.stdout, ls)
+			if err := writeMachineList(e.stdout, ls); err != nil {
+				return err
+			}
+			return writeWarmStates(e.stdout, &mf.store, ls)
 		},
 	}
 	mf.add(cmd, false)
@@ -238,6 +244,22 @@ func writeMachineList(w io.Writer, ls []machine.Listed) error {
 		return nil
 	}
 	return manifest.Serialize(w, ms)
+}
+
+// writeWarmStates writes a comment line for each machine's warm states.
+func writeWarmStates(w io.Writer, s *machine.Store, ls []machine.Listed) error {
+	for _, l := range ls {
+		v, err := s.Volume(l.Volume, false)
+		if err != nil {
+			return err
+		}
+		for _, ws := range agent.WarmStates(v.Dir, l.Name) {
+			if _, err := fmt.Fprintf(w, "# warm state: machine %s, toolchain %s, %d bytes (%d MiB)\n", l.Name, ws.Toolchain, ws.Bytes, ws.Bytes>>20); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func machineCleanCmd(e *env) *cobra.Command {

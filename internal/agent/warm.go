@@ -593,3 +593,29 @@ func hostCPU() string {
 	}
 	return "unknown"
 }
+
+// WarmState is a machine's warm state for a toolchain, as `machine list`
+// reports it.
+type WarmState struct {
+	Toolchain string
+	Bytes     int64 // the state file's size
+}
+
+// WarmStates returns the warm states of machine name in volume directory
+// dir, by toolchain.
+func WarmStates(dir, name string) []WarmState {
+	files, _ := filepath.Glob(filepath.Join(dir, name, "."+name+"-*.warm.state"))
+	var out []WarmState
+	for _, f := range files {
+		tc := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(f), "."+name+"-"), ".warm.state")
+		fi, err := os.Stat(f)
+		if err != nil || machine.CheckToolchain(tc) != nil {
+			continue
+		}
+		if _, err := os.Stat(strings.TrimSuffix(f, ".state") + ".key"); err != nil {
+			continue // being built or dropped
+		}
+		out = append(out, WarmState{Toolchain: tc, Bytes: fi.Size()})
+	}
+	return out
+}

@@ -111,6 +111,10 @@ func TestWarmStart(t *testing.T) {
 	}
 	a := &Agent{opts: o}
 	files := a.warmFilesOf(v, "busybox")
+	fi, err := os.Stat(files.state)
+	if ws := WarmStates(v.Dir, "busybox"); err != nil || len(ws) != 1 || ws[0].Toolchain != "default" || ws[0].Bytes != fi.Size() || fi.Size() < 1<<20 {
+		t.Errorf("WarmStates (machine list) = %+v, want the default toolchain's state of %d bytes", ws, fi.Size())
+	}
 
 	// A corrupt state file: a cold boot that says why, then a new state.
 	fh, err := os.OpenFile(files.state, os.O_WRONLY, 0)
