@@ -71,7 +71,29 @@ says how its VM started in its buildfarm-start field (warm or cold).
 A VM that never makes its
 first TFTP request has mis-booted and is retried; one that misses a
 deadline or ends abnormally is suspended, not destroyed, for investigation.
-SIGTERM stops the running VMs, deletes their snapshots and exits 0.`,
+SIGTERM stops the running VMs, deletes their snapshots and exits 0.
+
+Every VM has a management console (buildfarm console VM, after
+uml_mconsole) on console.sock in its directory, linked from --console-links
+as TOOLCHAIN-INSTANCE.sock (TOOLCHAIN-INSTANCE.SLOT.sock with --instances
+above 1), and a record in --registry (buildfarm vm list shows them).
+
+A suspended VM is paused and outlives the task and the agent, the one
+exception to "a QEMU never outlives its agent": it keeps its QEMU process,
+snapshot, network namespace, serial log, sockets and TFTP directory, and a
+record saying why. The admin is emailed (with --smtp-relay and
+--admin-email). An agent that starts finds the suspended VMs of its
+toolchain and instance and re-opens their consoles. A suspended VM is
+destroyed --suspend-limit after it was suspended, or when the admin ends it
+with "buildfarm console VM halt" (the agent then deletes what it kept
+within a second, or at its next start). A host keeps at most --suspend-max
+suspended VMs: past it, the oldest is destroyed, the email about the new
+one says so, and the agent goes on taking tasks.
+
+Admin email goes through --smtp-relay (HOST:PORT, no authentication,
+STARTTLS when offered) to --admin-email, on a suspended VM, a failed
+bootstrap and a skipped machine, at most one mail (or digest) every 15
+minutes.`,
 			RunE: func(cmd *cobra.Command, args []string) error {
 				a, err := agent.New(o, e.log, e.stdout)
 				if err != nil {
@@ -118,6 +140,12 @@ SIGTERM stops the running VMs, deletes their snapshots and exits 0.`,
 		f.BoolVar(&o.DumpMachines, "dump-machines", o.DumpMachines, "print the machines' header manifests and exit")
 		f.BoolVar(&o.DumpTask, "dump-task", o.DumpTask, "print the task manifest and exit")
 		f.BoolVar(&o.DumpResult, "dump-result", o.DumpResult, "print the result manifest and exit")
+		f.StringVar(&o.Registry, "registry", o.Registry, "`directory` of the host's VM records (buildfarm vm list reads them)")
+		f.StringVar(&o.ConsoleLinks, "console-links", o.ConsoleLinks, "`directory` of the console links TOOLCHAIN-INSTANCE[.SLOT].sock")
+		f.DurationVar(&o.SuspendLimit, "suspend-limit", o.SuspendLimit, "how long a suspended VM is kept before it is destroyed")
+		f.IntVar(&o.SuspendMax, "suspend-max", o.SuspendMax, "suspended VMs the host keeps at most; past it the oldest is destroyed")
+		f.StringVar(&o.SMTPRelay, "smtp-relay", o.SMTPRelay, "`HOST:PORT` of the SMTP relay for admin email (none by default)")
+		f.StringVar(&o.AdminEmail, "admin-email", o.AdminEmail, "the admin's email `address`")
 		f.BoolVar(&o.NoNetNS, "no-netns", o.NoNetNS, "run VMs in the host's network namespace (no isolation; for non-root use)")
 		f.BoolVar(&o.Once, "once", o.Once, "perform one task, deliver its result, then exit (with --instances 1)")
 		return cmd

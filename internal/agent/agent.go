@@ -20,6 +20,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/ctlclient"
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/notify"
 	"github.com/buildfarm/buildfarm/internal/worker"
 )
 
@@ -39,8 +40,11 @@ type Agent struct {
 	enumMu sync.Mutex // one enumeration (and bootstrap) at a time
 	warm   warmBuilds // warm states' failed builds and QEMU versions (warm.go)
 
-	mu        sync.Mutex
-	suspended []*vmRun // VMs kept for investigation until the agent exits
+	mail *notify.Mailer // admin email (--smtp-relay), or nil
+
+	mu   sync.Mutex
+	kept map[string]*keptVM // suspended VMs, by name (suspend.go)
+	told map[string]bool    // events mailed once (notifyOnce)
 }
 
 // New returns an agent with opts, logging to log, dumping to out.
@@ -56,7 +60,13 @@ func New(opts Options, log *slog.Logger, out io.Writer) (*Agent, error) {
 		return nil, fmt.Errorf("--ca: %w", err)
 	}
 	a := &Agent{opts: opts, log: log.With("agent", opts.Instance), out: out,
-		client: &ctlclient.Client{HTTP: hc, Timeout: opts.RequestTimeout}}
+		client: &ctlclient.Client{HTTP: hc, Timeout: opts.RequestTimeout},
+		kept:   map[string]*keptVM{}, told: map[string]bool{}}
+	if opts.SMTPRelay != "" {
+		if a.mail, err = notify.New(notify.Config{Relay: opts.SMTPRelay, To: opts.AdminEmail, Log: a.log}); err != nil {
+			return nil, err
+		}
+	}
 	if opts.AuthKey != "" {
 		if a.key, err = auth.ReadPrivateKey(opts.AuthKey); err != nil {
 			return nil, fmt.Errorf("--auth-key: %w", err)
@@ -68,13 +78,20 @@ func New(opts Options, log *slog.Logger, out io.Writer) (*Agent, error) {
 // Run runs the agent until ctx ends (SIGTERM), or until it has done what a
 // --dump-*, --fake-request or --once option asks. Cancellation is a clean
 // stop, not an error: running VMs are stopped and their snapshots deleted
-// first.
+// first; suspended VMs stay (see suspend.go).
 func (a *Agent) Run(ctx context.Context, controllers []string) error {
-	defer a.releaseSuspended()
-	// 1. Clean up what a crashed predecessor left.
+	stopMail := a.runMailer()
+	defer stopMail()
+	defer a.releaseKept()
+	// 1. Clean up what a crashed predecessor left, sparing the suspended
+	//    VMs, which are watched until the agent exits.
 	if err := a.cleanup(ctx); err != nil {
 		return err
 	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { defer close(watched); a.watchKept(wctx) }()
+	defer func() { stopWatch(); <-watched }()
 	// 2. --dump-machines and --fake-request: enumerate (and bootstrap) the
 	//    machines once, and do what they ask.
 	if a.opts.DumpMachines || a.opts.FakeRequest != "" {
@@ -306,6 +323,7 @@ func (a *Agent) performIn(ctx context.Context, slot int, m *machineState, task *
 	}
 	s := a.newSession(slot, snap.dir, worker.ModeBuild)
 	s.mac = m.mac
+	s.machine, s.task = m.name, task.Name+"/"+task.Version
 	if w != nil {
 		a.warmSession(s, m, w)
 	}
@@ -347,7 +365,7 @@ func (a *Agent) performIn(ctx context.Context, slot int, m *machineState, task *
 		perr = fmt.Errorf("worker reported an abnormal end")
 	}
 	if perr != nil {
-		if serr := r.Suspend(context.WithoutCancel(ctx)); serr == nil {
+		if serr := r.Suspend(context.WithoutCancel(ctx), fmt.Errorf("the build ended abnormally: %w", perr)); serr == nil {
 			keep = true
 			a.keepSuspended(r, snap)
 		} else {
@@ -521,37 +539,6 @@ func abnormalResult(task *manifest.Task, err error) *manifest.Result {
 		Name: task.Name, Version: task.Version, Status: manifest.StatusAbnormal,
 		Results: []manifest.OperationResult{{Operation: "configure", Status: manifest.StatusAbnormal, Log: manifest.Text(err.Error() + "\n")}},
 	}
-}
-
-// keepSuspended keeps a suspended VM (and its snapshot) for investigation
-// until the agent exits, and says where it is.
-func (a *Agent) keepSuspended(r *vmRun, snap *snapshot) {
-	r.snap = snap
-	info := r.vm.Info()
-	a.log.Error("VM suspended for investigation", "vm", r.s.name, "snapshot", snap.dir,
-		"qmp", info.QMPSocket, "serial", info.SerialLog, "pid", info.PID)
-	a.mu.Lock()
-	a.suspended = append(a.suspended, r)
-	a.mu.Unlock()
-}
-
-// releaseSuspended stops the VMs kept for investigation, and deletes their
-// snapshots and TFTP directories: a QEMU never outlives its agent, and an
-// agent that exits leaves nothing behind.
-func (a *Agent) releaseSuspended() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	ctx := context.Background()
-	for _, r := range a.suspended {
-		r.Close(ctx)
-		if r.snap != nil && r.snap.delete != nil {
-			if err := r.snap.delete(ctx); err != nil {
-				a.log.Warn("deleting the snapshot of a suspended VM", "dir", r.snap.dir, "err", err)
-			}
-		}
-		os.RemoveAll(r.s.tftpDir)
-	}
-	a.suspended = nil
 }
 
 // accelerator resolves --accel once per agent (auto probes, or reads the

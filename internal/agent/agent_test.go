@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,7 +23,9 @@ import (
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/netns"
+	"github.com/buildfarm/buildfarm/internal/qmp"
 	"github.com/buildfarm/buildfarm/internal/testenv"
+	"github.com/buildfarm/buildfarm/internal/vmrecord"
 )
 
 // bin holds the binaries built once for the tests: buildfarm (for the
@@ -72,8 +75,9 @@ func TestMain(m *testing.M) {
 // holding the busybox machine, and a TFTP directory. Its Write collects
 // the agent's log.
 type farm struct {
-	machines, tftp string
-	log            logBuffer
+	machines, tftp  string
+	registry, links string // of VM records and console links
+	log             logBuffer
 }
 
 func (f *farm) Write(p []byte) (int, error) { return f.log.Write(p) }
@@ -91,7 +95,8 @@ func newFarm(t *testing.T, btrfs bool, opts image.Options) *farm {
 	if btrfs {
 		root = testenv.Btrfs(t, 8<<30) // sparse: room for the debian machine's 2 GiB disk
 	}
-	f := &farm{machines: filepath.Join(root, "machines"), tftp: filepath.Join(root, "tftp")}
+	f := &farm{machines: filepath.Join(root, "machines"), tftp: filepath.Join(root, "tftp"),
+		registry: filepath.Join(t.TempDir(), "vms"), links: filepath.Join(t.TempDir(), "console")}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("agent log:\n%s", f.log.String())
@@ -118,6 +123,7 @@ func newFarm(t *testing.T, btrfs bool, opts image.Options) *farm {
 func (f *farm) options() Options {
 	o := DefaultOptions()
 	o.Machines, o.TFTP = f.machines, f.tftp
+	o.Registry, o.ConsoleLinks = f.registry, f.links
 	o.Accel = "tcg"
 	o.RAM = 256
 	o.BootstrapStartup, o.BuildStartup = 30*time.Second, 30*time.Second
@@ -236,7 +242,9 @@ func TestBuildHello(t *testing.T) {
 }
 
 // TestMisbootSuspends: a machine whose worker never starts is retried, then
-// suspended and reported; the agent goes on, and stops the VM when it exits.
+// suspended and reported; the agent goes on, and when it exits the VM is
+// still there, paused, with its snapshot, serial log, sockets, network
+// namespace and record. The next agent, past --suspend-limit, destroys it.
 func TestMisbootSuspends(t *testing.T) {
 	hang := filepath.Join(t.TempDir(), "init")
 	os.WriteFile(hang, []byte("#!/bin/sh\necho 'init: hanging on purpose'\nexec sleep 3600\n"), 0o755)
@@ -260,6 +268,86 @@ func TestMisbootSuspends(t *testing.T) {
 	if !strings.Contains(log, "VM suspended for investigation") || !strings.Contains(log, "qmp=") {
 		t.Errorf("no report of the suspended VM in the log")
 	}
+	rec := suspendedVM(t, f, "mis-boot")
+	checkSuspended(t, rec, "paused")
+	if b, err := os.ReadFile(rec.SerialLog); err != nil || !strings.Contains(string(b), "init: hanging on purpose") {
+		t.Errorf("serial log %s of the suspended VM: %q, %v; want the guest's output", rec.SerialLog, b, err)
+	}
+
+	// The next agent, with the VM past its --suspend-limit, destroys it.
+	o.FakeRequest, o.DumpResult, o.DumpMachines = "", false, true
+	o.SuspendLimit = time.Millisecond
+	if _, err := f.run(t, o); err != nil {
+		t.Fatalf("second agent: %v", err)
+	}
+	checkDestroyed(t, f, rec)
+}
+
+// suspendedVM returns the one VM recorded in f's registry, which must be
+// a suspended VM whose record says why (containing why).
+func suspendedVM(t *testing.T, f *farm, why string) vmrecord.Record {
+	t.Helper()
+	recs, err := vmrecord.Registry{Dir: f.registry}.List()
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("VM records: %+v, %v; want one suspended VM", recs, err)
+	}
+	rec := recs[0]
+	t.Cleanup(func() { // in case the test failed before destroying it
+		if rec.Alive() {
+			syscall.Kill(-rec.PID, syscall.SIGKILL)
+			gone(rec.PID, 5*time.Second)
+		}
+		if rec.NetNS != "" {
+			exec.Command("ip", "netns", "delete", rec.NetNS).Run()
+		}
+	})
+	if rec.State != vmrecord.Suspended || !strings.Contains(rec.Why, why) || rec.Machine != "busybox" || rec.Task != "hello/1.0.0" {
+		t.Errorf("record %+v, want busybox's VM for hello/1.0.0 suspended because of %q", rec, why)
+	}
+	return rec
+}
+
+// checkSuspended checks that the suspended VM of rec is still there: its
+// QEMU, in QMP state status, its snapshot, TFTP directory and network
+// namespace.
+func checkSuspended(t *testing.T, rec vmrecord.Record, status string) {
+	t.Helper()
+	if !rec.Alive() {
+		t.Fatalf("suspended VM %s: QEMU %d is gone", rec.Name, rec.PID)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := qmp.Dial(ctx, rec.QMP)
+	if err != nil {
+		t.Fatalf("suspended VM %s: QMP: %v", rec.Name, err)
+	}
+	st, err := c.QueryStatus(ctx)
+	c.Close()
+	if err != nil || st.Status != status {
+		t.Errorf("suspended VM %s: QMP status %q, %v; want %s", rec.Name, st.Status, err, status)
+	}
+	for _, p := range []string{rec.Snapshot, rec.TFTP, rec.SerialLog, rec.Dir, filepath.Join(netns.Dir, rec.NetNS)} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("suspended VM %s: %v", rec.Name, err)
+		}
+	}
+}
+
+// checkDestroyed checks that nothing of the VM of rec is left: no
+// process, snapshot, network namespace, TFTP directory or record.
+func checkDestroyed(t *testing.T, f *farm, rec vmrecord.Record) {
+	t.Helper()
+	if !gone(rec.PID, 10*time.Second) {
+		t.Errorf("VM %s: QEMU %d still runs", rec.Name, rec.PID)
+	}
+	for _, p := range []string{rec.Snapshot, rec.TFTP, filepath.Join(netns.Dir, rec.NetNS)} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("VM %s: %s left behind", rec.Name, p)
+		}
+	}
+	if _, err := (vmrecord.Registry{Dir: f.registry}).Read(rec.Name); !errors.Is(err, vmrecord.ErrNotFound) {
+		t.Errorf("VM %s: record still there (%v)", rec.Name, err)
+	}
 }
 
 // startAgent runs the buildfarm binary's agent on f with args, and waits
@@ -268,7 +356,7 @@ func startAgent(t *testing.T, f *farm, args ...string) (*exec.Cmd, int) {
 	t.Helper()
 	buildfarm, _ := binaries(t)
 	args = append([]string{"agent", "--machines", f.machines, "--tftp", f.tftp, "--accel", "tcg", "--ram", "256",
-		"--fake-bootstrap", "--build-startup", "60s", "--start", "cold"}, args...)
+		"--registry", f.registry, "--console-links", f.links, "--fake-bootstrap", "--build-startup", "60s", "--start", "cold"}, args...)
 	cmd := exec.Command(buildfarm, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
@@ -333,7 +421,7 @@ func TestKillAndRestart(t *testing.T) {
 	}
 	// The next start cleans up; --dump-machines then exits.
 	buildfarm, _ := binaries(t)
-	out, err := exec.Command(buildfarm, "agent", "--machines", f.machines, "--tftp", f.tftp, "--fake-bootstrap", "--dump-machines").CombinedOutput()
+	out, err := exec.Command(buildfarm, "agent", "--machines", f.machines, "--tftp", f.tftp, "--registry", f.registry, "--fake-bootstrap", "--dump-machines").CombinedOutput()
 	if err != nil {
 		t.Fatalf("restarted agent: %v\n%s", err, out)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/netns"
+	"github.com/buildfarm/buildfarm/internal/notify"
 	"github.com/buildfarm/buildfarm/internal/worker"
 )
 
@@ -29,8 +30,9 @@ type machineState struct {
 
 // snapshot is a task's copy of a bootstrapped machine.
 type snapshot struct {
-	dir    string
-	delete func(context.Context) error
+	dir     string
+	delete  func(context.Context) error
+	release func() // leaves it to a suspended VM as the agent exits (optional)
 }
 
 // want is what this agent expects of a bootstrapped machine: its toolchain
@@ -91,13 +93,18 @@ func (a *Agent) store() *machine.Store {
 
 // cleanup removes what a crashed agent left behind: per-task snapshots and
 // unfinished bootstraps, network namespaces, and this instance's TFTP
-// directories.
+// directories, but not those of suspended VMs that still run (see
+// adoptSuspended).
 func (a *Agent) cleanup(ctx context.Context) error {
 	if a.opts.FakeMachine == "" {
 		if _, err := os.Stat(a.opts.Machines); err != nil {
 			return fmt.Errorf("--machines %s: %w", a.opts.Machines, err)
 		}
-		gone, err := a.store().CleanStray(ctx)
+	}
+	spare := a.adoptSuspended(ctx)
+	keepSnaps, keepNS := a.liveFiles()
+	if a.opts.FakeMachine == "" {
+		gone, err := a.store().CleanStray(ctx, keepSnaps...)
 		if err != nil {
 			return err
 		}
@@ -106,13 +113,31 @@ func (a *Agent) cleanup(ctx context.Context) error {
 		}
 	}
 	if !a.opts.NoNetNS {
-		if _, err := netns.Cleanup(ctx, a.log); err != nil {
+		if _, err := netns.Cleanup(ctx, a.log, keepNS...); err != nil {
 			a.log.Warn("cleaning up network namespaces", "err", err)
 		}
 	}
-	dir := a.instanceDir()
-	if err := os.RemoveAll(dir); err != nil {
+	return removeAllBut(a.instanceDir(), spare)
+}
+
+// removeAllBut deletes dir, or, when some of spare are in it, everything
+// in it but those.
+func removeAllBut(dir string, spare []string) error {
+	es, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("tftp directory %s: %w", dir, err)
+	}
+	for _, e := range es {
+		p := filepath.Join(dir, e.Name())
+		if slices.Contains(spare, p) {
+			continue
+		}
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("tftp directory %s: %w", dir, err)
+		}
 	}
 	return nil
 }
@@ -152,6 +177,9 @@ func (a *Agent) machines(ctx context.Context, slot int) ([]*machineState, error)
 			// `machine list` prints (machine add refuses others).
 			a.log.Error("machine skipped: its manifest names another machine; add it under its manifest's name",
 				"machine", c.Name, "manifest-name", c.Machine.Name)
+			a.notifyOnce(notify.Event{Kind: notify.MachineSkipped, Machine: c.Name,
+				Why:  fmt.Sprintf("its manifest names another machine, %q: add it under its manifest's name", c.Machine.Name),
+				Look: []string{"buildfarm machine list"}})
 			if c.Bootstrap != nil {
 				c.Bootstrap.Abort(context.WithoutCancel(ctx))
 			}
@@ -159,6 +187,10 @@ func (a *Agent) machines(ctx context.Context, slot int) ([]*machineState, error)
 		}
 		switch c.Decision.Action {
 		case machine.ActionIgnore:
+			if c.Decision.Reason != machine.ReasonLocked {
+				a.notifyOnce(notify.Event{Kind: notify.MachineSkipped, Machine: c.Name, Why: c.Decision.Reason,
+					Look: []string{"buildfarm machine list"}})
+			}
 			continue
 		case machine.ActionBootstrap:
 			a.dropWarm(ctx, c.Volume, c.Name, "bootstrapping again: "+c.Decision.Reason)
@@ -168,6 +200,8 @@ func (a *Agent) machines(ctx context.Context, slot int) ([]*machineState, error)
 					return nil, ctx.Err()
 				}
 				a.log.Error("machine not bootstrapped; carrying on without it", "machine", c.Name, "err", err)
+				a.notifyOnce(notify.Event{Kind: notify.BootstrapFailed, Machine: c.Name, Task: "bootstrap", Why: err.Error(),
+					Look: []string{"buildfarm vm list", "buildfarm machine list"}})
 				continue
 			}
 		}
@@ -200,7 +234,13 @@ func (a *Agent) bootstrap(ctx context.Context, slot int, c *machine.Candidate) e
 	}
 	s := a.newSession(slot, b.Dir, worker.ModeBootstrap)
 	s.mac = c.Machine.MAC
-	defer os.RemoveAll(s.tftpDir)
+	s.machine, s.task = c.Name, "bootstrap"
+	kept := false // a suspended VM keeps its TFTP directory
+	defer func() {
+		if !kept {
+			os.RemoveAll(s.tftpDir)
+		}
+	}()
 	var r *vmRun
 	var err error
 	for attempt := 0; attempt <= a.opts.BootstrapRetries; attempt++ {
@@ -219,7 +259,8 @@ func (a *Agent) bootstrap(ctx context.Context, slot int, c *machine.Candidate) e
 	}
 	if err != nil {
 		if r != nil {
-			a.keepSuspended(r, &snapshot{dir: b.Dir, delete: b.Abort})
+			kept = true
+			a.keepSuspended(r, &snapshot{dir: b.Dir, delete: b.Abort, release: b.Release})
 			return fmt.Errorf("bootstrap of %s: %w", c.Name, err)
 		}
 		b.Abort(context.WithoutCancel(ctx))
@@ -270,7 +311,7 @@ func (a *Agent) snapshotForTask(ctx context.Context, m *machineState) (*snapshot
 		return nil, err
 	}
 	a.log.Info("task snapshot", "dir", s.Dir, "how", s.Method)
-	return &snapshot{dir: s.Dir, delete: s.Delete}, nil
+	return &snapshot{dir: s.Dir, delete: s.Delete, release: s.Release}, nil
 }
 
 func findMachine(ms []*machineState, name string) *machineState {

@@ -6,7 +6,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/console"
 	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/vmrecord"
 )
 
 // Options configure an agent. Their names follow bbot-agent's options.
@@ -55,6 +57,15 @@ type Options struct {
 	DumpTask     bool // print the task manifest and exit
 	DumpResult   bool // print the result manifest and exit
 
+	// Suspended VMs and the consoles (suspend.go).
+	Registry     string        // directory of the host's VM records
+	ConsoleLinks string        // directory of the predictable console links
+	SuspendLimit time.Duration // how long a suspended VM is kept
+	SuspendMax   int           // suspended VMs a host keeps at most; past it the oldest is destroyed
+
+	SMTPRelay  string // HOST:PORT of the SMTP relay for admin email ("": none)
+	AdminEmail string // the admin's address
+
 	NoNetNS bool // run VMs in the host's network namespace (no isolation)
 	Once    bool // perform one task and return
 }
@@ -85,8 +96,16 @@ func DefaultOptions() Options {
 		RequestInterval:  60 * time.Second,
 		LongPoll:         30 * time.Second,
 		MaxArchive:       256 << 20,
+		Registry:         vmrecord.DefaultDir,
+		ConsoleLinks:     console.DefaultLinkDir,
+		SuspendLimit:     24 * time.Hour,
+		SuspendMax:       DefaultSuspendMax,
 	}
 }
+
+// DefaultSuspendMax is --suspend-max's default: each suspended VM holds
+// its memory (--ram) and its snapshot's changes.
+const DefaultSuspendMax = 4
 
 // DefaultToolchainVersion is --toolchain-ver's default: a standard version,
 // as task requests need one.
@@ -125,7 +144,7 @@ func (o *Options) Check() error {
 	}{
 		{"--bootstrap-startup", o.BootstrapStartup}, {"--bootstrap-timeout", o.BootstrapTimeout},
 		{"--build-startup", o.BuildStartup}, {"--build-timeout", o.BuildTimeout},
-		{"--shutdown-timeout", o.ShutdownTimeout},
+		{"--shutdown-timeout", o.ShutdownTimeout}, {"--suspend-limit", o.SuspendLimit},
 		{"--request-timeout", o.RequestTimeout}, {"--request-interval", o.RequestInterval},
 	} {
 		if d.v <= 0 {
@@ -137,6 +156,18 @@ func (o *Options) Check() error {
 	}
 	if o.LongPoll < 0 {
 		errs = append(errs, fmt.Errorf("--long-poll %v: must not be negative (0 disables long polling)", o.LongPoll))
+	}
+	if o.SuspendMax < 1 {
+		errs = append(errs, fmt.Errorf("--suspend-max %d: must be 1 or more", o.SuspendMax))
+	}
+	if o.Registry == "" {
+		errs = append(errs, errors.New("--registry: empty"))
+	}
+	if o.ConsoleLinks == "" {
+		errs = append(errs, errors.New("--console-links: empty"))
+	}
+	if (o.SMTPRelay == "") != (o.AdminEmail == "") {
+		errs = append(errs, fmt.Errorf("--smtp-relay %q --admin-email %q: give both, or neither (no email)", o.SMTPRelay, o.AdminEmail))
 	}
 	if o.MaxArchive <= 0 {
 		errs = append(errs, fmt.Errorf("--max-archive %d: must be positive", o.MaxArchive))

@@ -208,6 +208,7 @@ func fakeOptions(t *testing.T) Options {
 	o.Machines, o.TFTP = filepath.Join(dir, "none"), filepath.Join(dir, "tftp")
 	o.FakeMachine, o.FakeBuild, o.NoNetNS = machines, true, true
 	o.RequestInterval, o.RequestTimeout, o.LongPoll = 100*time.Millisecond, 2*time.Second, 0
+	o.Registry, o.ConsoleLinks = filepath.Join(dir, "vms"), filepath.Join(dir, "console")
 	return o
 }
 

@@ -29,6 +29,10 @@ type session struct {
 	mac        string
 	port       int // the TFTP server's port
 
+	slot    int
+	machine string // for the VM's record: its machine
+	task    string // and its task (NAME/VERSION, or bootstrap)
+
 	// For a warm start (warm.go): configure adjusts the VM's configuration
 	// before it starts (an error fails the start), and onRequest sees each
 	// TFTP request.
@@ -52,6 +56,7 @@ func (a *Agent) newSession(slot int, machineDir string, mode worker.Mode) *sessi
 		mode:       string(mode),
 		shutdown:   a.opts.ShutdownTimeout,
 		port:       a.opts.TFTPPort + a.opts.Instance + 100*slot,
+		slot:       slot,
 	}
 	if mode == worker.ModeBootstrap {
 		s.want, s.startup, s.timeout = worker.BootstrapFile, a.opts.BootstrapStartup, a.opts.BootstrapTimeout

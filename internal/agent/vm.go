@@ -10,12 +10,15 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/console"
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/netns"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/tftp"
+	"github.com/buildfarm/buildfarm/internal/vmrecord"
 )
 
 // tftpRules map the guest's requests into the session's directory: reads
@@ -34,11 +37,18 @@ const maxUpload = 1 << 30
 // investigation, or Shutdown or Close it. Close runs its clean-up exactly
 // once, and every path ends in Close.
 type vmRun struct {
-	a    *Agent
-	s    *session
-	vm   *qemu.VM
-	ns   *netns.NS
-	snap *snapshot // kept with a suspended VM
+	a  *Agent
+	s  *session
+	vm *qemu.VM
+	ns *netns.NS
+
+	// Its console and record (suspend.go); a suspended run is kept, and
+	// why says what suspended it.
+	con      *console.Server
+	rec      vmrecord.Record
+	recorded bool
+	kept     atomic.Bool
+	why      error
 
 	firstRequest chan struct{} // closed at the guest's first TFTP request
 	uploaded     chan struct{} // closed when s.want is uploaded
@@ -80,7 +90,11 @@ func (r *vmRun) Start(ctx context.Context) error {
 			return fmt.Errorf("vm %s: %w", s.name, err)
 		}
 		ns := r.ns
-		r.stops = append(r.stops, func() { ns.Delete(context.WithoutCancel(ctx)) })
+		r.stops = append(r.stops, func() {
+			if !r.kept.Load() { // a suspended VM keeps its namespace
+				ns.Delete(context.WithoutCancel(ctx))
+			}
+		})
 		conn, err = ns.ListenPacket(ctx, "udp4", listen)
 		listenTransfer = func() (net.PacketConn, error) {
 			return ns.ListenPacket(context.WithoutCancel(ctx), "udp4", "127.0.0.1:0")
@@ -148,7 +162,12 @@ func (r *vmRun) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	vm, err := qemu.New(cfg, filepath.Join(s.tftpDir, "vm"), a.log)
+	vmDir := filepath.Join(s.tftpDir, "vm")
+	if err := checkSockets(vmDir); err != nil {
+		return err
+	}
+	console.SetPorts(&cfg, vmDir)
+	vm, err := qemu.New(cfg, vmDir, a.log)
 	if err != nil {
 		return err
 	}
@@ -157,7 +176,7 @@ func (r *vmRun) Start(ctx context.Context) error {
 		return err
 	}
 	r.vm = vm
-	return nil
+	return r.startConsole(ctx)
 }
 
 // onRequest is the TFTP server's hook: every request is a sign of life,
@@ -211,13 +230,22 @@ func (r *vmRun) waitFor(ctx context.Context, what <-chan struct{}, d time.Durati
 	}
 }
 
-// Suspend pauses the VM, keeping it (and everything Start made) for
-// investigation until Close.
-func (r *vmRun) Suspend(ctx context.Context) error {
+// Suspend pauses the VM because of why, and detaches it so that it
+// outlives the agent (keepSuspended then records it): it keeps everything
+// Start made for investigation, until Close.
+func (r *vmRun) Suspend(ctx context.Context, why error) error {
 	if r.vm == nil {
 		return fmt.Errorf("vm %s: not started", r.s.name)
 	}
-	return r.vm.Suspend(ctx)
+	if err := r.vm.Suspend(ctx); err != nil {
+		return err
+	}
+	r.why = why
+	r.kept.Store(true)
+	if err := r.vm.Detach(ctx); err != nil {
+		r.a.log.Warn("suspended VM not detached: it ends with the agent", "vm", r.s.name, "err", err)
+	}
+	return nil
 }
 
 // Shutdown gives the guest the shutdown deadline to power off by itself
@@ -236,13 +264,14 @@ func (r *vmRun) Shutdown(ctx context.Context) {
 	}
 }
 
-// Close forces the VM down, ends the TFTP server and deletes the network
-// namespace. Later calls return the first call's result.
+// Close forces the VM down, closes its console, removes its record, ends
+// the TFTP server and deletes the network namespace. Later calls return the first call's result.
 func (r *vmRun) Close(ctx context.Context) error {
 	r.closeOnce.Do(func() {
 		if r.vm != nil {
 			r.closeErr = r.vm.Forcedown(ctx)
 		}
+		r.closeConsole()
 		for i := len(r.stops) - 1; i >= 0; i-- {
 			r.stops[i]()
 		}
@@ -267,7 +296,7 @@ func (a *Agent) boot(ctx context.Context, s *session, last bool) (*vmRun, error)
 		return r, nil
 	}
 	if errors.Is(err, ErrTimeout) || last && errors.Is(err, ErrMisboot) && !errors.Is(err, ErrNoResult) {
-		if serr := r.Suspend(context.WithoutCancel(ctx)); serr != nil {
+		if serr := r.Suspend(context.WithoutCancel(ctx), err); serr != nil {
 			r.Close(context.WithoutCancel(ctx))
 			return nil, fmt.Errorf("%w (and suspending it failed: %v)", err, serr)
 		}

@@ -361,6 +361,14 @@ func (b *Bootstrapping) Abort(ctx context.Context) error {
 	return b.Snapshot.Delete(ctx)
 }
 
+// Release releases the machine's lock and the snapshot's, and leaves the
+// snapshot (see Snapshot.Release), for a failed bootstrap whose VM is kept
+// for investigation beyond this process.
+func (b *Bootstrapping) Release() {
+	b.lock.Unlock()
+	b.Snapshot.Release()
+}
+
 // renameReplace puts src at dst: an atomic exchange when dst exists (src
 // then names the old dst), a rename that will not replace anything
 // otherwise.

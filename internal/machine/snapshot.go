@@ -109,6 +109,14 @@ func (s *Snapshot) Delete(ctx context.Context) error {
 	return s.err
 }
 
+// Release releases the snapshot's lock and leaves the snapshot, for a
+// process that exits while something else keeps using it (a suspended VM
+// outlives its agent): CleanStray must be told to keep it from then on.
+// Delete afterwards is a no-op.
+func (s *Snapshot) Release() {
+	s.once.Do(func() { s.lock.Unlock() })
+}
+
 // CleanStray deletes, in every volume and machine of the store, the task
 // snapshots, unfinished bootstraps and unfinished imports that no running
 // process owns any more: what a crash left behind. Snapshots of other

@@ -505,6 +505,19 @@ func (v *VM) Detach(ctx context.Context) error {
 	return nil
 }
 
+// Release closes this process's QMP connection to a detached VM, so that
+// another process can connect (QEMU serves one QMP client at a time), as
+// this one lets the VM go. Only Done, Wait, Info and PID work afterwards.
+func (v *VM) Release() {
+	v.mu.Lock()
+	c := v.client
+	v.client = nil
+	v.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
 // Suspend stops the guest's CPUs (QMP stop); the VM keeps its state.
 func (v *VM) Suspend(ctx context.Context) error { return v.execute(ctx, "stop") }
 
