@@ -51,9 +51,10 @@ in class "all". A submission names configurations or classes, "default"
 when it names none. Without --buildtab there is one configuration, "any",
 for every machine and this host's CPU.
 
-A session's lease is --build-timeout plus --lease-margin; when it runs out
-the task is queued again, and after --max-attempts sessions it ends
-abnormal. A submission may ask for a shorter build timeout, not a longer one.
+A session's lease is the task's build timeout plus --lease-margin; when it
+runs out the task is queued again, and after --max-attempts sessions it ends
+abnormal. The build timeout is --build-timeout, or the shorter one a
+submission asks for (not a longer one).
 
 Agent authentication (--auth): "required" gives tasks only to agents whose
 key is registered ("controller key add"; 401 otherwise) and accepts their
@@ -107,7 +108,7 @@ in flight get 10 s to finish.`,
 		f.StringVar(&auth, "auth", string(o.Auth), "agent authentication: auto, required or optional")
 		f.DurationVar(&o.LongPoll, "long-poll", o.LongPoll, "longest time to hold a task request that asks to wait")
 		f.DurationVar(&o.BuildTimeout, "build-timeout", o.BuildTimeout, "a task's default and longest build timeout")
-		f.DurationVar(&o.LeaseMargin, "lease-margin", o.LeaseMargin, "added to the build timeout for a session's lease")
+		f.DurationVar(&o.LeaseMargin, "lease-margin", o.LeaseMargin, "added to a task's build timeout for a session's lease")
 		f.IntVar(&o.MaxAttempts, "max-attempts", o.MaxAttempts, "sessions a task gets before it ends abnormal")
 		f.Int64Var(&o.MaxArchive, "max-archive", o.MaxArchive, "largest sources archive in `bytes`")
 		cmd.AddCommand(keyCmd(e))

@@ -26,8 +26,9 @@
 // A task is given for the first machine the agent offers whose name
 // matches the build configuration's machine pattern (path.Match), and only
 // to agents of the task's toolchain (if it names one). The session lives
-// for the build timeout plus the lease margin; when it runs out, the task
-// is queued again, and after the attempts limit it ends abnormal.
+// for the task's build timeout (its submission's, or the controller's)
+// plus the lease margin; when it runs out, the task is queued again, and
+// after the attempts limit it ends abnormal.
 //
 // Long polling is an extension of ours: a task request with the header
 // Buildfarm-Wait: SECONDS is held until a task can be given, or up to that

@@ -205,7 +205,9 @@ func (s *Server) claim(ctx context.Context, c store.Claim, wait time.Duration) (
 	for {
 		woken := s.wake.wait()
 		c.Now = time.Now().UTC()
-		c.LeaseUntil = c.Now.Add(s.opts.BuildTimeout + s.opts.LeaseMargin)
+		// The lease: the task's own build timeout (which submit sets,
+		// at most BuildTimeout) plus the margin.
+		c.LeaseMargin = s.opts.LeaseMargin
 		t, err := s.store.Claim(ctx, c)
 		if !errors.Is(err, store.ErrNoTask) {
 			if err != nil {

@@ -359,3 +359,20 @@ func TestSeeAgentThrottled(t *testing.T) {
 		t.Errorf("due after forget = false, want true")
 	}
 }
+
+// TestLeasePerTask: a session's lease is its task's build timeout plus the
+// margin, not the controller's longest build timeout.
+func TestLeasePerTask(t *testing.T) {
+	st := openStore(t, "")
+	s := startServer(t, st, func(o *Options) { o.BuildTimeout, o.LeaseMargin = 3*time.Hour, time.Minute })
+	sub := submitHello(t, s, func(r *SubmitRequest) { r.Timeout = "90s" })
+	before := time.Now()
+	resp := askTask(t, s.URL()+"/task", agentReq("", "busybox"), nil)
+	if resp.Session == "" {
+		t.Fatal("no task")
+	}
+	tk := taskOf(t, st, sub.Tasks[0].ID)
+	if lo, hi := before.Add(150*time.Second-time.Second), time.Now().Add(150*time.Second+time.Second); tk.LeaseExpires.Before(lo) || tk.LeaseExpires.After(hi) {
+		t.Errorf("lease of a task with timeout 90s: until %v, want 90s + 1m from the claim (%v to %v)", tk.LeaseExpires, lo, hi)
+	}
+}

@@ -39,7 +39,8 @@ type Options struct {
 	LongPoll time.Duration
 	// BuildTimeout is a task's default and longest build timeout.
 	BuildTimeout time.Duration
-	// LeaseMargin is added to the build timeout for a session's lease.
+	// LeaseMargin is added to a task's build timeout for a session's
+	// lease.
 	LeaseMargin time.Duration
 	// MaxAttempts is how many sessions a task gets before it ends
 	// abnormal.

@@ -11,7 +11,7 @@ var sqliteDialect = dialect{
 		applied INTEGER NOT NULL)`,
 	claim: `UPDATE tasks SET state = 'running', attempts = attempts + 1, agent = $3,
 			machine = (SELECT value FROM json_each($1) WHERE key = tasks.config),
-			session = $4, claimed = $5, lease_expires = $6
+			session = $4, claimed = $5, lease_expires = COALESCE($6, $5 + timeout_ns / 1000 + $7)
 		WHERE id = (
 			SELECT id FROM tasks
 			WHERE state = 'queued' AND config IN (SELECT key FROM json_each($1))
@@ -44,12 +44,13 @@ var postgresDialect = dialect{
 		task AS (
 			UPDATE tasks SET state = 'running', attempts = attempts + 1, agent = $3,
 				machine = $1::text::jsonb ->> config,
-				session = $4, claimed = $5, lease_expires = $6
+				session = $4, claimed = $5,
+				lease_expires = COALESCE($6, $5::timestamptz + (timeout_ns / 1000 + $7::bigint) * interval '1 microsecond')
 			FROM claimed WHERE id = claimed.claimed_id
 			RETURNING ` + taskColumns + `),
 		session AS (
 			INSERT INTO sessions (id, task_id, agent, fingerprint, challenge, created, expires, state)
-			SELECT $4, id, $3, $7, $8, $5, $6, 'active' FROM task)
+			SELECT $4, id, $3, $8, $9, $5, lease_expires, 'active' FROM task)
 		SELECT ` + taskColumns + ` FROM task`,
 	claimSession: true,
 	analyze:      `ANALYZE tasks`,

@@ -40,8 +40,10 @@ type dialect struct {
 	// claim gives the best matching queued task to an agent and returns
 	// its taskColumns. $1 the agent's machines by configuration (a JSON
 	// object), $2 its toolchain, $3 its name, $4 the session, $5 now, $6
-	// the end of the lease; with claimSession, also $7 the fingerprint
-	// and $8 the challenge, and it inserts the session itself.
+	// the end of the lease or NULL, $7 the lease margin in microseconds
+	// (with $6 NULL, the lease ends at $5 + the task's timeout + $7);
+	// with claimSession, also $8 the fingerprint and $9 the challenge,
+	// and it inserts the session itself, expiring with the task's lease.
 	claim        string
 	claimSession bool
 	// completeStored, if not "", stores a result (not an interrupt) in
@@ -185,7 +187,9 @@ func (s *sqlStore) Claim(ctx context.Context, c Claim) (*Task, error) {
 	if err != nil {
 		return nil, fmt.Errorf("claim for %s: %w", c.Agent, err)
 	}
-	args := []any{string(machines), c.Toolchain, c.Agent, c.Session, ts(c.Now), ts(c.LeaseUntil)}
+	// The lease ($6 and $7): LeaseUntil, or else (NULL) the task's
+	// timeout plus LeaseMargin in microseconds, computed in the claim.
+	args := []any{string(machines), c.Toolchain, c.Agent, c.Session, ts(c.Now), ts(c.LeaseUntil), c.LeaseMargin.Microseconds()}
 	var t *Task
 	if s.d.claimSession {
 		// One statement claims the task and starts the session.
@@ -199,7 +203,7 @@ func (s *sqlStore) Claim(ctx context.Context, c Claim) (*Task, error) {
 			_, err = s.txExec(ctx, tx, `INSERT INTO sessions
 				(id, task_id, agent, fingerprint, challenge, created, expires, state)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-				c.Session, t.ID, c.Agent, c.Fingerprint, c.Challenge, ts(c.Now), ts(c.LeaseUntil), sessionActive)
+				c.Session, t.ID, c.Agent, c.Fingerprint, c.Challenge, ts(c.Now), ts(t.LeaseExpires), sessionActive)
 			return err
 		})
 	}

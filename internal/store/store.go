@@ -122,9 +122,14 @@ type Claim struct {
 	// claimed task's Machine is set from it.
 	Machines map[string]string
 	// Session and Challenge are the new session's id and challenge (""
-	// for none); Now and LeaseUntil its start and the end of its lease.
+	// for none); Now its start.
 	Session, Challenge string
-	Now, LeaseUntil    time.Time
+	Now                time.Time
+	// LeaseUntil, when not zero, is the end of the session's lease.
+	// Zero leases the claimed task for its own Timeout plus
+	// LeaseMargin: until Now + Task.Timeout + LeaseMargin.
+	LeaseUntil  time.Time
+	LeaseMargin time.Duration
 }
 
 // Result is a task's result as an agent reported it.

@@ -33,6 +33,7 @@ func testStore(t *testing.T, newDSN func(t *testing.T) string) {
 	t.Run("CompleteExpired", func(t *testing.T) { testCompleteExpired(t, open(t)) })
 	t.Run("Interrupt", func(t *testing.T) { testInterrupt(t, open(t)) })
 	t.Run("Expire", func(t *testing.T) { testExpire(t, open(t)) })
+	t.Run("LeasePerTask", func(t *testing.T) { testLeasePerTask(t, open(t)) })
 	t.Run("ConcurrentCompleteExpire", func(t *testing.T) { testConcurrentCompleteExpire(t, newDSN(t)) })
 	t.Run("Queue", func(t *testing.T) { testQueue(t, open(t)) })
 	t.Run("Agents", func(t *testing.T) { testAgents(t, open(t)) })
@@ -804,5 +805,44 @@ func TestOpenBadDSN(t *testing.T) {
 		if strings.Contains(err.Error(), "secret") {
 			t.Errorf("Open(%q) = %v: the error shows the password", c.dsn, err)
 		}
+	}
+}
+
+// testLeasePerTask checks a claim without LeaseUntil: each task is leased
+// for its own timeout plus the margin, the session as long, and Expire
+// goes by that lease.
+func testLeasePerTask(t *testing.T, s Store) {
+	ctx := t.Context()
+	sub := &Submission{Name: "lease", Version: "1.0", Created: t0}
+	tasks := []*Task{
+		{Config: "short", MachinePattern: "short-*", Target: "x86_64-linux-gnu", Manifest: "a: b\n", Timeout: 90 * time.Second, Priority: 2},
+		{Config: "long", MachinePattern: "long-*", Target: "x86_64-linux-gnu", Manifest: "a: b\n", Timeout: 3 * time.Hour, Priority: 1},
+	}
+	if err := s.Submit(ctx, sub, tasks); err != nil {
+		t.Fatal(err)
+	}
+	const margin = 30 * time.Second
+	for i, want := range []time.Duration{90 * time.Second, 3 * time.Hour} {
+		session := fmt.Sprintf("lease-%d", i)
+		got, err := s.Claim(ctx, Claim{Agent: "a", Machines: map[string]string{"short": "short-m", "long": "long-m"},
+			Session: session, Now: t0, LeaseMargin: margin})
+		if err != nil {
+			t.Fatalf("Claim %d: %v", i, err)
+		}
+		if !got.LeaseExpires.Equal(micro(t0.Add(want + margin))) {
+			t.Errorf("task %s leased until %v, want %v (now + its timeout %v + margin %v)", got.Config, got.LeaseExpires, micro(t0.Add(want+margin)), want, margin)
+		}
+		ss, err := s.Session(ctx, session)
+		if err != nil || !ss.Expires.Equal(got.LeaseExpires) {
+			t.Errorf("Session(%s) = %+v, %v; want it to expire with its task's lease %v", session, ss, err, got.LeaseExpires)
+		}
+	}
+	expired, err := s.Expire(ctx, t0.Add(90*time.Second+margin-time.Second), 3)
+	if err != nil || len(expired) != 0 {
+		t.Errorf("Expire before the short lease's end = %v, %v; want none", expired, err)
+	}
+	expired, err = s.Expire(ctx, t0.Add(90*time.Second+margin+time.Second), 3)
+	if err != nil || len(expired) != 1 || expired[0].Config != "short" || expired[0].State != Queued {
+		t.Errorf("Expire after the short lease's end = %+v, %v; want the short task queued again", expired, err)
 	}
 }
