@@ -319,7 +319,6 @@ func (s *sqlStore) Complete(ctx context.Context, r Result, maxAttempts int) (Out
 func (s *sqlStore) Expire(ctx context.Context, at time.Time, maxAttempts int) ([]*Task, error) {
 	var changed []*Task
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		changed = nil // a retried transaction starts again
 		type lapsed struct {
 			id       int64
 			attempts int
