@@ -491,27 +491,15 @@ func latencyAgent(ctx context.Context, c config, f *farm, work string) ([]time.D
 		return nil, err
 	}
 	actx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(actx, []string{f.srv.URL()}) }()
-	defer func() { cancel(); <-done }()
+	errc, stopped := make(chan error, 1), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		errc <- fmt.Errorf("agent stopped: %v", a.Run(actx, []string{f.srv.URL()}))
+	}()
+	defer func() { cancel(); <-stopped }()
 	time.Sleep(time.Second) // the agent's first request is held
-	var ds []time.Duration
-	for range c.latencyRuns {
-		time.Sleep(200*time.Millisecond + mrand.N(800*time.Millisecond))
-		start := time.Now()
-		if _, err := f.submit(ctx); err != nil {
-			return nil, err
-		}
-		select {
-		case t := <-got:
-			ds = append(ds, t.Sub(start))
-		case <-time.After(time.Minute):
-			return nil, errors.New("the agent did not start the task within a minute")
-		case err := <-done:
-			return nil, fmt.Errorf("agent stopped: %v", err)
-		}
-	}
-	return ds, nil
+	return timeSubmits(ctx, f, c.latencyRuns, func() time.Duration { return 200*time.Millisecond + mrand.N(800*time.Millisecond) },
+		got, errc, time.Minute)
 }
 
 // latencyBbot simulates a bbot agent, which asks without long polling and
@@ -546,9 +534,16 @@ func latencyBbot(ctx context.Context, f *farm, interval time.Duration, runs int)
 			}
 		}
 	}()
+	return timeSubmits(ctx, f, runs, func() time.Duration { return mrand.N(interval) }, got, errc, interval+time.Minute)
+}
+
+// timeSubmits submits runs tasks, each after a pause, and times each from
+// the start of its submit to the time got reports; an error on errc, or
+// no task taken within limit, ends it.
+func timeSubmits(ctx context.Context, f *farm, runs int, pause func() time.Duration, got <-chan time.Time, errc <-chan error, limit time.Duration) ([]time.Duration, error) {
 	var ds []time.Duration
 	for range runs {
-		time.Sleep(mrand.N(interval))
+		time.Sleep(pause())
 		start := time.Now()
 		if _, err := f.submit(ctx); err != nil {
 			return nil, err
@@ -558,8 +553,8 @@ func latencyBbot(ctx context.Context, f *farm, interval time.Duration, runs int)
 			ds = append(ds, t.Sub(start))
 		case err := <-errc:
 			return nil, err
-		case <-time.After(interval + time.Minute):
-			return nil, errors.New("the simulated bbot agent did not get the task")
+		case <-time.After(limit):
+			return nil, fmt.Errorf("no agent took the task within %v", limit)
 		}
 	}
 	return ds, nil

@@ -340,12 +340,8 @@ func (s *Server) result(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	// 4.
-	t, err := s.store.Task(ctx, sess.TaskID)
-	if err != nil {
-		return fmt.Errorf("session %s: task %d: %w", rr.Session, sess.TaskID, err)
-	}
-	if rr.Result.Name != t.Name || rr.Result.Version != t.Version {
-		return protoErrorf(http.StatusBadRequest, "session %s: the result is for %s %s, the session's task is %s %s", rr.Session, rr.Result.Name, rr.Result.Version, t.Name, t.Version)
+	if rr.Result.Name != sess.Name || rr.Result.Version != sess.Version {
+		return protoErrorf(http.StatusBadRequest, "session %s: the result is for %s %s, the session's task is %s %s", rr.Session, rr.Result.Name, rr.Result.Version, sess.Name, sess.Version)
 	}
 	// 5.
 	var text bytes.Buffer
@@ -362,7 +358,7 @@ func (s *Server) result(w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return fmt.Errorf("session %s: %w", rr.Session, err)
 	}
-	log := s.log.With("task", t.ID, "name", t.Name, "version", t.Version, "config", t.Config, "agent", sess.Agent, "status", status)
+	log := s.log.With("task", sess.TaskID, "name", sess.Name, "version", sess.Version, "config", sess.Config, "agent", sess.Agent, "status", status)
 	switch out {
 	case store.Stored:
 		log.Info("result stored")

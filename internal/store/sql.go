@@ -64,8 +64,6 @@ const taskColumns = `id, submission_id, name, version, config, machine_pattern, 
 const submissionColumns = `id, created, name, version, archive, repository, revision,
 	configs, toolchain, priority, submitter`
 
-const sessionColumns = `id, task_id, agent, fingerprint, challenge, created, expires, state`
-
 // Session states.
 const (
 	sessionActive  = "active"
@@ -218,8 +216,11 @@ func (s *sqlStore) Claim(ctx context.Context, c Claim) (*Task, error) {
 
 func (s *sqlStore) Session(ctx context.Context, id string) (*Session, error) {
 	var ss Session
-	err := s.readRow(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = $1`, id).Scan(
-		&ss.ID, &ss.TaskID, &ss.Agent, &ss.Fingerprint, &ss.Challenge, timeCol{&ss.Created}, timeCol{&ss.Expires}, &ss.State)
+	err := s.readRow(ctx, `SELECT s.id, s.task_id, s.agent, s.fingerprint, s.challenge, s.created, s.expires, s.state,
+			t.name, t.version, t.config
+		FROM sessions s JOIN tasks t ON t.id = s.task_id WHERE s.id = $1`, id).Scan(
+		&ss.ID, &ss.TaskID, &ss.Agent, &ss.Fingerprint, &ss.Challenge, timeCol{&ss.Created}, timeCol{&ss.Expires}, &ss.State,
+		&ss.Name, &ss.Version, &ss.Config)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("session %q: %w", id, ErrUnknownSession)
 	}

@@ -108,6 +108,9 @@ type Session struct {
 	// State is "active", "done" (its result was stored) or "expired"
 	// (its lease ran out, or its result requeued the task).
 	State string
+	// Name, Version and Config are the task's, so that a result can be
+	// checked against its task without reading the task.
+	Name, Version, Config string
 }
 
 // Claim asks for the best queued task for an agent: the highest priority,
