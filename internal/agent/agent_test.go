@@ -340,6 +340,12 @@ func checkDestroyed(t *testing.T, f *farm, rec vmrecord.Record) {
 	if !gone(rec.PID, 10*time.Second) {
 		t.Errorf("VM %s: QEMU %d still runs", rec.Name, rec.PID)
 	}
+	// The record goes last, once the rest is deleted.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if _, err := (vmrecord.Registry{Dir: f.registry}).Read(rec.Name); errors.Is(err, vmrecord.ErrNotFound) {
+			break
+		}
+	}
 	for _, p := range []string{rec.Snapshot, rec.TFTP, filepath.Join(netns.Dir, rec.NetNS)} {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("VM %s: %s left behind", rec.Name, p)

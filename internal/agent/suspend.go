@@ -258,8 +258,9 @@ func (a *Agent) destroy(ctx context.Context, k *keptVM, why string) {
 	a.log.Info("suspended VM destroyed", "vm", k.rec.Name, "why", why)
 }
 
-// deleteLeftovers deletes the network namespace and record of a VM whose
-// QEMU is gone; the snapshot goes with the strays.
+// deleteLeftovers deletes the network namespace and TFTP directory of a
+// VM whose QEMU is gone; the snapshot goes with the strays, and the record
+// last.
 func (a *Agent) deleteLeftovers(ctx context.Context, rec vmrecord.Record) {
 	if rec.NetNS != "" {
 		if _, err := os.Stat(filepath.Join(netns.Dir, rec.NetNS)); err == nil {
@@ -271,7 +272,6 @@ func (a *Agent) deleteLeftovers(ctx context.Context, rec vmrecord.Record) {
 	if rec.TFTP != "" {
 		os.RemoveAll(rec.TFTP)
 	}
-	a.registry().Remove(rec.Name)
 }
 
 // liveFiles returns the snapshots and network namespaces of the host's
@@ -332,6 +332,7 @@ func (a *Agent) adoptSuspended(ctx context.Context) (spare []string) {
 			}
 			a.log.Info("deleting what a VM that is gone left", "vm", rec.Name, "state", rec.State)
 			a.deleteLeftovers(ctx, rec)
+			a.registry().Remove(rec.Name) // its snapshot is a stray now
 		}
 	}
 	return spare
