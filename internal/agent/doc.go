@@ -6,8 +6,11 @@
 //
 // The agent's work, in the order the code follows (Agent.Run, serve):
 //
-//  1. Clean up what a crashed predecessor left: per-task snapshots, network
-//     namespaces, TFTP directories.
+//  1. Find the VMs an earlier run suspended (records in --registry): keep
+//     those alive and within --suspend-limit, re-opening their consoles;
+//     destroy the others' leftovers. Then clean up what a crashed
+//     predecessor left: per-task snapshots, network namespaces, TFTP
+//     directories, sparing every live VM's.
 //  2. Deliver the results an earlier run spooled but could not upload.
 //
 // Then each of --instances slots loops over steps 3 to 7:
@@ -20,7 +23,8 @@
 //     bootstrap: bootstrap.manifest uploaded; shutdown). A VM that never
 //     makes its first request mis-booted and is retried up to the limit;
 //     past the limits it is suspended, not destroyed, and the agent
-//     carries on with its other machines. A machine is offered under its
+//     carries on with its other machines (the admin is told: a failed
+//     bootstrap or a skipped machine is mailed once per agent run). A machine is offered under its
 //     manifest's name, which machine add makes its name in the volume.
 //  4. Ask each controller in turn for a task (package ctlclient), with
 //     long polling (the Buildfarm-Wait header); a controller that fails,
@@ -37,7 +41,8 @@
 //     the VM in its own network namespace, wait for the result with the
 //     startup, build and shutdown deadlines, and parse it. An abnormal end
 //     suspends the VM for investigation; otherwise the VM is forced down
-//     and the snapshot deleted.
+//     and the snapshot deleted. Every VM has a console (package console)
+//     and a record (package vmrecord) while it lives.
 //  7. Sign the challenge (package auth: as bbot for RSA keys, Ed25519
 //     otherwise), write the result to the spool, and upload it. A failed
 //     upload stays in the spool and is retried with back-off, also after
@@ -45,6 +50,16 @@
 //     good (4xx other than 408 and 429).
 //
 // --fake-request performs one task from a file instead of the loop.
+//
+// A suspended VM (suspend.go) is paused and detached: its QEMU, snapshot,
+// network namespace and files outlive the task and the agent, the one
+// exception to "a QEMU never outlives its agent", until --suspend-limit
+// passes (the running agent, or the next one at its start, destroys it),
+// the admin halts it (buildfarm console VM halt), or --suspend-max
+// suspended VMs are on the host and it is the oldest: then it is
+// destroyed and the agent goes on taking tasks. Each suspension is mailed
+// to the admin with --smtp-relay and --admin-email. NotifyCrash is what a
+// supervisor that restarts a crashed agent calls to tell the admin.
 //
 // External tools: qemu-system-*, ip (iproute2), and btrfs-progs or
 // qemu-img for the machine volumes. Needs root for network namespaces.
