@@ -57,7 +57,7 @@ var postgresDialect = dialect{
 	completeStored: `WITH task AS (
 			UPDATE tasks SET state = 'done', status = $2, reason = '', finished = $3
 			WHERE id = (SELECT task_id FROM sessions WHERE id = $1 AND state = 'active')
-				AND state = 'running' AND session = $1 AND lease_expires >= $3
+				AND state = 'running' AND session = $1 AND lease_expires >= $3 AND cancel = ''
 			RETURNING id),
 		session AS (
 			UPDATE sessions SET state = 'done' FROM task WHERE sessions.id = $1),

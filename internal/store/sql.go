@@ -48,7 +48,7 @@ type dialect struct {
 	claimSession bool
 	// completeStored, if not "", stores a result (not an interrupt) in
 	// one statement when its session is active and its task still in
-	// hand, and returns the task's id; otherwise it returns no row and
+	// hand and not being cancelled, and returns the task's id; otherwise it returns no row and
 	// changes nothing. $1 the session, $2 the status, $3 now, $4 the
 	// encoding, $5 the size and $6 the data of the result.
 	completeStored string
@@ -59,7 +59,7 @@ type dialect struct {
 // taskColumns are a task's columns in the order scanTask reads them.
 const taskColumns = `id, submission_id, name, version, config, machine_pattern, target,
 	toolchain, priority, manifest, timeout_ns, state, attempts, created, claimed, finished,
-	agent, machine, session, lease_expires, status, reason`
+	agent, machine, session, lease_expires, status, reason, cancel`
 
 const submissionColumns = `id, created, name, version, archive, repository, revision,
 	configs, toolchain, priority, submitter`
@@ -76,6 +76,7 @@ const (
 const (
 	statusInterrupt = "interrupt"
 	statusAbnormal  = "abnormal"
+	statusAbort     = "abort"
 )
 
 func (s *sqlStore) Close() error {
@@ -262,13 +263,14 @@ func (s *sqlStore) Complete(ctx context.Context, r Result, maxAttempts int) (Out
 			attempts        int
 			leaseExpires    time.Time
 			sessionState    string
+			cancel          string
 			taskStillInHand bool
 		)
 		// One statement locks the task, then the session (the order
 		// Expire takes them in).
-		err := s.txRow(ctx, tx, `SELECT t.id, t.state, t.attempts, t.session, t.lease_expires, s.state
+		err := s.txRow(ctx, tx, `SELECT t.id, t.state, t.attempts, t.session, t.lease_expires, s.state, t.cancel
 			FROM tasks t JOIN sessions s ON s.task_id = t.id WHERE s.id = $1`+s.d.forUpdate,
-			r.Session).Scan(&taskID, &state, &attempts, &session, timeCol{&leaseExpires}, &sessionState)
+			r.Session).Scan(&taskID, &state, &attempts, &session, timeCol{&leaseExpires}, &sessionState, &cancel)
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrUnknownSession
 		}
@@ -283,9 +285,13 @@ func (s *sqlStore) Complete(ctx context.Context, r Result, maxAttempts int) (Out
 		if sessionState != sessionActive || !taskStillInHand {
 			return ErrSessionExpired
 		}
-		if r.Status == statusInterrupt && (maxAttempts <= 0 || attempts < maxAttempts) {
+		if r.Status == statusInterrupt && cancel == "" && (maxAttempts <= 0 || attempts < maxAttempts) {
 			out = Requeued
 			if _, err := s.txExec(ctx, tx, `UPDATE tasks SET state = $1 WHERE id = $2`, string(Queued), taskID); err != nil {
+				return err
+			}
+			if err := s.txEvent(ctx, tx, Event{TaskID: taskID, Session: r.Session, At: r.Now, Kind: EventRequeued,
+				Detail: "interrupted"}); err != nil {
 				return err
 			}
 			_, err := s.txExec(ctx, tx, `UPDATE sessions SET state = $1 WHERE id = $2`, sessionExpired, r.Session)
@@ -293,7 +299,15 @@ func (s *sqlStore) Complete(ctx context.Context, r Result, maxAttempts int) (Out
 		}
 		status, reason := r.Status, ""
 		out = Stored
-		if r.Status == statusInterrupt {
+		switch {
+		case cancel != "":
+			// Cancelled while it ran: it ends so, whatever the agent
+			// made of the stop.
+			reason = cancel
+			if status == statusInterrupt {
+				status = statusAbort
+			}
+		case r.Status == statusInterrupt:
 			status, reason = statusAbnormal, fmt.Sprintf("interrupted after %d sessions", attempts)
 			out = Abandoned
 		}
@@ -324,16 +338,17 @@ func (s *sqlStore) Expire(ctx context.Context, at time.Time, maxAttempts int) ([
 			id       int64
 			attempts int
 			session  string
+			cancel   string
 		}
 		var ls []lapsed
-		rows, err := s.txRows(ctx, tx, `SELECT id, attempts, session FROM tasks
+		rows, err := s.txRows(ctx, tx, `SELECT id, attempts, session, cancel FROM tasks
 			WHERE state = 'running' AND lease_expires < $1 ORDER BY id`+s.d.skipLocked, ts(at))
 		if err != nil {
 			return err
 		}
 		for rows.Next() {
 			var l lapsed
-			if err := rows.Scan(&l.id, &l.attempts, &l.session); err != nil {
+			if err := rows.Scan(&l.id, &l.attempts, &l.session, &l.cancel); err != nil {
 				rows.Close()
 				return err
 			}
@@ -345,16 +360,27 @@ func (s *sqlStore) Expire(ctx context.Context, at time.Time, maxAttempts int) ([
 		}
 		for _, l := range ls {
 			var row *sql.Row
-			if maxAttempts > 0 && l.attempts >= maxAttempts {
+			ev := Event{TaskID: l.id, Session: l.session, At: at, Kind: EventRequeued, Detail: "lease expired"}
+			switch {
+			case l.cancel != "":
+				ev.Kind, ev.Status, ev.Detail = EventEnded, statusAbort, "lease expired after the cancel"
 				row = s.txRow(ctx, tx, `UPDATE tasks SET state = $1, status = $2, reason = $3, finished = $4
 					WHERE id = $5 RETURNING `+taskColumns,
-					string(Done), statusAbnormal, fmt.Sprintf("lease expired after %d sessions", l.attempts), ts(at), l.id)
-			} else {
+					string(Done), statusAbort, l.cancel+" (the lease expired without a result)", ts(at), l.id)
+			case maxAttempts > 0 && l.attempts >= maxAttempts:
+				ev.Kind, ev.Status, ev.Detail = EventEnded, statusAbnormal, fmt.Sprintf("lease expired after %d sessions", l.attempts)
+				row = s.txRow(ctx, tx, `UPDATE tasks SET state = $1, status = $2, reason = $3, finished = $4
+					WHERE id = $5 RETURNING `+taskColumns,
+					string(Done), statusAbnormal, ev.Detail, ts(at), l.id)
+			default:
 				row = s.txRow(ctx, tx, `UPDATE tasks SET state = $1 WHERE id = $2 RETURNING `+taskColumns,
 					string(Queued), l.id)
 			}
 			t, err := scanTask(row)
 			if err != nil {
+				return fmt.Errorf("task %d: %w", l.id, err)
+			}
+			if err := s.txEvent(ctx, tx, ev); err != nil {
 				return fmt.Errorf("task %d: %w", l.id, err)
 			}
 			if _, err := s.txExec(ctx, tx, `UPDATE sessions SET state = $1 WHERE id = $2 AND state = $3`,
@@ -668,7 +694,7 @@ func scanTask(row scanner) (*Task, error) {
 	err := row.Scan(&t.ID, &t.SubmissionID, &t.Name, &t.Version, &t.Config, &t.MachinePattern, &t.Target,
 		&t.Toolchain, &t.Priority, &t.Manifest, &timeout, &state, &t.Attempts,
 		timeCol{&t.Created}, timeCol{&t.Claimed}, timeCol{&t.Finished},
-		&t.Agent, &t.Machine, &t.Session, timeCol{&t.LeaseExpires}, &t.Status, &t.Reason)
+		&t.Agent, &t.Machine, &t.Session, timeCol{&t.LeaseExpires}, &t.Status, &t.Reason, &t.Cancel)
 	if err != nil {
 		return nil, err
 	}

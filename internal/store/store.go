@@ -27,6 +27,10 @@ var (
 	// ErrSessionExpired means the session's lease ran out (or its task was
 	// given to another agent) before its result arrived.
 	ErrSessionExpired = errors.New("session expired")
+	// ErrFinished means the task has ended: it cannot be cancelled.
+	ErrFinished = errors.New("task has finished")
+	// ErrNotFinished means the task has not ended: it cannot be rebuilt.
+	ErrNotFinished = errors.New("task has not finished")
 )
 
 // TaskState is where a task is in its life.
@@ -92,8 +96,11 @@ type Task struct {
 	// abort, abnormal, skip or interrupt (build2's names).
 	Status string
 	// Reason says why a task ended without a result from an agent (for
-	// example "lease expired 3 times").
+	// example "lease expired 3 times"), or that it was cancelled.
 	Reason string
+	// Cancel, while the task runs, is why it is being cancelled (see
+	// Store.Cancel); "" otherwise.
+	Cancel string
 }
 
 // Session is one giving of a task to an agent.
@@ -259,6 +266,93 @@ type Store interface {
 	PutArchive(ctx context.Context, sha256 string, data []byte) error
 	Archive(ctx context.Context, sha256 string) ([]byte, error)
 
+	// Cancel cancels a task: a queued one ends at once, with status
+	// abort and reason as its reason; a running one keeps running with
+	// Task.Cancel set to reason (its agent learns of it from Live) until
+	// its result or the end of its lease, and then ends with that reason,
+	// never queued again. Cancelling a task being cancelled changes
+	// nothing. A done task is ErrFinished. It returns the task as it is
+	// now.
+	Cancel(ctx context.Context, taskID int64, reason string, now time.Time) (*Task, error)
+	// Rebuild queues a copy of a done task (same submission, manifest and
+	// configuration) and returns the new task; a task that has not
+	// finished is ErrNotFinished.
+	Rebuild(ctx context.Context, taskID int64, now time.Time) (*Task, error)
+
+	// Live checks that session is active and its task still in hand and
+	// returns what its agent needs to know (ErrUnknownSession,
+	// ErrSessionExpired otherwise).
+	Live(ctx context.Context, session string) (Live, error)
+	// AddEvent records an event that an agent reports in its session
+	// (Event.Session; TaskID is filled from it), which must be active, as
+	// for Live.
+	AddEvent(ctx context.Context, e Event) (Live, error)
+	// AppendLog stores a chunk of a session's live log, as for Live. What
+	// the session's chunks hold past limit bytes is dropped (Live.Kept
+	// says how much of this chunk was kept); a chunk at an operation's
+	// offset already stored is not stored again.
+	AppendLog(ctx context.Context, c LogChunk, limit int64) (Live, error)
+	// LiveLog returns the live log chunks of a task's session (its last
+	// one when session is ""), those with an ID above after, in order, at
+	// most limit of them (0 means 1000).
+	LiveLog(ctx context.Context, taskID int64, session string, after int64, limit int) ([]LogChunk, error)
+	// PruneLiveLogs deletes the live logs of tasks that finished before
+	// before, and returns how many chunks it deleted.
+	PruneLiveLogs(ctx context.Context, before time.Time) (int64, error)
+	// Timeline returns a task's history in time order: queued, each
+	// claim (Detail: the agent), the events agents reported, requeues,
+	// cancels and rebuilds, and its result.
+	Timeline(ctx context.Context, taskID int64) ([]Event, error)
+
 	// Close releases the database.
 	Close() error
+}
+
+// Event kinds of a task's timeline.
+const (
+	EventQueued    = "queued"        // submitted (or rebuilt: Detail names the task it rebuilds)
+	EventClaimed   = "claimed"       // given to an agent (Detail) in a session
+	EventBooted    = "booted"        // the agent: the VM made its first request
+	EventStarted   = "started"       // the agent: an operation started
+	EventFinished  = "finished"      // the agent: an operation finished, with its Status
+	EventRequeued  = "requeued"      // the session ended without a result (Detail: why); queued again
+	EventCancel    = "cancel"        // a cancel was asked for (Detail: the reason)
+	EventRebuilt   = "rebuilt"       // a copy was queued (Detail: the new task)
+	EventTruncated = "log-truncated" // the session's live log reached its limit
+	EventResult    = "result"        // the result was stored, with its Status
+	EventEnded     = "ended"         // ended without a result (Status, Detail: why)
+)
+
+// Event is one entry of a task's timeline.
+type Event struct {
+	ID        int64 // 0 for the entries Timeline makes from tasks, sessions and results
+	TaskID    int64
+	Session   string
+	At        time.Time
+	Kind      string
+	Operation string
+	Status    string
+	Detail    string
+}
+
+// LogChunk is a piece of an operation's output as it was written.
+type LogChunk struct {
+	ID        int64
+	TaskID    int64 // filled from Session by AppendLog
+	Session   string
+	Operation string
+	Offset    int64 // where Data starts in the operation's output
+	At        time.Time
+	Data      []byte
+}
+
+// Live is what a running session's agent learns when it reports.
+type Live struct {
+	TaskID int64
+	// Cancel is why the task is being cancelled, "" when it is not.
+	Cancel string
+	// Kept is how many bytes of an appended chunk were stored; LogBytes
+	// how many the session's live log holds.
+	Kept     int
+	LogBytes int64
 }

@@ -40,6 +40,10 @@ func testStore(t *testing.T, newDSN func(t *testing.T) string) {
 	t.Run("Keys", func(t *testing.T) { testKeys(t, open(t)) })
 	t.Run("Archives", func(t *testing.T) { testArchives(t, open(t)) })
 	t.Run("Reopen", func(t *testing.T) { testReopen(t, newDSN(t)) })
+	t.Run("Timeline", func(t *testing.T) { testTimeline(t, open(t)) })
+	t.Run("Cancel", func(t *testing.T) { testCancel(t, open(t)) })
+	t.Run("Rebuild", func(t *testing.T) { testRebuild(t, open(t)) })
+	t.Run("LiveLog", func(t *testing.T) { testLiveLog(t, open(t)) })
 }
 
 func TestSQLite(t *testing.T) {
