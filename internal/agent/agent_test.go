@@ -268,7 +268,7 @@ func TestMisbootSuspends(t *testing.T) {
 	if !strings.Contains(log, "VM suspended for investigation") || !strings.Contains(log, "qmp=") {
 		t.Errorf("no report of the suspended VM in the log")
 	}
-	rec := suspendedVM(t, f, "mis-boot")
+	rec := suspendedVM(t, f, "hello/1.0.0", "mis-boot")
 	checkSuspended(t, rec, "paused")
 	if b, err := os.ReadFile(rec.SerialLog); err != nil || !strings.Contains(string(b), "init: hanging on purpose") {
 		t.Errorf("serial log %s of the suspended VM: %q, %v; want the guest's output", rec.SerialLog, b, err)
@@ -283,9 +283,36 @@ func TestMisbootSuspends(t *testing.T) {
 	checkDestroyed(t, f, rec)
 }
 
+// TestMisbootBootstrapSuspends: a bootstrap VM that never starts its
+// worker is suspended, and keeps its TFTP directory, serial log and QMP
+// socket when the bootstrap gives up and when the agent exits.
+func TestMisbootBootstrapSuspends(t *testing.T) {
+	hang := filepath.Join(t.TempDir(), "init")
+	os.WriteFile(hang, []byte("#!/bin/sh\necho 'init: hanging on purpose'\nexec sleep 3600\n"), 0o755)
+	f := newFarm(t, false, image.Options{InitOverride: hang})
+	o := f.options()
+	o.DumpMachines = true
+	o.BootstrapStartup, o.BootstrapRetries = 10*time.Second, 0
+	if _, err := f.run(t, o); err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	rec := suspendedVM(t, f, "bootstrap", "mis-boot")
+	checkSuspended(t, rec, "paused")
+	if b, err := os.ReadFile(rec.SerialLog); err != nil || !strings.Contains(string(b), "init: hanging on purpose") {
+		t.Errorf("serial log %s of the suspended VM: %q, %v; want the guest's output", rec.SerialLog, b, err)
+	}
+	// The next agent (which does not boot the machine again) destroys it
+	// past the limit.
+	o.SuspendLimit, o.FakeBootstrap = time.Millisecond, true
+	if _, err := f.run(t, o); err != nil {
+		t.Fatalf("second agent: %v", err)
+	}
+	checkDestroyed(t, f, rec)
+}
+
 // suspendedVM returns the one VM recorded in f's registry, which must be
 // a suspended VM whose record says why (containing why).
-func suspendedVM(t *testing.T, f *farm, why string) vmrecord.Record {
+func suspendedVM(t *testing.T, f *farm, task, why string) vmrecord.Record {
 	t.Helper()
 	recs, err := vmrecord.Registry{Dir: f.registry}.List()
 	if err != nil || len(recs) != 1 {
@@ -301,8 +328,8 @@ func suspendedVM(t *testing.T, f *farm, why string) vmrecord.Record {
 			exec.Command("ip", "netns", "delete", rec.NetNS).Run()
 		}
 	})
-	if rec.State != vmrecord.Suspended || !strings.Contains(rec.Why, why) || rec.Machine != "busybox" || rec.Task != "hello/1.0.0" {
-		t.Errorf("record %+v, want busybox's VM for hello/1.0.0 suspended because of %q", rec, why)
+	if rec.State != vmrecord.Suspended || !strings.Contains(rec.Why, why) || rec.Machine != "busybox" || rec.Task != task {
+		t.Errorf("record %+v, want busybox's VM for %s suspended because of %q", rec, task, why)
 	}
 	return rec
 }

@@ -162,6 +162,10 @@ func TestOptionsCheck(t *testing.T) {
 		{func(o *Options) { o.MaxArchive = 0 }, "--max-archive 0: must be positive"},
 		{func(o *Options) { o.ToolchainVer = "" }, `--toolchain-ver ""`},
 		{func(o *Options) { o.ToolchainVer = "1.0" }, "not a standard version"},
+		{func(o *Options) { o.SuspendLimit = 0 }, "--suspend-limit 0s: must be positive"},
+		{func(o *Options) { o.SuspendMax = 0 }, "--suspend-max 0: must be 1 or more"},
+		{func(o *Options) { o.SMTPRelay = "mail:25" }, `--smtp-relay "mail:25" --admin-email "": give both`},
+		{func(o *Options) { o.Registry = "" }, "--registry: empty"},
 	} {
 		o := DefaultOptions()
 		tc.edit(&o)

@@ -85,7 +85,7 @@ func TestSuspendedSurvivesRestart(t *testing.T) {
 	if res.Status != manifest.StatusAbnormal || !strings.Contains(res.Results[0].Log, "deadline passed") {
 		t.Errorf("result %v %q, want abnormal, deadline passed", res.Status, res.Results[0].Log)
 	}
-	rec := suspendedVM(t, f, "deadline passed")
+	rec := suspendedVM(t, f, "hello/1.0.0", "deadline passed")
 	checkSuspended(t, rec, "paused")
 	tether := parentOf(rec.PID)
 	mb.Wait(t, 30*time.Second, "the mail about the suspended VM")
@@ -183,4 +183,29 @@ func reap(t *testing.T, pid int) {
 		}
 	}
 	t.Errorf("tether %d did not exit after its QEMU", pid)
+}
+
+// TestNotifyCrash: what a supervisor calls when it restarts a crashed
+// agent reaches the admin, saying which instance, why and its log's end.
+func TestNotifyCrash(t *testing.T) {
+	mb, relay := notifytest.Start(t)
+	m, err := notify.New(notify.Config{Relay: relay, To: "admin@example.org", Host: "build7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx) }()
+	o := DefaultOptions()
+	o.Instance = 3
+	NotifyCrash(m, o, errors.New("exit status 2"), "panic: something broke\n")
+	mb.Wait(t, 10*time.Second, "the crash mail")
+	cancel()
+	<-done
+	body, _ := io.ReadAll(quotedprintable.NewReader(strings.NewReader(mb.All()[0].Data)))
+	for _, want := range []string{notify.AgentCrashed, "build7", "agent default instance 3 ended: exit status 2", "panic: something broke", "buildfarm vm list"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("crash mail lacks %q:\n%s", want, body)
+		}
+	}
 }
