@@ -8,28 +8,60 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
+	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
-// TestBusyboxUnderQMP boots the busybox machine under internal/qemu, sees
-// the worker start, and drives the guest over QMP: stop → paused, cont →
-// running, ACPI power-down → the guest powers itself off.
+// TestBusyboxUnderQMP boots the busybox machine of each architecture
+// under internal/qemu, sees the worker start, and drives the guest over
+// QMP: stop → paused, cont → running, power-down → the guest powers itself
+// off (x86_64: the ACPI button and acpid; aarch64: virt's GPIO line, which
+// the init watches, and PSCI).
 func TestBusyboxUnderQMP(t *testing.T) {
 	testenv.NeedVM(t)
-	testenv.NeedKernel(t)
+	for _, a := range arch.All {
+		t.Run(string(a), func(t *testing.T) { busyboxUnderQMP(t, a) })
+	}
+}
+
+// buildWorkerFor builds cmd/buildfarm-worker (static) for a's guests.
+func buildWorkerFor(t *testing.T, a arch.Arch) string {
+	t.Helper()
+	if a == arch.Host() {
+		return buildWorker(t)
+	}
+	w := filepath.Join(t.TempDir(), "buildfarm-worker-"+a.GOARCH())
+	cmd := proc.Command(context.Background(), "go", "build", "-o", w, "./cmd/buildfarm-worker")
+	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH="+a.GOARCH())
+	if err := proc.Wait(cmd); err != nil {
+		t.Fatalf("build buildfarm-worker for %s: %v", a, err)
+	}
+	return w
+}
+
+func busyboxUnderQMP(t *testing.T, a arch.Arch) {
+	testenv.NeedKernelFor(t, a)
+	testenv.NeedBusybox(t, a)
+	testenv.NeedProgram(t, "qemu-system-"+string(a))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	out := filepath.Join(t.TempDir(), "busybox")
-	m, err := Build(ctx, Options{Preset: "busybox", Out: out, Worker: buildWorker(t), DiskSize: 16 << 20})
+	m, err := Build(ctx, Options{Preset: "busybox", Arch: a, Out: out, Worker: buildWorkerFor(t, a), DiskSize: 16 << 20})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if mf, err := os.ReadFile(filepath.Join(out, ManifestFile)); err != nil || !strings.Contains(string(mf), "\nbuildfarm-arch: "+string(a)+"\n") || m.Arch != a {
+		t.Errorf("Build(%s) = arch %s, manifest %q (%v); want buildfarm-arch: %s", a, m.Arch, mf, err, a)
 	}
 	cmdline, err := os.ReadFile(filepath.Join(out, CmdlineFile))
 	if err != nil {
 		t.Fatal(err)
 	}
 	vm, err := qemu.New(qemu.Config{
+		Arch:     a,
 		Accel:    qemu.TCG,
 		Kernel:   filepath.Join(out, KernelFile),
 		Initrd:   filepath.Join(out, InitrdFile),
@@ -70,7 +102,7 @@ func TestBusyboxUnderQMP(t *testing.T) {
 	defer scancel()
 	ok, err := vm.Shutdown(sctx)
 	if err != nil || !ok {
-		t.Fatalf("Shutdown = %v, %v; want the guest to power off on the ACPI power button", ok, err)
+		t.Fatalf("Shutdown = %v, %v; want the guest to power off on the power button", ok, err)
 	}
 	if err := vm.Wait(ctx); err != nil {
 		t.Errorf("Wait after power-off = %v, want nil", err)
