@@ -241,14 +241,29 @@ func TestBuildHello(t *testing.T) {
 	}
 }
 
+// hangingFarm is a farm whose busybox machine's init never starts the
+// worker: it says so on the console and sleeps.
+func hangingFarm(t *testing.T) *farm {
+	hang := filepath.Join(t.TempDir(), "init")
+	os.WriteFile(hang, []byte("#!/bin/sh\necho 'init: hanging on purpose'\nexec sleep 3600\n"), 0o755)
+	return newFarm(t, false, image.Options{InitOverride: hang})
+}
+
+// checkHangingLog checks that the serial log of rec, a VM of hangingFarm,
+// is still there and holds what its init said.
+func checkHangingLog(t *testing.T, rec vmrecord.Record) {
+	t.Helper()
+	if b, err := os.ReadFile(rec.SerialLog); err != nil || !strings.Contains(string(b), "init: hanging on purpose") {
+		t.Errorf("serial log %s of the suspended VM: %q, %v; want the guest's output", rec.SerialLog, b, err)
+	}
+}
+
 // TestMisbootSuspends: a machine whose worker never starts is retried, then
 // suspended and reported; the agent goes on, and when it exits the VM is
 // still there, paused, with its snapshot, serial log, sockets, network
 // namespace and record. The next agent, past --suspend-limit, destroys it.
 func TestMisbootSuspends(t *testing.T) {
-	hang := filepath.Join(t.TempDir(), "init")
-	os.WriteFile(hang, []byte("#!/bin/sh\necho 'init: hanging on purpose'\nexec sleep 3600\n"), 0o755)
-	f := newFarm(t, false, image.Options{InitOverride: hang})
+	f := hangingFarm(t)
 	o := f.options()
 	o.FakeBootstrap = true
 	o.FakeRequest, o.DumpResult = fakeRequest("hello"), true
@@ -270,9 +285,7 @@ func TestMisbootSuspends(t *testing.T) {
 	}
 	rec := suspendedVM(t, f, "hello/1.0.0", "mis-boot")
 	checkSuspended(t, rec, "paused")
-	if b, err := os.ReadFile(rec.SerialLog); err != nil || !strings.Contains(string(b), "init: hanging on purpose") {
-		t.Errorf("serial log %s of the suspended VM: %q, %v; want the guest's output", rec.SerialLog, b, err)
-	}
+	checkHangingLog(t, rec)
 
 	// The next agent, with the VM past its --suspend-limit, destroys it.
 	o.FakeRequest, o.DumpResult, o.DumpMachines = "", false, true
@@ -287,9 +300,7 @@ func TestMisbootSuspends(t *testing.T) {
 // worker is suspended, and keeps its TFTP directory, serial log and QMP
 // socket when the bootstrap gives up and when the agent exits.
 func TestMisbootBootstrapSuspends(t *testing.T) {
-	hang := filepath.Join(t.TempDir(), "init")
-	os.WriteFile(hang, []byte("#!/bin/sh\necho 'init: hanging on purpose'\nexec sleep 3600\n"), 0o755)
-	f := newFarm(t, false, image.Options{InitOverride: hang})
+	f := hangingFarm(t)
 	o := f.options()
 	o.DumpMachines = true
 	o.BootstrapStartup, o.BootstrapRetries = 10*time.Second, 0
@@ -298,9 +309,7 @@ func TestMisbootBootstrapSuspends(t *testing.T) {
 	}
 	rec := suspendedVM(t, f, "bootstrap", "mis-boot")
 	checkSuspended(t, rec, "paused")
-	if b, err := os.ReadFile(rec.SerialLog); err != nil || !strings.Contains(string(b), "init: hanging on purpose") {
-		t.Errorf("serial log %s of the suspended VM: %q, %v; want the guest's output", rec.SerialLog, b, err)
-	}
+	checkHangingLog(t, rec)
 	// The next agent (which does not boot the machine again) destroys it
 	// past the limit.
 	o.SuspendLimit, o.FakeBootstrap = time.Millisecond, true
