@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -41,8 +42,9 @@ under each, the commands to look at it.`,
 				if task == "" {
 					task = "-"
 				}
+				why, _, _ := strings.Cut(r.Why, "\n") // the rest is the console's tail
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s (%s ago)\t%s\n", r.Name, r.Machine, task, state,
-					r.Since.UTC().Format(time.RFC3339), now.Sub(r.Since).Round(time.Second), r.Why)
+					r.Since.UTC().Format(time.RFC3339), now.Sub(r.Since).Round(time.Second), why)
 			}
 			w.Flush()
 			fmt.Fprintln(e.stdout)
