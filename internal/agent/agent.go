@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/buildfarm/buildfarm/internal/accel"
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/archive"
 	"github.com/buildfarm/buildfarm/internal/auth"
 	"github.com/buildfarm/buildfarm/internal/ctlclient"
@@ -188,7 +189,8 @@ func (a *Agent) uploaded(s *session, name string) {
 // when the agent itself failed (or ctx ended).
 func (a *Agent) perform(ctx context.Context, slot int, ms []*machineState, task *manifest.Task, srcDir string) (*manifest.Result, error) {
 	// 1. Check that the task says what to run: buildfarm-* steps.
-	// 2. Find the machine the task names among ours.
+	// 2. Find the machine the task names among ours, and check that it is
+	//    of the architecture the task's target needs.
 	// 3. Get the sources: the --fake-request directory, or the archive
 	//    downloaded from the task's URL and checked against its SHA-256.
 	// 4. With --fake-build, take the task's snapshot and answer abort
@@ -204,6 +206,11 @@ func (a *Agent) perform(ctx context.Context, slot int, ms []*machineState, task 
 	m := findMachine(ms, task.Machine)
 	if m == nil {
 		err := fmt.Errorf("task %s %s: no machine %q here (have: %s)", task.Name, task.Version, task.Machine, machineNames(ms))
+		a.log.Error("task refused", "err", err)
+		return errorResult(task, err), nil
+	}
+	if err := arch.Check(task.Target, m.machine.Architecture()); err != nil {
+		err = fmt.Errorf("task %s %s on machine %s: %w", task.Name, task.Version, m.name, err)
 		a.log.Error("task refused", "err", err)
 		return errorResult(task, err), nil
 	}

@@ -160,7 +160,7 @@ func (a *Agent) machines(ctx context.Context, slot int) ([]*machineState, error)
 				return nil, err
 			}
 			out = append(out, &machineState{name: h.Name, fake: true,
-				machine: &manifest.Machine{ID: h.ID, Name: h.Name, Summary: h.Summary}})
+				machine: &manifest.Machine{ID: h.ID, Name: h.Name, Summary: h.Summary, Arch: h.Arch}})
 		}
 		return out, nil
 	}

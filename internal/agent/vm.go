@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/console"
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/netns"
@@ -135,15 +136,22 @@ func (r *vmRun) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	accel, err := a.accelerator(ctx)
+	guest, err := machine.Arch(s.machineDir)
 	if err != nil {
 		return err
 	}
+	acc := qemu.TCG // KVM runs only guests of the host's architecture
+	if guest == arch.Host() {
+		if acc, err = a.accelerator(ctx); err != nil {
+			return err
+		}
+	}
 	cfg := qemu.Config{
 		Name:     s.name,
+		Arch:     guest,
 		CPUs:     a.opts.CPU,
 		MemoryMB: a.opts.RAM,
-		Accel:    accel,
+		Accel:    acc,
 		Kernel:   m.kernel,
 		Initrd:   m.initrd,
 		Append:   strings.TrimSpace(m.cmdline + " buildfarm.mode=" + s.mode + " buildfarm.tftp=" + tftpAddr),
