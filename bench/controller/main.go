@@ -1,16 +1,17 @@
 // Command controller measures the controller (package controller) against
 // its baselines, in one run:
 //
-//	go run ./bench/controller [-agents 16] [-tasks 3000] [-db sqlite,postgres]
-//	    [-latency-runs 20] [-bbot-interval 2s] [-bbot-real 3]
+//	go run ./bench/controller [-agents 16] [-tasks 3000] [-rounds 3]
+//	    [-db sqlite,postgres] [-latency-runs 20] [-bbot-interval 2s] [-bbot-real 3]
 //
 // Throughput: -agents simulated agents (goroutines speaking bbot's protocol
 // over HTTP with package ctlclient: task request, task response, result
 // request) drain -tasks queued tasks from a real controller listening on
 // loopback, on SQLite and on a real PostgreSQL (package pgtest; needs
 // Debian's postgresql, and root runs it as nobody). Reported: task claims
-// plus result uploads per second. Its baseline, in the same run, is the
-// store alone: the same number of goroutines calling Store.Claim and
+// plus result uploads per second, the median of -rounds rounds, each on a
+// fresh database. Its baseline, in the same round on the same database,
+// is the store alone: as many goroutines calling Store.Claim and
 // Store.Complete without HTTP, which bounds what the controller can do.
 // brep, the C++ controller we follow, needs build2 and Apache, which this
 // machine cannot build, so it has no figure here.
@@ -83,13 +84,21 @@ type Results struct {
 }
 
 // Throughput is one database's figures: operations (claims plus result
-// uploads, or Claim plus Complete calls) per second.
+// uploads, or Claim plus Complete calls) per second, medians of the
+// rounds (the ratio: the median of the rounds' ratios).
 type Throughput struct {
 	DB              string  `json:"db"`
 	Controller      float64 `json:"controller_ops_per_s"`
 	StoreAlone      float64 `json:"store_alone_ops_per_s"`
 	ControllerRatio float64 `json:"controller_over_store"`
 	Goal            float64 `json:"goal_ops_per_s"`
+	Rounds          []Round `json:"rounds"`
+}
+
+// Round is one measurement of the controller and of the store alone.
+type Round struct {
+	Controller float64 `json:"controller_ops_per_s"`
+	StoreAlone float64 `json:"store_alone_ops_per_s"`
 }
 
 // Latency is one way of dispatching, in seconds.
@@ -104,10 +113,10 @@ type Latency struct {
 }
 
 type config struct {
-	agents, tasks, latencyRuns, bbotReal int
-	bbotInterval                         time.Duration
-	dbs                                  []string
-	log                                  *slog.Logger
+	agents, tasks, rounds, latencyRuns, bbotReal int
+	bbotInterval                                 time.Duration
+	dbs                                          []string
+	log                                          *slog.Logger
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -115,6 +124,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	var c config
 	fl.IntVar(&c.agents, "agents", 16, "simulated agents (throughput)")
 	fl.IntVar(&c.tasks, "tasks", 3000, "tasks drained per measurement (throughput)")
+	fl.IntVar(&c.rounds, "rounds", 3, "measurements of each database (throughput; medians reported)")
 	dbs := fl.String("db", "sqlite,postgres", "databases to measure throughput on: sqlite, postgres")
 	fl.IntVar(&c.latencyRuns, "latency-runs", 20, "submits timed for each dispatch case (0: skip the latency part)")
 	fl.DurationVar(&c.bbotInterval, "bbot-interval", 2*time.Second, "the simulated bbot agent's interval between task requests (scaled to 60 s)")
@@ -131,8 +141,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return fmt.Errorf("-db %q: want sqlite and/or postgres", d)
 		}
 	}
-	if c.agents < 1 || c.tasks < 1 || c.latencyRuns < 0 || c.bbotReal < 0 || c.bbotInterval <= 0 {
-		return errors.New("-agents and -tasks must be positive, -latency-runs and -bbot-real not negative, -bbot-interval positive")
+	if c.agents < 1 || c.tasks < 1 || c.rounds < 1 || c.latencyRuns < 0 || c.bbotReal < 0 || c.bbotInterval <= 0 {
+		return errors.New("-agents, -tasks and -rounds must be positive, -latency-runs and -bbot-real not negative, -bbot-interval positive")
 	}
 	c.log = slog.New(slog.DiscardHandler)
 	if *verbose {
@@ -161,27 +171,46 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			pg.Stop()
 		}
 	}()
-	for _, db := range c.dbs {
-		dsn := filepath.Join(work, "throughput.db")
-		goal := 2000.0
-		if db == "postgres" {
-			if pg == nil {
-				if pg, err = pgtest.StartServer(ctx, ""); err != nil {
+	// Rounds alternate the databases, each on a fresh database, so that
+	// a burst of load on the machine does not fall on one alone.
+	tps := map[string]*Throughput{}
+	for round := range c.rounds {
+		for _, db := range c.dbs {
+			tp := tps[db]
+			if tp == nil {
+				tp = &Throughput{DB: db, Goal: 2000}
+				if db == "postgres" {
+					tp.Goal = 1000
+				}
+				tps[db] = tp
+			}
+			dsn := filepath.Join(work, fmt.Sprintf("throughput-%d.db", round))
+			if db == "postgres" {
+				if pg == nil {
+					if pg, err = pgtest.StartServer(ctx, ""); err != nil {
+						return err
+					}
+				}
+				if dsn, err = pg.NewDatabase(ctx); err != nil {
 					return err
 				}
 			}
-			if dsn, err = pg.NewDatabase(ctx); err != nil {
-				return err
+			fmt.Fprintf(os.Stderr, "throughput on %s, round %d: %d tasks, %d agents\n", db, round+1, c.tasks, c.agents)
+			r, err := throughput(ctx, c, dsn)
+			if err != nil {
+				return fmt.Errorf("%s: %w", db, err)
 			}
-			goal = 1000
+			tp.Rounds = append(tp.Rounds, r)
 		}
-		fmt.Fprintf(os.Stderr, "throughput on %s: %d tasks, %d agents\n", db, c.tasks, c.agents)
-		tp, err := throughput(ctx, c, dsn, work)
-		if err != nil {
-			return fmt.Errorf("%s: %w", db, err)
+	}
+	for _, db := range c.dbs {
+		tp := tps[db]
+		var ctl, st, ratio []float64
+		for _, r := range tp.Rounds {
+			ctl, st, ratio = append(ctl, r.Controller), append(st, r.StoreAlone), append(ratio, r.Controller/r.StoreAlone)
 		}
-		tp.DB, tp.Goal = db, goal
-		res.Throughput = append(res.Throughput, tp)
+		tp.Controller, tp.StoreAlone, tp.ControllerRatio = median(ctl), median(st), median(ratio)
+		res.Throughput = append(res.Throughput, *tp)
 	}
 	pprof.StopCPUProfile()
 	if c.latencyRuns > 0 {
@@ -315,8 +344,8 @@ func taskRequest(name string) *manifest.TaskRequest {
 // throughput measures the store alone, then the controller, on one
 // database (the controller second, so that it works on the larger
 // tables).
-func throughput(ctx context.Context, c config, dsn, work string) (Throughput, error) {
-	var tp Throughput
+func throughput(ctx context.Context, c config, dsn string) (Round, error) {
+	var tp Round
 	f, err := startFarm(ctx, c, dsn, nil)
 	if err != nil {
 		return tp, err
@@ -380,7 +409,6 @@ func throughput(ctx context.Context, c config, dsn, work string) (Throughput, er
 		return tp, fmt.Errorf("controller: %d tasks done, want %d", ops, c.tasks)
 	}
 	tp.Controller = float64(2*ops) / d.Seconds()
-	tp.ControllerRatio = tp.Controller / tp.StoreAlone
 	fmt.Fprintf(os.Stderr, "  controller: %d tasks in %v: %.0f ops/s\n", ops, d.Round(time.Millisecond), tp.Controller)
 	q, err := f.st.Queue(ctx)
 	if err == nil && q.Depth != 0 {
@@ -565,22 +593,28 @@ func summarize(name string, ds []time.Duration, interval time.Duration) Latency 
 	for _, d := range ds {
 		l.Samples = append(l.Samples, math.Round(d.Seconds()*1e4)/1e4)
 	}
-	s := slices.Sorted(slices.Values(l.Samples))
-	l.Min, l.Max = s[0], s[len(s)-1]
-	if n := len(s); n%2 == 1 {
-		l.Median = s[n/2]
-	} else {
-		l.Median = (s[n/2-1] + s[n/2]) / 2
-	}
+	l.Min, l.Max, l.Median = slices.Min(l.Samples), slices.Max(l.Samples), median(l.Samples)
 	return l
 }
 
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	if n := len(s); n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
 func report(w io.Writer, r Results) {
-	fmt.Fprintf(w, "Throughput, %d simulated agents, %d tasks, GOMAXPROCS %d (task claims plus result uploads per second):\n\n", r.Agents, r.Tasks, r.CPUs)
-	fmt.Fprintln(w, "| database | controller (HTTP) | store alone | controller ÷ store | goal |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|")
+	fmt.Fprintf(w, "Throughput, %d simulated agents, %d tasks, GOMAXPROCS %d (task claims plus result uploads per second; medians):\n\n", r.Agents, r.Tasks, r.CPUs)
+	fmt.Fprintln(w, "| database | controller (HTTP) | store alone | controller ÷ store | goal | rounds: controller / store alone |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---|")
 	for _, t := range r.Throughput {
-		fmt.Fprintf(w, "| %s | %.0f /s | %.0f /s | %.2f | ≥ %.0f /s |\n", t.DB, t.Controller, t.StoreAlone, t.ControllerRatio, t.Goal)
+		var rounds []string
+		for _, x := range t.Rounds {
+			rounds = append(rounds, fmt.Sprintf("%.0f / %.0f", x.Controller, x.StoreAlone))
+		}
+		fmt.Fprintf(w, "| %s | %.0f /s | %.0f /s | %.2f | ≥ %.0f /s | %s |\n", t.DB, t.Controller, t.StoreAlone, t.ControllerRatio, t.Goal, strings.Join(rounds, ", "))
 	}
 	if len(r.Latency) == 0 {
 		return
@@ -597,11 +631,12 @@ func report(w io.Writer, r Results) {
 		fmt.Fprintf(w, "| %s | %d | %.3f s | %.3f s | %.3f s | %s |\n", l.Case, len(l.Samples), l.Median, l.Min, l.Max, scaled)
 	}
 	ours := r.Latency[0].Median
+	fmt.Fprintln(w)
 	for _, l := range r.Latency[1:] {
-		base := l.Median
+		base, how := l.Median, "median"
 		if l.Scaled > 0 {
-			base = l.Scaled
+			base, how = l.Scaled, "median scaled to 60 s"
 		}
-		fmt.Fprintf(w, "\nRatio %s (at 60 s) ÷ ours: %.0f×\n", l.Case, base/ours)
+		fmt.Fprintf(w, "Ratio, %s (%s) ÷ ours: %.0f×\n", l.Case, how, base/ours)
 	}
 }
