@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"time"
@@ -89,12 +90,16 @@ type Task struct {
 	LeaseExpires   *time.Time `json:"lease_expires,omitempty"`
 	Status         string     `json:"status,omitempty"`
 	Reason         string     `json:"reason,omitempty"`
+	// Cancel, while the task runs, is why it is being cancelled.
+	Cancel string `json:"cancel,omitempty"`
 }
 
 // Queue is the queue's depth and its oldest task.
 type Queue struct {
 	Depth  int   `json:"depth"`
 	Oldest *Task `json:"oldest,omitempty"`
+	// Tasks are the next tasks to go, oldest first (at most 100).
+	Tasks []Task `json:"tasks,omitempty"`
 }
 
 // Agent is an agent as the controller last saw it.
@@ -106,6 +111,8 @@ type Agent struct {
 	Machines    []string  `json:"machines"`
 	LastSeen    time.Time `json:"last_seen"`
 	Address     string    `json:"address,omitempty"`
+	// Running are the tasks it is running.
+	Running []Task `json:"running,omitempty"`
 }
 
 // apiErrorBody is the body of an API error.
@@ -129,7 +136,7 @@ func taskJSON(t *store.Task) Task {
 		State: string(t.State), Attempts: t.Attempts, Created: t.Created.UTC(),
 		Claimed: timePtr(t.Claimed), Finished: timePtr(t.Finished),
 		Agent: t.Agent, Machine: t.Machine, LeaseExpires: timePtr(t.LeaseExpires),
-		Status: t.Status, Reason: t.Reason,
+		Status: t.Status, Reason: t.Reason, Cancel: t.Cancel,
 	}
 }
 
@@ -164,4 +171,11 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func apiError(w http.ResponseWriter, code int, err error) {
 	writeJSON(w, code, apiErrorBody{Error: err.Error()})
+}
+
+// jsonUnmarshalStrict decodes data into v, refusing unknown fields.
+func jsonUnmarshalStrict(data []byte, v any) error {
+	d := json.NewDecoder(bytes.NewReader(data))
+	d.DisallowUnknownFields()
+	return d.Decode(v)
 }

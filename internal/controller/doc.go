@@ -22,6 +22,18 @@
 //	GET /archives/SHA256
 //	               a task's sources archive, as the task's
 //	               buildfarm-archive-url names it.
+//	POST /live/log, /live/event, /live/poll
+//	               an extension of ours, while a task runs: the header
+//	               Buildfarm-Session names the session (the agent's proof);
+//	               /live/log takes a chunk of an operation's output
+//	               (Buildfarm-Operation, Buildfarm-Offset; at most 64 KiB),
+//	               kept up to Options.LiveLogLimit a session (past it the
+//	               rest is dropped, and the timeline and the page say so);
+//	               /live/event a manifest with event (booted, started,
+//	               finished), operation, status, detail; /live/poll
+//	               nothing. Each answer carries Buildfarm-Cancel: REASON
+//	               while the task is being cancelled. Unknown sessions get
+//	               404, ended ones 410.
 //
 // A task is given for the first machine the agent offers whose name
 // matches the build configuration's machine pattern (path.Match), and only
@@ -61,8 +73,16 @@
 //	GET      /api/v1/submissions/ID    → Submission with its tasks
 //	GET      /api/v1/tasks/ID          → Task
 //	GET      /api/v1/tasks/ID/result   → the result manifest (text/manifest)
-//	GET      /api/v1/queue             → Queue
-//	GET      /api/v1/agents            → [Agent]
+//	GET      /api/v1/queue             → Queue (with the next tasks)
+//	GET      /api/v1/agents            → [Agent] (with their running tasks)
+//	GET      /api/v1/builds            → BuildList (filters name, version,
+//	                                     config, machine, agent, status; page)
+//	GET      /api/v1/builds/ID         → Build (task, timeline, operations
+//	                                     with paged logs: op=NAME&page=N; live log)
+//	GET      /api/v1/builds/ID/log     → LiveLog (?after=CHUNK)
+//	GET      /api/v1/machines          → [MachineInfo]
+//	POST     /api/v1/tasks/ID/cancel   CancelRequest (optional) → Task; 409 when done
+//	POST     /api/v1/tasks/ID/rebuild  → the new Task (201); 409 unless done
 //
 // Requests that change something (PUT and POST) need the admin token as
 // "Authorization: Bearer TOKEN" when the controller has one. Without a
@@ -70,6 +90,32 @@
 // address and has no public URL (Options.URL) that would make it reachable
 // through a proxy; otherwise they are refused with 403. Reading (GET) is
 // open, as brep's web pages are; sessions are never shown.
+//
+// A cancelled queued task ends at once (abort, with the reason); a running
+// one ends when its agent, told in its next live answer, reports, or when
+// its lease runs out; either way it is never queued again.
+//
+// # Dashboard
+//
+// The pages (web.go) are the same documents as HTML: builds (/ and
+// /builds, with the same filters), one build (/builds/ID: its fields,
+// timeline, operations with their logs paged, raw log at /builds/ID/log,
+// and the live log, followed by server-sent events from
+// /builds/ID/events), submissions, agents, machines and the queue. The
+// templates escape every field and log; the assets are embedded. Cancel
+// and rebuild are forms that need the admin token: signing in at /login
+// sets a cookie signed with the token (HttpOnly, SameSite=Strict, Secure
+// over HTTPS, 12 hours), and each form carries a CSRF token that must
+// match its cookie and come from our own origin. A controller without a
+// token allows the forms as it allows the API's writes (loopback only).
+//
+// # Metrics
+//
+// GET /metrics serves Prometheus metrics: the queue's depth and oldest
+// task's age, tasks by state and status, agents seen (read from the store
+// at each scrape), dispatch latency and build duration by machine
+// (histograms), results by status and outcome, and requests answered with
+// an error, by endpoint.
 //
 // Errors of the API are JSON objects {"error": MESSAGE} with a 4xx or 5xx
 // status; errors of the protocol are plain text.

@@ -185,6 +185,9 @@ func (s *Server) task(w http.ResponseWriter, r *http.Request) (*manifest.TaskRes
 		// submit API accepted and we cannot read back.
 		return nil, fmt.Errorf("task %d: %w", t.ID, err)
 	}
+	if t.Attempts == 1 {
+		s.metrics.dispatch.Observe(t.Claimed.Sub(t.Created).Seconds())
+	}
 	s.log.Info("task given", "task", t.ID, "name", t.Name, "version", t.Version, "config", t.Config,
 		"agent", req.Agent, "machine", t.Machine, "attempt", t.Attempts, "challenged", c.Challenge != "")
 	return &manifest.TaskResponse{
@@ -359,6 +362,11 @@ func (s *Server) result(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("session %s: %w", rr.Session, err)
 	}
 	log := s.log.With("task", sess.TaskID, "name", sess.Name, "version", sess.Version, "config", sess.Config, "agent", sess.Agent, "status", status)
+	s.metrics.results.WithLabelValues(status, out.String()).Inc()
+	if out == store.Stored || out == store.Abandoned {
+		s.metrics.build.WithLabelValues(sess.Machine).Observe(time.Since(sess.Created).Seconds())
+		s.liveWake.notify()
+	}
 	switch out {
 	case store.Stored:
 		log.Info("result stored")

@@ -52,6 +52,12 @@ type Options struct {
 	// PollInterval is how often a held task request tries to claim a
 	// task again (finding tasks that other controllers queued).
 	PollInterval time.Duration
+	// LiveLogLimit bounds a session's live log, in bytes: past it, the
+	// rest is dropped, and the timeline and the page say so.
+	LiveLogLimit int64
+	// LiveLogKeep is how long the live log of a finished task is kept
+	// (its result's log is the authoritative copy).
+	LiveLogKeep time.Duration
 }
 
 // DefaultOptions returns the controller's defaults.
@@ -66,6 +72,8 @@ func DefaultOptions() Options {
 		MaxArchive:     256 << 20,
 		ExpireInterval: 5 * time.Second,
 		PollInterval:   100 * time.Millisecond,
+		LiveLogLimit:   1 << 20,
+		LiveLogKeep:    24 * time.Hour,
 	}
 }
 
@@ -83,6 +91,9 @@ type Server struct {
 	log   *slog.Logger
 	wake  broadcast
 	seen  seenAgents // agents recorded lately (SeeAgent throttled)
+
+	liveWake broadcast // a live log chunk or event was stored (web.go's streams)
+	metrics  *metrics
 
 	// keysSeen caches whether any agent key is registered (AuthAuto).
 	keysMu   sync.Mutex
@@ -120,6 +131,10 @@ func New(st store.Store, opts Options, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("expire interval %v: not positive", opts.ExpireInterval)
 	case opts.PollInterval <= 0:
 		return nil, fmt.Errorf("poll interval %v: not positive", opts.PollInterval)
+	case opts.LiveLogLimit <= 0:
+		return nil, fmt.Errorf("live-log-limit %d: not positive", opts.LiveLogLimit)
+	case opts.LiveLogKeep <= 0:
+		return nil, fmt.Errorf("live log keep %v: not positive", opts.LiveLogKeep)
 	case (opts.TLSCert == "") != (opts.TLSKey == ""):
 		return nil, errors.New("tls-cert and tls-key go together")
 	}
@@ -133,7 +148,7 @@ func New(st store.Store, opts Options, log *slog.Logger) (*Server, error) {
 		}
 		opts.URL = strings.TrimSuffix(opts.URL, "/")
 	}
-	return &Server{opts: opts, store: st, log: log, stopping: make(chan struct{})}, nil
+	return &Server{opts: opts, store: st, log: log, stopping: make(chan struct{}), metrics: newMetrics(st)}, nil
 }
 
 // Listen opens the listener. It refuses an admin token on a plain-HTTP
@@ -262,19 +277,22 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusNotFound, fmt.Errorf("%s %s: no such API endpoint", r.Method, r.URL.Path))
 	})
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprint(w, "buildfarm controller\n\nagents: POST task requests to /task, results to /result\nsubmit API: /api/v1/\n")
-	})
-	return mux
+	mux.HandleFunc("POST /live/log", s.handleLiveLog)
+	mux.HandleFunc("POST /live/event", s.handleLiveEvent)
+	mux.HandleFunc("POST /live/poll", s.handleLivePoll)
+	mux.Handle("GET /metrics", s.metrics.handler())
+	s.webRoutes(mux)
+	return s.metrics.count(mux)
 }
 
 // expireLoop ends the sessions whose lease ran out, at start and every
 // ExpireInterval, and wakes the held task requests when tasks were queued
-// again.
+// again; every pruneEvery it deletes the live logs of tasks finished
+// longer than LiveLogKeep ago.
 func (s *Server) expireLoop(ctx context.Context) {
 	t := time.NewTicker(s.opts.ExpireInterval)
 	defer t.Stop()
+	var pruned time.Time
 	for {
 		tasks, err := s.store.Expire(ctx, time.Now(), s.opts.MaxAttempts)
 		switch {
@@ -286,6 +304,14 @@ func (s *Server) expireLoop(ctx context.Context) {
 			}
 			s.wake.notify()
 		}
+		if time.Since(pruned) >= pruneEvery {
+			pruned = time.Now()
+			if n, err := s.store.PruneLiveLogs(ctx, pruned.Add(-s.opts.LiveLogKeep)); err != nil && ctx.Err() == nil {
+				s.log.Warn("prune live logs", "err", err)
+			} else if n > 0 {
+				s.log.Debug("live logs pruned", "chunks", n)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -293,6 +319,9 @@ func (s *Server) expireLoop(ctx context.Context) {
 		}
 	}
 }
+
+// pruneEvery is how often the expiry loop deletes old live logs.
+const pruneEvery = 10 * time.Minute
 
 // baseURL is the URL agents reach this controller at, for result and
 // archive URLs: Options.URL, or the request's scheme and Host.

@@ -355,30 +355,21 @@ func (s *Server) handleTaskResult(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
-	q, err := s.store.Queue(r.Context())
+	q, err := s.queue(r)
 	if err != nil {
-		s.writeAPIError(w, r, fmt.Errorf("queue: %w", err))
+		s.writeAPIError(w, r, err)
 		return
 	}
-	out := Queue{Depth: q.Depth}
-	if q.Oldest != nil {
-		t := taskJSON(q.Oldest)
-		out.Oldest = &t
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, q)
 }
 
 func (s *Server) handleAgents(w http.ResponseWriter, r *http.Request) {
-	as, err := s.store.Agents(r.Context())
+	as, err := s.agents(r)
 	if err != nil {
-		s.writeAPIError(w, r, fmt.Errorf("agents: %w", err))
+		s.writeAPIError(w, r, err)
 		return
 	}
-	out := []Agent{}
-	for _, a := range as {
-		out = append(out, agentJSON(a))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, as)
 }
 
 func pathID(r *http.Request) (int64, error) {

@@ -297,3 +297,25 @@ func (s *sqlStore) Timeline(ctx context.Context, id int64) ([]Event, error) {
 	slices.SortStableFunc(evs, func(a, b Event) int { return a.At.Compare(b.At) })
 	return evs, nil
 }
+
+func (s *sqlStore) TaskCounts(ctx context.Context) ([]TaskCount, error) {
+	rows, err := s.read(ctx, `SELECT state, status, count(*) FROM tasks GROUP BY state, status ORDER BY state, status`)
+	if err != nil {
+		return nil, fmt.Errorf("task counts: %w", err)
+	}
+	defer rows.Close()
+	var cs []TaskCount
+	for rows.Next() {
+		var c TaskCount
+		var state string
+		if err := rows.Scan(&state, &c.Status, &c.N); err != nil {
+			return nil, fmt.Errorf("task counts: %w", err)
+		}
+		c.State = TaskState(state)
+		cs = append(cs, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("task counts: %w", err)
+	}
+	return cs, nil
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -125,6 +126,10 @@ func testCancel(t *testing.T, s Store) {
 	}
 	if _, err := claim(s, "agent", "cr-2", "", t0.Add(3*time.Second), "d"); !errors.Is(err, ErrNoTask) {
 		t.Errorf("Claim after the cancelled task's result: %v, want ErrNoTask (not requeued)", err)
+	}
+	counts, err := s.TaskCounts(ctx)
+	if want := []TaskCount{{Done, "abort", 2}}; err != nil || !slices.Equal(counts, want) {
+		t.Errorf("TaskCounts = %v, %v; want %v", counts, err, want)
 	}
 	evs, _ := s.Timeline(ctx, tasks[0].ID)
 	if got, want := kinds(evs), "queued claimed cancel result:abort"; got != want {

@@ -218,10 +218,10 @@ func (s *sqlStore) Claim(ctx context.Context, c Claim) (*Task, error) {
 func (s *sqlStore) Session(ctx context.Context, id string) (*Session, error) {
 	var ss Session
 	err := s.readRow(ctx, `SELECT s.id, s.task_id, s.agent, s.fingerprint, s.challenge, s.created, s.expires, s.state,
-			t.name, t.version, t.config
+			t.name, t.version, t.config, t.machine
 		FROM sessions s JOIN tasks t ON t.id = s.task_id WHERE s.id = $1`, id).Scan(
 		&ss.ID, &ss.TaskID, &ss.Agent, &ss.Fingerprint, &ss.Challenge, timeCol{&ss.Created}, timeCol{&ss.Expires}, &ss.State,
-		&ss.Name, &ss.Version, &ss.Config)
+		&ss.Name, &ss.Version, &ss.Config, &ss.Machine)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("session %q: %w", id, ErrUnknownSession)
 	}

@@ -13,6 +13,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -116,8 +117,9 @@ type Session struct {
 	// (its lease ran out, or its result requeued the task).
 	State string
 	// Name, Version and Config are the task's, so that a result can be
-	// checked against its task without reading the task.
-	Name, Version, Config string
+	// checked against its task without reading the task; Machine is the
+	// machine it was last given for.
+	Name, Version, Config, Machine string
 }
 
 // Claim asks for the best queued task for an agent: the highest priority,
@@ -160,6 +162,22 @@ const (
 	Requeued                 // an interrupt result: the task is queued again
 	Abandoned                // an interrupt result past the attempts limit: the task ended abnormal
 )
+
+// String names the outcome in lower case (stored, duplicate, requeued,
+// abandoned).
+func (o Outcome) String() string {
+	switch o {
+	case Stored:
+		return "stored"
+	case Duplicate:
+		return "duplicate"
+	case Requeued:
+		return "requeued"
+	case Abandoned:
+		return "abandoned"
+	}
+	return fmt.Sprintf("outcome(%d)", int(o))
+}
 
 // Agent is an agent as the controller last saw it.
 type Agent struct {
@@ -204,6 +222,14 @@ type Queue struct {
 	Oldest *Task // nil when empty
 }
 
+// TaskCount is how many tasks are in a state with a status (Status is
+// "" unless the state is Done).
+type TaskCount struct {
+	State  TaskState
+	Status string
+	N      int
+}
+
 // Store is the controller's state. Every method is safe for concurrent use
 // by any number of controllers sharing the database.
 type Store interface {
@@ -245,6 +271,8 @@ type Store interface {
 	Result(ctx context.Context, taskID int64) ([]byte, error)
 	// Queue reports the queue's depth and its oldest task.
 	Queue(ctx context.Context) (Queue, error)
+	// TaskCounts counts the tasks by state and status.
+	TaskCounts(ctx context.Context) ([]TaskCount, error)
 
 	// SeeAgent records an agent's request (insert or update by name).
 	SeeAgent(ctx context.Context, a Agent) error

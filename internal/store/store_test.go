@@ -255,7 +255,7 @@ func testClaimOrder(t *testing.T, s Store) {
 		t.Fatalf("Session(order-0): %v", err)
 	}
 	wantSS := &Session{ID: "order-0", TaskID: high1[0].ID, Agent: "agent", Fingerprint: "fp-agent", Challenge: "ch-order-0",
-		Created: micro(now), Expires: micro(now.Add(time.Minute)), State: "active", Name: "high1", Version: "1.0", Config: "c"}
+		Created: micro(now), Expires: micro(now.Add(time.Minute)), State: "active", Name: "high1", Version: "1.0", Config: "c", Machine: "c-machine"}
 	if diff := cmp.Diff(wantSS, ss); diff != "" {
 		t.Errorf("Session(order-0) (-want +got):\n%s", diff)
 	}
