@@ -25,6 +25,9 @@ type Config struct {
 	Dir       string // the work directory: sources, toolchain, install
 	BlockSize int    // TFTP block size
 	LogLimit  int    // bytes of each operation's log kept in the result
+	// LiveLimit bounds the live log sent of each operation as it runs
+	// (0: none is sent); the controller keeps less.
+	LiveLimit int64
 	// AwaitStart makes a build wait for StartFile before its task
 	// (buildfarm.start=wait): the point a warm image is saved at.
 	AwaitStart bool
@@ -43,6 +46,7 @@ func DefaultConfig() Config {
 		Dir:       "/build",
 		BlockSize: 65464,
 		LogLimit:  512 << 10,
+		LiveLimit: 2 << 20,
 	}
 }
 

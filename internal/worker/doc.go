@@ -17,7 +17,10 @@
 // the versions of what it installed.
 //
 // Throughout, it uploads a small progress manifest (progress) as each step
-// starts and ends, so the agent can show what the guest is doing.
+// starts and ends, so the agent can show what the guest is doing; while an
+// operation runs, its output goes up as it is written, every 200 ms, in
+// live log chunks (live-NNNNNN, see LiveChunk), which the agent forwards
+// to its controller.
 //
 // In a guest with the management console's virtio-serial port
 // (org.buildfarm.console, see Channel), it also answers the console's

@@ -219,7 +219,9 @@ func (w *Worker) runStep(ctx context.Context, s manifest.Step, dir string, task 
 		"BUILDFARM_ARTIFACTS="+w.artifacts(),
 		"PATH="+filepath.Join(w.cfg.Dir, "toolchain", "bin")+":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
 	)
-	err := runShell(ctx, s.Command, dir, env, log)
+	live := w.startLive(ctx, s.Operation)
+	err := runShell(ctx, s.Command, dir, env, io.MultiWriter(log, live))
+	live.Close(ctx)
 	d := time.Since(start).Round(time.Millisecond)
 	st := manifest.StatusSuccess
 	var ee *exec.ExitError
