@@ -154,7 +154,9 @@ func (r *vmRun) Start(ctx context.Context) error {
 		Accel:    acc,
 		Kernel:   m.kernel,
 		Initrd:   m.initrd,
-		Append:   strings.TrimSpace(m.cmdline + " buildfarm.mode=" + s.mode + " buildfarm.tftp=" + tftpAddr),
+		// buildfarm.net=user: the guest's init sets the address user-mode
+		// networking would lease it, without DHCP.
+		Append:   strings.TrimSpace(m.cmdline + " buildfarm.mode=" + s.mode + " buildfarm.tftp=" + tftpAddr + " buildfarm.net=user"),
 		Net:      qemu.Net{Mode: qemu.NetUser, MAC: s.mac},
 		NoReboot: true,
 		Extra:    m.options,
