@@ -167,16 +167,16 @@ func (r *vmRun) Start(ctx context.Context) error {
 	if r.ns != nil {
 		cfg.NetNS = r.ns.Path()
 	}
-	if s.configure != nil {
-		if err := s.configure(ctx, &cfg); err != nil {
-			return err
-		}
-	}
 	vmDir := filepath.Join(s.tftpDir, "vm")
 	if err := checkSockets(vmDir); err != nil {
 		return err
 	}
 	console.SetPorts(&cfg, vmDir)
+	if s.configure != nil { // last: a warm start's key covers the whole VM
+		if err := s.configure(ctx, &cfg); err != nil {
+			return err
+		}
+	}
 	vm, err := qemu.New(cfg, vmDir, a.log)
 	if err != nil {
 		return err

@@ -29,8 +29,8 @@ const StartFile = "start"
 // the TFTP timeout of one request: short, since a request in flight when
 // the guest's state was saved is never answered after the restore.
 const (
-	startPoll    = 10 * time.Millisecond
-	startTimeout = 100 * time.Millisecond
+	startPoll    = 5 * time.Millisecond
+	startTimeout = 30 * time.Millisecond
 )
 
 // Start is the contents of StartFile: what a restored guest must not share
