@@ -26,6 +26,9 @@
 //     carries on with its other machines (the admin is told: a failed
 //     bootstrap or a skipped machine is mailed once per agent run). A machine is offered under its
 //     manifest's name, which machine add makes its name in the volume.
+//     Each bootstrapped machine that has none gets a warm state (warm.go):
+//     booted once more to the point where its worker waits for its task,
+//     and saved (unless --start cold).
 //  4. Ask each controller in turn for a task (package ctlclient), with
 //     long polling (the Buildfarm-Wait header); a controller that fails,
 //     answers garbage or too much, or takes longer than --request-timeout
@@ -36,9 +39,11 @@
 //     saying so (unsupported, for a build2 package build), as does one
 //     whose sources cannot be downloaded from its buildfarm-archive-url or
 //     do not match its buildfarm-archive-sha256.
-//  6. Perform the task: snapshot the bootstrapped machine, place the
-//     task manifest and its sources in the VM's TFTP get/ directory, boot
-//     the VM in its own network namespace, wait for the result with the
+//  6. Perform the task: snapshot the bootstrapped machine (its warm
+//     machine for a warm start), place the task manifest and its sources
+//     in the VM's TFTP get/ directory, boot the VM in its own network
+//     namespace (or restore it from the warm state, falling back to a
+//     boot when that does not fit or fails), wait for the result with the
 //     startup, build and shutdown deadlines, and parse it. An abnormal end
 //     suspends the VM for investigation; otherwise the VM is forced down
 //     and the snapshot deleted. Every VM has a console (package console)
