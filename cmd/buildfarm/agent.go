@@ -132,6 +132,7 @@ minutes.`,
 		f.Int64Var(&o.MaxArchive, "max-archive", o.MaxArchive, "largest sources archive downloaded, in `bytes`")
 		f.StringVar(&o.AuthKey, "auth-key", o.AuthKey, "private key `file` (PEM, Ed25519 or RSA) for signing controllers' challenges")
 		f.StringVar(&o.CA, "ca", o.CA, "PEM `file` of CA certificates to verify HTTPS controllers with, beside the system's roots")
+		f.StringVar(&o.Metrics, "metrics", o.Metrics, "serve Prometheus metrics at http://`ADDR`/metrics (VM boots and boot time, snapshot time, mis-boots, suspended VMs, TFTP bytes, spooled results)")
 		f.StringSliceVar(&o.Trust, "trust", o.Trust, "repository certificate `fingerprint` to trust (repeatable)")
 		f.BoolVar(&o.FakeBootstrap, "fake-bootstrap", o.FakeBootstrap, "record machines as bootstrapped without booting them")
 		f.StringVar(&o.FakeMachine, "fake-machine", o.FakeMachine, "machine header manifest `file` to use instead of enumerating machines")

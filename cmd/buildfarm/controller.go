@@ -51,6 +51,12 @@ in class "all". A submission names configurations or classes, "default"
 when it names none. Without --buildtab there is one configuration, "any",
 for every machine and this host's CPU.
 
+The same address serves the dashboard: the builds (with filters), each
+build with its timeline, operations, logs and live log, the submissions,
+agents, machines and queue, each page's JSON twin under /api/v1/, and
+Prometheus metrics at /metrics. Cancel and rebuild (pages and API) need the
+admin token; on the pages, sign in at /login with it.
+
 A session's lease is the task's build timeout plus --lease-margin; when it
 runs out the task is queued again, and after --max-attempts sessions it ends
 abnormal. The build timeout is --build-timeout, or the shorter one a
@@ -111,6 +117,7 @@ in flight get 10 s to finish.`,
 		f.DurationVar(&o.LeaseMargin, "lease-margin", o.LeaseMargin, "added to a task's build timeout for a session's lease")
 		f.IntVar(&o.MaxAttempts, "max-attempts", o.MaxAttempts, "sessions a task gets before it ends abnormal")
 		f.Int64Var(&o.MaxArchive, "max-archive", o.MaxArchive, "largest sources archive in `bytes`")
+		f.Int64Var(&o.LiveLogLimit, "live-log-limit", o.LiveLogLimit, "`bytes` of a session's live log kept (past them the page says it was truncated)")
 		cmd.AddCommand(keyCmd(e))
 		return cmd
 	})

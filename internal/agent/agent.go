@@ -43,6 +43,8 @@ type Agent struct {
 
 	mail *notify.Mailer // admin email (--smtp-relay), or nil
 
+	metrics *agentMetrics // served with --metrics (metrics.go)
+
 	mu   sync.Mutex
 	kept map[string]*keptVM // suspended VMs, by name (suspend.go)
 	told map[string]bool    // events mailed once (notifyOnce)
@@ -63,6 +65,7 @@ func New(opts Options, log *slog.Logger, out io.Writer) (*Agent, error) {
 	a := &Agent{opts: opts, log: log.With("agent", opts.Instance), out: out,
 		client: &ctlclient.Client{HTTP: hc, Timeout: opts.RequestTimeout},
 		kept:   map[string]*keptVM{}, told: map[string]bool{}}
+	a.metrics = newAgentMetrics(a)
 	if opts.SMTPRelay != "" {
 		if a.mail, err = notify.New(notify.Config{Relay: opts.SMTPRelay, To: opts.AdminEmail, Log: a.log}); err != nil {
 			return nil, err
@@ -83,6 +86,13 @@ func New(opts Options, log *slog.Logger, out io.Writer) (*Agent, error) {
 func (a *Agent) Run(ctx context.Context, controllers []string) error {
 	stopMail := a.runMailer()
 	defer stopMail()
+	if a.opts.Metrics != "" {
+		stopMetrics, err := a.serveMetrics(ctx)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
 	defer a.releaseKept()
 	// 1. Clean up what a crashed predecessor left, sparing the suspended
 	//    VMs, which are watched until the agent exits.

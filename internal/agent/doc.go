@@ -48,6 +48,10 @@
 //     suspends the VM for investigation; otherwise the VM is forced down
 //     and the snapshot deleted. Every VM has a console (package console)
 //     and a record (package vmrecord) while it lives.
+//     Meanwhile the worker's progress and its operations' output, as it
+//     is written, go to the controller's live endpoints (livelog.go); a
+//     cancel in the controller's answers stops the VM, deletes the
+//     snapshot and reports the task aborted.
 //  7. Sign the challenge (package auth: as bbot for RSA keys, Ed25519
 //     otherwise), write the result to the spool, and upload it. A failed
 //     upload stays in the spool and is retried with back-off, also after

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
@@ -306,10 +307,12 @@ func (a *Agent) writeToolchain(dir string) error {
 
 // snapshotForTask makes a task's snapshot of the bootstrapped machine.
 func (a *Agent) snapshotForTask(ctx context.Context, m *machineState) (*snapshot, error) {
+	start := time.Now()
 	s, err := m.volume.SnapshotForTask(ctx, m.name, a.opts.toolchain())
 	if err != nil {
 		return nil, err
 	}
+	a.metrics.snapshot.Observe(time.Since(start).Seconds())
 	a.log.Info("task snapshot", "dir", s.Dir, "how", s.Method)
 	return &snapshot{dir: s.Dir, delete: s.Delete, release: s.Release}, nil
 }

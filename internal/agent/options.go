@@ -46,6 +46,7 @@ type Options struct {
 
 	AuthKey string   // private key file for signing challenges
 	CA      string   // PEM file of CA certificates for HTTPS, beside the system's roots
+	Metrics string   // address to serve Prometheus metrics on (http://ADDR/metrics; "" none)
 	Trust   []string // repository certificate fingerprints to trust
 
 	FakeBootstrap bool   // record machines as bootstrapped without booting them

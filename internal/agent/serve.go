@@ -34,7 +34,10 @@ import (
 //     d. Sign the challenge now: without --auth-key (or with a key that
 //     cannot sign it) the result could not be accepted, so the task is
 //     refused at once, not built. Go to a.
-//     e. Perform the task in a VM of the slot's own.
+//     e. Perform the task in a VM of the slot's own, forwarding its live
+//     log and progress to the controller; a cancel in the controller's
+//     answers stops the VM (its snapshot deleted) and the task is
+//     reported aborted.
 //     f. Spool the signed result and upload it; a failed upload stays in
 //     the spool for step 1's deliverer. Go to a.
 func (a *Agent) serve(ctx context.Context, urls []string) error {
@@ -121,12 +124,18 @@ func (a *Agent) serveSlot(ctx context.Context, slot int, urls []string, sp *spoo
 				continue
 			}
 		}
-		// e. Perform it.
-		res, err := a.perform(ctx, slot, ms, task, "")
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
+		// e. Perform it, following its live log (livelog.go): a cancel
+		// from the controller stops it, and it is reported aborted.
+		tctx, live := a.startLive(ctx, log, resp.ResultURL, resp.Session)
+		res, err := a.perform(tctx, slot, ms, task, "")
+		cancelled := live.finish(tctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case cancelled != "" && err != nil:
+			log.Info("task cancelled: its VM was stopped and its snapshot deleted", "name", task.Name, "reason", cancelled)
+			res = abortResult(task, "cancelled by the controller: "+cancelled+"\n")
+		case err != nil:
 			log.Error("task failed", "name", task.Name, "err", err)
 			res = abnormalResult(task, err)
 		}

@@ -51,6 +51,8 @@ type vmRun struct {
 	kept     atomic.Bool
 	why      error
 
+	obs atomic.Pointer[vmObserved] // metrics and the task's live log (metrics.go)
+
 	firstRequest chan struct{} // closed at the guest's first TFTP request
 	uploaded     chan struct{} // closed when s.want is uploaded
 	once1, once2 sync.Once
@@ -182,6 +184,7 @@ func (r *vmRun) Start(ctx context.Context) error {
 		return err
 	}
 	a.log.Debug("starting VM", "vm", s.name, "command", vm.CommandLine())
+	r.obs.Store(a.observeStart(ctx))
 	if err := vm.Start(ctx); err != nil {
 		return err
 	}
@@ -192,6 +195,7 @@ func (r *vmRun) Start(ctx context.Context) error {
 // onRequest is the TFTP server's hook: every request is a sign of life,
 // progress reports are logged, and the wanted upload ends the job.
 func (r *vmRun) onRequest(req tftp.Request) {
+	r.a.observeRequest(r, req)
 	if r.s.onRequest != nil {
 		r.s.onRequest(req)
 	}
@@ -304,6 +308,9 @@ func (a *Agent) boot(ctx context.Context, s *session, last bool) (*vmRun, error)
 	err := r.Wait(ctx)
 	if err == nil {
 		return r, nil
+	}
+	if errors.Is(err, ErrMisboot) {
+		a.metrics.misboots.Inc()
 	}
 	if errors.Is(err, ErrTimeout) || last && errors.Is(err, ErrMisboot) && !errors.Is(err, ErrNoResult) {
 		if serr := r.Suspend(context.WithoutCancel(ctx), err); serr != nil {
