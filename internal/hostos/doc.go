@@ -1,0 +1,26 @@
+// Package hostos is buildfarm's host OS, after build2's Build OS: a build
+// host configured entirely by buildos.* parameters (on the kernel command
+// line when the host boots our image, or in a file on an ordinary host),
+// whose monitor fetches the toolchains, starts the agent instances with
+// their share of the machine, restarts those that crash, and, when the OS
+// build or a toolchain changes upstream, lets the running builds finish and
+// then reboots (host OS) or restarts the agents (ordinary host).
+//
+// The concepts, one file each:
+//
+//   - cmdline.go, config.go: the buildos.* parameters, from a kernel
+//     command line (ParseCmdline) or a file (ParseFile);
+//   - slice.go: CPUs and RAM, less the reserve, times the overcommit,
+//     divided among the agent instances (Derive);
+//   - checksums.go, fetch.go, toolchain.go: a toolchain's checksums file,
+//     its downloads (http, https, tftp, file; resumed; progress on a
+//     terminal) and its directory <tftp>/toolchains/<name>/;
+//   - monitor.go: the supervisor of the agents (Monitor.Run);
+//   - setup.go, storage.go: the host set-up when running as the host OS:
+//     storage by label, network, SSH, clean-up;
+//   - systemd.go: the units for an ordinary host (Install).
+//
+// External tools: blkid, mount, ip, udhcpc (busybox), dnsmasq or busybox
+// udhcpd, dropbear, iptables (setup, on the host OS only); systemd-analyze
+// in tests.
+package hostos
