@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
 func TestStartRoundTrip(t *testing.T) {
@@ -108,5 +110,17 @@ func TestParseCmdlineStart(t *testing.T) {
 	}
 	if err := c.ParseCmdline("buildfarm.start=now"); err == nil || !strings.Contains(err.Error(), "buildfarm.start=now") {
 		t.Errorf("ParseCmdline(buildfarm.start=now) = %v, want an error naming it", err)
+	}
+}
+
+// TestAddEntropy checks the random(4) ioctls' numbers and layout against
+// the host's kernel (as root: crediting entropy needs CAP_SYS_ADMIN). It
+// adds 32 random bytes to the host's pool.
+func TestAddEntropy(t *testing.T) {
+	testenv.NeedRoot(t)
+	b := make([]byte, 32)
+	rand.Read(b)
+	if err := addEntropy(b); err != nil {
+		t.Fatal(err)
 	}
 }
