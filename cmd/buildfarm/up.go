@@ -53,8 +53,8 @@ one state directory:
      its URL.
   4. It starts one agent in this process, serving that controller with
      long polling, with --instances slots (default: fitted to this host,
-     see below). The agent bootstraps each machine that needs it (the
-     first time: about a minute under TCG) before it asks for tasks.
+     see below). The agent bootstraps each machine that needs it before
+     it asks for tasks.
 
 Then it serves until interrupted (SIGINT or SIGTERM: running VMs are
 stopped and their snapshots deleted, the controller answers what it holds
@@ -193,9 +193,12 @@ func up(ctx context.Context, e *env, o upOptions) error {
 	}
 	fmt.Fprintf(e.stderr, "up: controller listening on %s\n", srv.URL())
 	if !bootstrapped(machines, upMachine, upToolchain) {
-		fmt.Fprintf(e.stderr, "up: the agent bootstraps the %s machine first (about a minute under TCG)\n", upMachine)
+		fmt.Fprintf(e.stderr, "up: the agent bootstraps the %s machine before it asks for tasks\n", upMachine)
 	}
 	fmt.Fprintf(e.stderr, "up: agent serving with %d instance(s)\n", ao.Instances)
+	if !o.demo {
+		fmt.Fprintf(e.stderr, "up: serving until interrupted; submit work with\n  buildfarm submit --controller %s --dir DIR --template DIR/task.manifest\n", srv.URL())
+	}
 
 	// 4.
 	fctx, stop := context.WithCancel(ctx)
@@ -400,10 +403,11 @@ func upDemo(ctx context.Context, e *env, url string, o upOptions) error {
 			}
 		}
 	}
-	fmt.Fprintf(e.stdout, "results: %s/api/v1/submissions/ID and %s/api/v1/tasks/ID/result\n", url, url)
 	if len(bad) > 0 {
+		fmt.Fprintf(e.stderr, "up: the demo failed: %s\n", strings.Join(bad, "; "))
 		return silent(1, fmt.Errorf("--demo: %s", strings.Join(bad, "; ")))
 	}
+	fmt.Fprintf(e.stderr, "up: the demo ended as expected; \"buildfarm up\" keeps the farm serving\n")
 	return nil
 }
 

@@ -51,7 +51,7 @@ func TestUp(t *testing.T) {
 			t.Errorf("up --demo printed\n%s\nwant a line %q", stdout.String(), want)
 		}
 	}
-	for _, want := range []string{"up: making the busybox machine", "up: controller listening on http://127.0.0.1:", "up: the agent bootstraps"} {
+	for _, want := range []string{"up: making the busybox machine", "up: controller listening on http://127.0.0.1:", "up: the agent bootstraps", "up: the demo ended as expected"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("up --demo's progress lacks %q:\n%s", want, stderr.String())
 		}
