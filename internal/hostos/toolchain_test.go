@@ -142,12 +142,12 @@ func TestToolchainDirectory(t *testing.T) {
 		"build2-toolchain-0.17.0.tar.xz":             "the toolchain 0.17.0",
 		"build2-baseutils-0.17.0-x86_64-windows.zip": "baseutils",
 		"build2-mingw-0.17.0-x86_64-windows.tar.xz":  "mingw",
-		"README":                               "read me",
-		"build2-toolchain.tar.xz":              "-> build2-toolchain-0.17.0.tar.xz",
-		"build2-baseutils-x86_64-windows.zip":  "-> build2-baseutils-0.17.0-x86_64-windows.zip",
-		"build2-mingw-x86_64-windows.tar.xz":   "-> build2-mingw-0.17.0-x86_64-windows.tar.xz",
-		"version":                              "0.17.0\n",
-		"trust":                                "no\n",
+		"README":                              "read me",
+		"build2-toolchain.tar.xz":             "-> build2-toolchain-0.17.0.tar.xz",
+		"build2-baseutils-x86_64-windows.zip": "-> build2-baseutils-0.17.0-x86_64-windows.zip",
+		"build2-mingw-x86_64-windows.tar.xz":  "-> build2-mingw-0.17.0-x86_64-windows.tar.xz",
+		"version":                             "0.17.0\n",
+		"trust":                               "no\n",
 	}
 	if diff := cmp.Diff(want, tree(t, cur.Dir+"/")); diff != "" {
 		t.Errorf("toolchain directory (-want +got):\n%s", diff)
