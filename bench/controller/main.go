@@ -361,7 +361,7 @@ func throughput(ctx context.Context, c config, dsn string) (Round, error) {
 	if err := manifest.Serialize(&text, []manifest.Manifest{rr.Result.Manifest()}); err != nil {
 		return tp, err
 	}
-	ops, d, err := drain(c.agents, func(i int) (bool, error) {
+	tp.StoreAlone, err = drain("store alone", c.agents, c.tasks, func(i int) (bool, error) {
 		now := time.Now().UTC()
 		session := newID()
 		_, err := f.st.Claim(ctx, store.Claim{Agent: fmt.Sprintf("store-%d", i), Toolchain: "default",
@@ -376,13 +376,8 @@ func throughput(ctx context.Context, c config, dsn string) (Round, error) {
 		return err == nil, err
 	})
 	if err != nil {
-		return tp, fmt.Errorf("store alone: %w", err)
+		return tp, err
 	}
-	if ops != c.tasks {
-		return tp, fmt.Errorf("store alone: %d tasks done, want %d", ops, c.tasks)
-	}
-	tp.StoreAlone = float64(2*ops) / d.Seconds()
-	fmt.Fprintf(os.Stderr, "  store alone: %d tasks in %v: %.0f ops/s\n", ops, d.Round(time.Millisecond), tp.StoreAlone)
 
 	// The controller: simulated agents over HTTP.
 	if err := f.fill(ctx, c.tasks); err != nil {
@@ -392,7 +387,7 @@ func throughput(ctx context.Context, c config, dsn string) (Round, error) {
 	defer hc.CloseIdleConnections()
 	cl := &ctlclient.Client{HTTP: hc, Timeout: 30 * time.Second}
 	url := f.srv.URL()
-	ops, d, err = drain(c.agents, func(i int) (bool, error) {
+	tp.Controller, err = drain("controller", c.agents, c.tasks, func(i int) (bool, error) {
 		resp, err := cl.RequestTask(ctx, url, taskRequest(fmt.Sprintf("sim-%d", i)), 0)
 		if err != nil || resp.Session == "" {
 			return false, err
@@ -403,13 +398,8 @@ func throughput(ctx context.Context, c config, dsn string) (Round, error) {
 		return true, nil
 	})
 	if err != nil {
-		return tp, fmt.Errorf("controller: %w", err)
+		return tp, err
 	}
-	if ops != c.tasks {
-		return tp, fmt.Errorf("controller: %d tasks done, want %d", ops, c.tasks)
-	}
-	tp.Controller = float64(2*ops) / d.Seconds()
-	fmt.Fprintf(os.Stderr, "  controller: %d tasks in %v: %.0f ops/s\n", ops, d.Round(time.Millisecond), tp.Controller)
 	q, err := f.st.Queue(ctx)
 	if err == nil && q.Depth != 0 {
 		err = fmt.Errorf("%d tasks left queued", q.Depth)
@@ -418,8 +408,9 @@ func throughput(ctx context.Context, c config, dsn string) (Round, error) {
 }
 
 // drain runs one task at a time in each of n goroutines until step says
-// there is none left, and returns the tasks done and the time taken.
-func drain(n int, step func(i int) (bool, error)) (int, time.Duration, error) {
+// there is none left, checks that want tasks were done, and returns the
+// operations (two a task) per second; name is what it reports as.
+func drain(name string, n, want int, step func(i int) (bool, error)) (float64, error) {
 	var done atomic.Int64
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -440,7 +431,16 @@ func drain(n int, step func(i int) (bool, error)) (int, time.Duration, error) {
 		})
 	}
 	wg.Wait()
-	return int(done.Load()), time.Since(start), errors.Join(errs...)
+	d := time.Since(start)
+	if err := errors.Join(errs...); err != nil {
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	if got := int(done.Load()); got != want {
+		return 0, fmt.Errorf("%s: %d tasks done, want %d", name, got, want)
+	}
+	rate := float64(2*want) / d.Seconds()
+	fmt.Fprintf(os.Stderr, "  %s: %d tasks in %v: %.0f ops/s\n", name, want, d.Round(time.Millisecond), rate)
+	return rate, nil
 }
 
 func newID() string {
