@@ -72,6 +72,8 @@ A VM that never makes its
 first TFTP request has mis-booted and is retried; one that misses a
 deadline or ends abnormally is suspended, not destroyed, for investigation.
 SIGTERM stops the running VMs, deletes their snapshots and exits 0.
+SIGHUP drains the agent: it asks for no more tasks, lets those under way
+finish and reports them, then exits 0.
 
 Every VM has a management console (buildfarm console VM, after
 uml_mconsole) on console.sock in its directory, linked from --console-links

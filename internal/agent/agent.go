@@ -43,6 +43,8 @@ type Agent struct {
 
 	mail *notify.Mailer // admin email (--smtp-relay), or nil
 
+	drain drainer // closed on DrainSignal (drain.go)
+
 	metrics *agentMetrics // served with --metrics (metrics.go)
 
 	mu   sync.Mutex
@@ -119,6 +121,7 @@ func (a *Agent) Run(ctx context.Context, controllers []string) error {
 	if len(controllers) == 0 {
 		return errors.New("no controller URL and no --fake-request: nothing to do (see --help)")
 	}
+	defer a.watchDrainSignal()()
 	return a.serve(ctx, controllers)
 }
 

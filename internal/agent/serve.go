@@ -75,6 +75,11 @@ func (a *Agent) serveSlot(ctx context.Context, slot int, urls []string, sp *spoo
 		log = log.With("slot", slot)
 	}
 	b := newBackoff(a.opts.RequestInterval)
+	// Between tasks the slot waits on ctx, which a drain ends too (see
+	// drain.go); a task and its report go on with work.
+	work := ctx
+	ctx, stopDrain := a.untilDrain(ctx)
+	defer stopDrain()
 	for ctx.Err() == nil {
 		// a. Re-enumerate.
 		ms, err := a.machines(ctx, slot)
@@ -126,11 +131,11 @@ func (a *Agent) serveSlot(ctx context.Context, slot int, urls []string, sp *spoo
 		}
 		// e. Perform it, following its live log (livelog.go): a cancel
 		// from the controller stops it, and it is reported aborted.
-		tctx, live := a.startLive(ctx, log, resp.ResultURL, resp.Session)
+		tctx, live := a.startLive(work, log, resp.ResultURL, resp.Session)
 		res, err := a.perform(tctx, slot, ms, task, "")
 		cancelled := live.finish(tctx)
 		switch {
-		case ctx.Err() != nil:
+		case work.Err() != nil:
 			return nil
 		case cancelled != "" && err != nil:
 			log.Info("task cancelled: its VM was stopped and its snapshot deleted", "name", task.Name, "reason", cancelled)
@@ -142,7 +147,7 @@ func (a *Agent) serveSlot(ctx context.Context, slot int, urls []string, sp *spoo
 		log.Info("task done", "name", task.Name, "version", task.Version, "status", res.Status.String())
 		// f. Spool and upload.
 		rr.Result = *res
-		a.report(ctx, sp, resp.ResultURL, rr)
+		a.report(work, sp, resp.ResultURL, rr)
 		if a.opts.Once {
 			return nil
 		}
