@@ -135,7 +135,7 @@ func TestDashboardLive(t *testing.T) {
 	eval(`String(window.notReloaded = "yes")`)
 	lines := regexp.MustCompile(`(?m)^line (\d) at (\d+\.\d+)$`)
 	arrivals := map[string]time.Time{} // line number → when the API first had it
-	var counts []int                    // the page's line counts, as they changed
+	var counts []int                   // the page's line counts, as they changed
 	var api []controller.LogChunk
 	after := int64(0)
 	midShot := false

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"net/http"
@@ -63,13 +62,9 @@ func (s *Server) writeProtocolError(w http.ResponseWriter, r *http.Request, err 
 // readManifests reads a request body of at most limit bytes as a manifest
 // stream; name is what the errors call it.
 func readManifests(w http.ResponseWriter, r *http.Request, limit int64, name string) ([]manifest.Manifest, error) {
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
-		return nil, protoErrorf(http.StatusRequestEntityTooLarge, "%s larger than %d bytes", name, limit)
-	}
+	data, err := readLimited(w, r, limit, name)
 	if err != nil {
-		return nil, protoErrorf(http.StatusBadRequest, "%s: %v", name, err)
+		return nil, err
 	}
 	return manifest.Parse(bytes.NewReader(data), name)
 }
