@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -31,6 +32,7 @@ import (
 // upOptions are up's command-line options.
 type upOptions struct {
 	state, listen, worker, examples string
+	metrics                         string // the agent's metrics address
 	instances                       int
 	buildTimeout, demoTimeout       time.Duration
 	demo                            bool
@@ -38,7 +40,7 @@ type upOptions struct {
 
 func init() {
 	register(func(e *env) *cobra.Command {
-		o := upOptions{listen: "127.0.0.1:8080", buildTimeout: time.Hour, demoTimeout: 20 * time.Minute}
+		o := upOptions{listen: "127.0.0.1:8080", metrics: "127.0.0.1:0", buildTimeout: time.Hour, demoTimeout: 20 * time.Minute}
 		cmd := &cobra.Command{
 			Use:   "up [--state DIR] [--listen ADDR] [--demo]",
 			Short: "Run the whole farm on this computer: a controller, an agent and the busybox machine",
@@ -50,11 +52,11 @@ one state directory:
   2. It writes the state's buildtab if it is missing (see below).
   3. It starts a controller on SQLite (state/controller.db) listening on
      --listen (default 127.0.0.1:8080; HOST:0 picks a free port) and prints
-     its URL.
+     its URL, which is also the dashboard's (metrics at URL/metrics).
   4. It starts one agent in this process, serving that controller with
      long polling, with --instances slots (default: fitted to this host,
-     see below). The agent bootstraps each machine that needs it before
-     it asks for tasks.
+     see below), its metrics at http://--metrics/metrics. The agent
+     bootstraps each machine that needs it before it asks for tasks.
 
 Then it serves until interrupted (SIGINT or SIGTERM: running VMs are
 stopped and their snapshots deleted, the controller answers what it holds
@@ -98,6 +100,7 @@ State (default /var/lib/buildfarm as root, else ~/.local/state/buildfarm):
 		f := cmd.Flags()
 		f.StringVar(&o.state, "state", defaultState(), "state `directory`")
 		f.StringVar(&o.listen, "listen", o.listen, "the controller's `address` (HOST:PORT; port 0 picks one)")
+		f.StringVar(&o.metrics, "metrics", o.metrics, "the agent's Prometheus metrics `address` (port 0 picks one; the controller's are at its URL/metrics)")
 		f.IntVar(&o.instances, "instances", 0, "`number` of tasks the agent performs at once (0: fitted to this host)")
 		f.DurationVar(&o.buildTimeout, "build-timeout", o.buildTimeout, "a task's longest build time (controller and agent)")
 		f.StringVar(&o.worker, "worker", "", "buildfarm-worker `binary` for the machine (default: beside buildfarm, then in PATH)")
@@ -183,6 +186,9 @@ func up(ctx context.Context, e *env, o upOptions) error {
 	}
 	ao.BuildStartup, ao.BuildTimeout = 2*time.Minute, o.buildTimeout
 	ao.BootstrapStartup, ao.BootstrapTimeout = 2*time.Minute, 10*time.Minute
+	if ao.Metrics, err = pickPort(o.metrics); err != nil {
+		return fmt.Errorf("--metrics %s: %w", o.metrics, err)
+	}
 	a, err := agent.New(ao, e.log, io.Discard)
 	if err != nil {
 		return err
@@ -192,6 +198,7 @@ func up(ctx context.Context, e *env, o upOptions) error {
 		return err
 	}
 	fmt.Fprintf(e.stderr, "up: controller listening on %s\n", srv.URL())
+	fmt.Fprintf(e.stderr, "up: dashboard at %s/ (metrics: %s/metrics, the agent's http://%s/metrics)\n", srv.URL(), srv.URL(), ao.Metrics)
 	if !bootstrapped(machines, upMachine, upToolchain) {
 		fmt.Fprintf(e.stderr, "up: the agent bootstraps the %s machine before it asks for tasks\n", upMachine)
 	}
@@ -441,4 +448,18 @@ func lastLines(s string, n int) []string {
 		return nil
 	}
 	return lines[max(0, len(lines)-n):]
+}
+
+// pickPort is addr with a port picked for it when it asks for port 0 (a
+// port free a moment ago), so that its address can be printed.
+func pickPort(addr string) (string, error) {
+	if _, port, err := net.SplitHostPort(addr); err != nil || port != "0" {
+		return addr, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
