@@ -1,0 +1,241 @@
+package hostos
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/buildfarm/buildfarm/internal/notify"
+	"github.com/buildfarm/buildfarm/internal/notify/notifytest"
+)
+
+// The test binary is also a fake agent (helper process) when
+// HOSTOS_FAKE_AGENT names a directory: it writes its arguments to
+// <dir>/<instance>.<pid>.args; with a file <dir>/crash it writes "boom" to
+// standard error and exits 3; otherwise it waits, and on the drain signal
+// (SIGHUP) writes <dir>/<instance>.<pid>.drained and exits 0.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv("HOSTOS_FAKE_AGENT"); dir != "" {
+		os.Exit(fakeAgent(dir, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+func fakeAgent(dir string, args []string) int {
+	inst := "?"
+	for i, a := range args {
+		if a == "--instance" && i+1 < len(args) {
+			inst = args[i+1]
+		}
+	}
+	name := filepath.Join(dir, fmt.Sprintf("%s.%d", inst, os.Getpid()))
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP, syscall.SIGTERM)
+	os.WriteFile(name+".args", []byte(strings.Join(args, "\n")), 0o644)
+	if _, err := os.Stat(filepath.Join(dir, "crash")); err == nil {
+		fmt.Fprintln(os.Stderr, "boom")
+		return 3
+	}
+	if s := <-hup; s == syscall.SIGHUP {
+		os.WriteFile(name+".drained", nil, 0o644)
+	}
+	return 0
+}
+
+// fakeAgents is a directory where fake agents leave their traces.
+type fakeAgents struct{ dir string }
+
+func (f fakeAgents) glob(pattern string) []string {
+	m, _ := filepath.Glob(filepath.Join(f.dir, pattern))
+	return m
+}
+
+func (f fakeAgents) wait(t *testing.T, pattern string, n int, within time.Duration) []string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		if m := f.glob(pattern); len(m) >= n {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d files %s within %v, want %d", len(f.glob(pattern)), pattern, within, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (f fakeAgents) args(t *testing.T, file string) string {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return " " + strings.ReplaceAll(string(b), "\n", " ") + " "
+}
+
+// newMonitor returns a monitor of config line whose agents are fake.
+func newMonitor(t *testing.T, line string) (*Monitor, fakeAgents) {
+	c, err := ParseCmdline(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := Derive(c, Host{CPUs: 8, RAMKiB: 12 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa := fakeAgents{dir: t.TempDir()}
+	t.Setenv("HOSTOS_FAKE_AGENT", fa.dir)
+	exe, _ := os.Executable()
+	return &Monitor{
+		Config: d, Toolchains: &Toolchains{Dir: t.TempDir(), Fetch: &Fetcher{}},
+		Agent: []string{exe}, Machines: "/m", TFTP: "/t", Poll: 100 * time.Millisecond, BackoffMax: time.Second,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, fa
+}
+
+// runMonitor runs m in the background until the test ends; the channel
+// is closed when Run returned, with its error in *err.
+func runMonitor(t *testing.T, m *Monitor) (done chan struct{}, err *error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done, err = make(chan struct{}), new(error)
+	go func() { defer close(done); *err = m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("the monitor did not return within 30 s of its cancellation")
+		}
+	})
+	return done, err
+}
+
+// TestMonitorToolchainChange (ordinary host): the agents start with their
+// slice, nice value, controllers and trust; a new toolchain upstream
+// drains them and starts them again on it.
+func TestMonitorToolchainChange(t *testing.T) {
+	up := newUpstream(t)
+	url := up.publish(t, "toolchain.sha256", v017, nil)
+	m, fa := newMonitor(t, "buildos.toolchain_url="+url+" buildos.instances=2 buildos.nice=7 "+
+		"buildos.controller_url=http://c1/ buildos.controller_url=http://c2/ buildos.controller_trust=AA:BB")
+	runMonitor(t, m)
+	first := fa.wait(t, "*.args", 2, 30*time.Second)
+	for _, f := range first {
+		a := fa.args(t, f)
+		// 8 CPUs, 12 GiB less 4 GiB, two instances: 4 CPUs, 4 GiB each.
+		for _, want := range []string{" --cpu 4 ", " --ram 4096 ", " --instances 1 ", " --toolchain-name default ", " --toolchain-ver 0.17.0 ",
+			" --trust AA:BB ", " --machines /m ", " --tftp /t ", " http://c1/ http://c2/ "} {
+			if !strings.Contains(a, want) {
+				t.Errorf("%s: agent arguments%slack %q", filepath.Base(f), a, want)
+			}
+		}
+		pid := strings.Split(filepath.Base(f), ".")[1]
+		if n := niceOf(t, pid); n != 7 {
+			t.Errorf("agent %s: nice %d, want 7", pid, n)
+		}
+	}
+	if !strings.Contains(fa.args(t, first[0]), " --instance 1 ") || !strings.Contains(fa.args(t, first[1]), " --instance 2 ") {
+		t.Errorf("instances: %v, want 1 and 2", first)
+	}
+	up.publish(t, "toolchain.sha256", [][2]string{{"build2-toolchain-0.18.0.tar.xz", "0.18"}}, nil)
+	fa.wait(t, "*.drained", 2, 30*time.Second)
+	all := fa.wait(t, "*.args", 4, 30*time.Second)
+	for _, f := range all {
+		if !strings.Contains(strings.Join(first, " "), f) && !strings.Contains(fa.args(t, f), " --toolchain-ver 0.18.0 ") {
+			t.Errorf("restarted agent %s: %s, want --toolchain-ver 0.18.0", filepath.Base(f), fa.args(t, f))
+		}
+	}
+}
+
+// niceOf returns process pid's nice value (/proc/PID/stat field 19),
+// waiting a little for the monitor to set it.
+func niceOf(t *testing.T, pid string) int {
+	n := 0
+	for range 50 {
+		b, err := os.ReadFile("/proc/" + pid + "/stat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(string(b)[strings.LastIndexByte(string(b), ')')+2:])
+		fmt.Sscan(f[16], &n)
+		if n != 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return n
+}
+
+// TestMonitorCrash: an agent that exits is restarted, and the admin gets
+// the crash with the end of its output.
+func TestMonitorCrash(t *testing.T) {
+	up := newUpstream(t)
+	mb, relay := notifytest.Start(t)
+	url := up.publish(t, "toolchain.sha256", v017, nil)
+	m, fa := newMonitor(t, "buildos.toolchain_url="+url+" buildos.controller_url=http://c/")
+	os.WriteFile(filepath.Join(fa.dir, "crash"), nil, 0o644)
+	mail, err := notify.New(notify.Config{Relay: relay, To: "admin@example.org", Interval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	mailed := make(chan struct{})
+	go func() { defer close(mailed); mail.Run(ctx) }()
+	defer func() { cancel(); <-mailed }()
+	m.Mail = mail
+	runMonitor(t, m)
+	fa.wait(t, "1.*.args", 3, 30*time.Second)
+	mb.Wait(t, 20*time.Second, "crash mail")
+	var all string
+	for _, ml := range mb.All() {
+		all += ml.Data
+	}
+	for _, want := range []string{notify.AgentCrashed, "boom", "instance 1"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("mail lacks %q:\n%s", want, all)
+		}
+	}
+}
+
+// TestMonitorBuildIDReboots (host OS): a new build id upstream drains the
+// agents, then reboots.
+func TestMonitorBuildIDReboots(t *testing.T) {
+	up := newUpstream(t)
+	url := up.publish(t, "toolchain.sha256", v017, nil)
+	os.WriteFile(filepath.Join(up.dir, "buildos-buildid"), []byte("build-1\n"), 0o644)
+	m, fa := newMonitor(t, "buildos.toolchain_url="+url+" buildos.controller_url=http://c/ buildos.buildid_url="+up.srv.URL+"/buildos-buildid")
+	m.HostOS = true
+	rebooted := make(chan struct{})
+	m.Reboot = func(context.Context) error { close(rebooted); return nil }
+	done, runErr := runMonitor(t, m)
+	fa.wait(t, "*.args", 1, 30*time.Second)
+	select {
+	case <-rebooted:
+		t.Fatal("rebooted with the same build id")
+	case <-time.After(500 * time.Millisecond):
+	}
+	os.WriteFile(filepath.Join(up.dir, "buildos-buildid"), []byte("build-2\n"), 0o644)
+	select {
+	case <-rebooted:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no reboot within 30 s of a new build id")
+	}
+	if len(fa.glob("*.drained")) != 1 {
+		t.Errorf("rebooted with %d agents drained, want 1", len(fa.glob("*.drained")))
+	}
+	select {
+	case <-done:
+		if *runErr != nil {
+			t.Errorf("Run = %v after the reboot", *runErr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("Run did not return after the reboot")
+	}
+}
