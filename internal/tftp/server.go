@@ -34,6 +34,16 @@ type Server struct {
 	// MaxPutSize bounds one upload and MaxTotalPut all the uploads the
 	// server keeps, in bytes; 0 for no limit.
 	MaxPutSize, MaxTotalPut int64
+	// PutLimit, when set, decides each upload by its name beneath Root
+	// (after the rules): it returns the most bytes that file may have (0:
+	// MaxPutSize alone), or an error, which refuses the upload and is
+	// what the client is told. MaxPutSize bounds every upload all the
+	// same.
+	PutLimit func(name string) (int64, error)
+	// ReadOnce, when set, names the files (beneath Root, after the rules)
+	// served to one reader only: the first read request that opens such a
+	// file removes it, and later requests find no file.
+	ReadOnce func(name string) bool
 	// MaxTransfers bounds the transfers at a time; 0 means 64. When all
 	// are under way, a new request takes the slot of the oldest transfer
 	// whose peer has not answered for StallEvict, so that peers that
@@ -539,6 +549,13 @@ func (v *serving) read(ctx context.Context, l *link, req *RequestPacket, resolve
 	if !fi.Mode().IsRegular() {
 		return 0, refuse(l, &Error{Code: ErrAccess, Message: fmt.Sprintf("%q is not a regular file", truncate(req.Filename))})
 	}
+	if v.s.ReadOnce != nil && v.s.ReadOnce(name) {
+		// Of readers that opened it at once, the one whose removal
+		// succeeds gets it.
+		if err := v.root.Remove(name); err != nil {
+			return 0, fmt.Errorf("%w (%w)", refuse(l, openError(req.Filename, fs.ErrNotExist)), err)
+		}
+	}
 	if len(n.oack) > 0 {
 		for i, o := range n.oack {
 			if o.Name == "tsize" {
@@ -631,8 +648,22 @@ func (v *serving) write(ctx context.Context, l *link, req *RequestPacket, resolv
 	tooBig := func(size int64) *Error {
 		return &Error{Code: ErrDiskFull, Message: fmt.Sprintf("upload exceeds the server's limit of %d bytes a file", size)}
 	}
-	if s.MaxPutSize > 0 && n.tsize > s.MaxPutSize {
-		return 0, nil, refuse(l, tooBig(s.MaxPutSize))
+	limit := s.MaxPutSize
+	if s.PutLimit != nil {
+		l2, err := s.PutLimit(name)
+		if err != nil {
+			msg := err.Error()
+			if len(msg) > 256 {
+				msg = msg[:256] + "..."
+			}
+			return 0, nil, refuse(l, &Error{Code: ErrAccess, Message: msg})
+		}
+		if l2 > 0 && (limit <= 0 || l2 < limit) {
+			limit = l2
+		}
+	}
+	if limit > 0 && n.tsize > limit {
+		return 0, nil, refuse(l, tooBig(limit))
 	}
 	if s.MaxTotalPut > 0 && n.tsize > 0 && s.totalPut.Load()+n.tsize > s.MaxTotalPut {
 		return 0, nil, refuse(l, &Error{Code: ErrDiskFull, Message: fmt.Sprintf("upload of %d bytes exceeds what the server still accepts", n.tsize)})
@@ -667,8 +698,8 @@ func (v *serving) write(ctx context.Context, l *link, req *RequestPacket, resolv
 		}
 	}()
 	r := newReceiver(l, n.p, bw)
-	if s.MaxPutSize > 0 {
-		r.limit = s.MaxPutSize
+	if limit > 0 {
+		r.limit = limit
 		r.over = tooBig
 	}
 	first := appendAck(nil, 0)
