@@ -42,6 +42,9 @@ type Monitor struct {
 	// AgentArgs are more options for every agent (for example --auth-key,
 	// --accel, --fake-build).
 	AgentArgs []string
+	// Wrap, when set, returns a command prefix for instance num of
+	// toolchain t (ScopeCommand under systemd).
+	Wrap      func(t *DerivedToolchain, num int) []string
 	Machines  string // the agents' --machines
 	TFTP      string // the agents' --tftp
 	// HostOS says the host runs the host OS image: a change upstream
@@ -351,7 +354,11 @@ func (m *Monitor) supervise(ctx context.Context, in *instance, t *DerivedToolcha
 		if m.AgentOutput != nil {
 			out = io.MultiWriter(m.AgentOutput, tail)
 		}
-		cmd := proc.Command(ctx, m.Agent[0], append(append([]string{}, m.Agent[1:]...), args...)...)
+		argv := append(append([]string{}, m.Agent...), args...)
+		if m.Wrap != nil {
+			argv = append(m.Wrap(t, in.num), argv...)
+		}
+		cmd := proc.Command(ctx, argv[0], argv[1:]...)
 		cmd.Stdout, cmd.Stderr = out, out
 		started := time.Now()
 		err := m.runAgent(cmd, in, t.Nice)
