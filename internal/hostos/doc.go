@@ -20,7 +20,8 @@
 //     storage by label, network, SSH, clean-up;
 //   - systemd.go: the units for an ordinary host (Install).
 //
-// External tools: blkid, mount, ip, udhcpc (busybox), dnsmasq or busybox
-// udhcpd, dropbear, iptables (setup, on the host OS only); systemd-analyze
-// in tests.
+// External tools, for the set-up on the host OS only: mount, ip, brctl,
+// udhcpc and udhcpd (busybox), dropbear, iptables (when present); on an
+// ordinary host, systemd-run (--systemd); in tests, systemd-analyze,
+// mkfs.ext4, mkfs.btrfs, losetup.
 package hostos

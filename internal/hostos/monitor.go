@@ -44,9 +44,9 @@ type Monitor struct {
 	AgentArgs []string
 	// Wrap, when set, returns a command prefix for instance num of
 	// toolchain t (ScopeCommand under systemd).
-	Wrap      func(t *DerivedToolchain, num int) []string
-	Machines  string // the agents' --machines
-	TFTP      string // the agents' --tftp
+	Wrap     func(t *DerivedToolchain, num int) []string
+	Machines string // the agents' --machines
+	TFTP     string // the agents' --tftp
 	// HostOS says the host runs the host OS image: a change upstream
 	// (build id or toolchain) reboots it with Reboot. Otherwise a changed
 	// toolchain's agents are drained and restarted on it, and a changed
