@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"time"
 )
@@ -30,13 +29,11 @@ type Options struct {
 	// TransferSize asks for tsize (RFC 2349): a Get learns the size and
 	// checks that it got it all; a Put tells the size.
 	TransferSize bool
-	// Dedicated says the transfer is all the process does meanwhile (the
-	// worker in a guest): on a single CPU the client then waits for
-	// packets in the kernel without handing the Go scheduler's P over,
-	// which wakes a thread a packet and, in a guest under TCG, costs
-	// about as much as the transfer itself. Other goroutines run only
-	// when the runtime preempts the wait (every 10 ms or so), so never
-	// with the server in the same process.
+	// Dedicated has no effect: transfers wait in Go's network poller
+	// (see bench/README's TFTP section for the measurement that removed
+	// the raw system calls it chose).
+	//
+	// Deprecated: kept until internal/worker stops setting it.
 	Dedicated bool
 }
 
@@ -101,12 +98,9 @@ func get(ctx context.Context, addr, remote string, w io.Writer, opt Options) (in
 	if err := opt.check(); err != nil {
 		return 0, err
 	}
-	l, server, err := dial(ctx, addr, opt.Dedicated)
+	l, server, err := dial(ctx, addr)
 	if err != nil {
 		return 0, err
-	}
-	if f, ok := w.(*os.File); ok && l.holdP {
-		w = rawWriter{f}
 	}
 	tsize := int64(-1)
 	if opt.TransferSize {
@@ -168,7 +162,7 @@ func put(ctx context.Context, addr, remote string, src io.Reader, size int64, op
 	if err := opt.check(); err != nil {
 		return err
 	}
-	l, server, err := dial(ctx, addr, opt.Dedicated)
+	l, server, err := dial(ctx, addr)
 	if err != nil {
 		return err
 	}
@@ -215,7 +209,7 @@ func unexpected(pkt []byte, want string) error {
 }
 
 // dial opens the client's socket for a transfer with addr.
-func dial(ctx context.Context, addr string, dedicated bool) (*link, netip.AddrPort, error) {
+func dial(ctx context.Context, addr string) (*link, netip.AddrPort, error) {
 	server, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		host, port, err := net.SplitHostPort(addr)
@@ -244,7 +238,6 @@ func dial(ctx context.Context, addr string, dedicated bool) (*link, netip.AddrPo
 	conn.SetReadBuffer(socketBuffer)
 	conn.SetWriteBuffer(socketBuffer)
 	l := newLink(ctx, conn, netip.AddrPortFrom(server.Addr(), 0))
-	l.holdP = dedicated && !spin
 	return l, server, nil
 }
 

@@ -21,9 +21,10 @@
 // listening socket itself: Serve and ServeIdle take the caller's, so the
 // agent can open it inside a VM's network namespace.
 //
-// On Linux, transfer sockets are used directly in blocking mode and
-// connected to the peer, like tftpd-hpa's, and a window goes out as one
-// UDP GSO send and comes in as one GRO receive where the kernel allows.
+// Transfers read and write their sockets through package net, so they
+// wait in Go's network poller like the rest of the process: the agent's
+// server shares its process with the agent's HTTP, signals and other
+// VMs' transfers (TestResponsive).
 //
 // The package needs nothing beyond the standard library, so the static
 // worker binary that uses the client (Get, Put) stays small.
