@@ -161,11 +161,15 @@ func (a *Agent) readWarm(m *machineState) (*warmState, error) {
 	return &warmState{files: f, key: ms[0]}, nil
 }
 
+// warmStarts reports whether task VMs may start warm: not with --start
+// cold, nor with --fake-build, which starts no VM.
+func (a *Agent) warmStarts() bool { return a.opts.Start != StartCold && !a.opts.FakeBuild }
+
 // warmFor returns the warm state to restore a task's VM of m from, or nil
-// for a cold boot (--start cold, a machine without a disk of ours, no
-// state). With --start warm a missing state is built first.
+// for a cold boot (--start cold or --fake-build, a machine without a disk
+// of ours, no state). With --start warm a missing state is built first.
 func (a *Agent) warmFor(ctx context.Context, slot int, m *machineState) *warmState {
-	if a.opts.Start == StartCold || m.fake || m.volume == nil {
+	if !a.warmStarts() || m.fake || m.volume == nil {
 		return nil
 	}
 	w, err := a.readWarm(m)
@@ -197,7 +201,7 @@ func (a *Agent) warmFor(ctx context.Context, slot int, m *machineState) *warmSta
 // ensureWarm builds the warm state of each of ms that has none (see
 // StartAuto). The caller holds enumMu.
 func (a *Agent) ensureWarm(ctx context.Context, slot int, ms []*machineState) {
-	if a.opts.Start == StartCold {
+	if !a.warmStarts() {
 		return
 	}
 	for _, m := range ms {

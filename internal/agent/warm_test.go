@@ -81,7 +81,7 @@ func since(f *farm, mark int) string { return f.log.String()[mark:] }
 // ioctls are checked by worker.TestAddEntropy); a corrupt
 // state file and another memory size each give a cold boot that says why
 // and a state built again; an upgraded machine's next task does not
-// restore the old state.
+// restore the old state; a removed machine's state goes with it.
 func TestWarmStart(t *testing.T) {
 	f := newFarm(t, true, image.Options{})
 	o := f.options()
@@ -189,5 +189,15 @@ func TestWarmStart(t *testing.T) {
 	}
 	if res.Start != StartWarm {
 		t.Errorf("task after the upgrade started %q, want warm from the new state", res.Start)
+	}
+
+	// Removal takes the warm machine and state with the machine.
+	if err := v.Remove(context.Background(), "busybox", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{files.dir, files.state, files.key} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s left after the machine's removal", p)
+		}
 	}
 }
