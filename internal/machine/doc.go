@@ -30,6 +30,14 @@
 // snapshot lives, so CleanStray can tell the leftovers of a crashed agent
 // from the snapshots of other running agents.
 //
+// Where to look: layout.go (names, revisions) and volume.go (the store,
+// its volumes, a volume's machines and current revisions); enumerate.go
+// and list.go (what an agent and `machine list` see); install.go (Add,
+// Upgrade, and receiving a revision); remove.go (Remove); snapshot.go
+// (task snapshots, CleanStray) and work.go (the snapshots, bootstraps and
+// imports in progress, and deleting those whose owner is gone); backend.go,
+// btrfs.go and fallback.go (the backends); keep.go and lock.go.
+//
 // External programs (through package proc): btrfs (btrfs-progs) on btrfs
 // volumes; qemu-img for qcow2 overlays on file systems without reflinks.
 package machine
