@@ -46,7 +46,9 @@ func imageBuildCmd(e *env) *cobra.Command {
             build-essential that the init chroots into (debian)
   manifest  the build2 machine manifest
 
-Presets: busybox, debian. The debian preset runs debootstrap once and keeps
+Presets: busybox, debian, and hostos (not a machine: the bootable host
+OS, see "buildfarm image build --preset hostos --help" below and
+"buildfarm hostos"). The debian preset runs debootstrap once and keeps
 the result in the cache directory.
 
 --arch aarch64 makes the same machine for aarch64 guests (QEMU's virt
@@ -64,6 +66,9 @@ worker's root (/, or /mnt/root for the debian preset, where a hook may
 chroot). The console shows the init's progress as "init: ..." lines.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.Preset == image.HostOSPreset { // hostos_image.go
+				return imageBuildHostOS(cmd.Context(), e, opts)
+			}
 			for _, s := range adds {
 				a, err := image.ParseAdd(s)
 				if err != nil {
