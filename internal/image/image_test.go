@@ -205,7 +205,7 @@ type vm struct {
 // guest as 10.0.2.2:PORT, which buildfarm.tftp on the command line tells
 // the worker; the worker finds no task there and exits. QEMU is killed, by
 // pid, and the server stopped when the test ends.
-func boot(t *testing.T, dir, tftpDir, mac string, noDisk bool) *vm {
+func boot(t *testing.T, dir, tftpDir, mac string, noDisk bool, extra ...string) *vm {
 	t.Helper()
 	qemu := testenv.NeedProgram(t, "qemu-system-x86_64")
 	cmdline, err := os.ReadFile(filepath.Join(dir, CmdlineFile))
@@ -233,7 +233,7 @@ func boot(t *testing.T, dir, tftpDir, mac string, noDisk bool) *vm {
 	}
 	args := []string{"-M", "pc", "-accel", "tcg", "-m", "512", "-smp", "1",
 		"-kernel", filepath.Join(dir, KernelFile), "-initrd", filepath.Join(dir, InitrdFile),
-		"-append", fmt.Sprintf("%s buildfarm.tftp=10.0.2.2:%d", strings.TrimSpace(string(cmdline)), port),
+		"-append", strings.TrimSpace(fmt.Sprintf("%s buildfarm.tftp=10.0.2.2:%d %s", strings.TrimSpace(string(cmdline)), port, strings.Join(extra, " "))),
 		"-nic", nic, "-serial", "file:" + serial,
 		"-display", "none", "-nodefaults", "-no-reboot"}
 	if _, err := os.Stat("/usr/share/qemu/qboot.rom"); err == nil {
@@ -345,9 +345,10 @@ tftp -g -r greeting -l /tmp/greeting 10.0.2.2 "$port" && echo "hook: tftp says $
 		name   string
 		mac    string
 		noDisk bool
+		append string // to the kernel command line
 		want   []string
 	}{
-		{"dhcp", "", false, []string{
+		{"dhcp", "", false, "", []string{
 			"init: modules loaded: virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net virtio_console button evdev\n",
 			"init: disk /dev/vda mounted on /build",
 			"udhcpc: lease of 10.0.2.15 obtained from 10.0.2.2",
@@ -360,7 +361,14 @@ tftp -g -r greeting -l /tmp/greeting 10.0.2.2 "$port" && echo "hook: tftp says $
 			"init: buildfarm-worker exited: status ",
 			"init: powering off",
 		}},
-		{"static, no disk", "00:01:02:03:04:0b", true, []string{
+		{"user networking, no DHCP", "", false, "buildfarm.net=user", []string{
+			"init: disk /dev/vda mounted on /build",
+			"init: network eth0 (52:54:00:12:34:56): static 10.0.2.15/24 via 10.0.2.2",
+			"hook: tftp says hello over slirp",
+			"buildfarm-worker ", ": started",
+			"init: powering off",
+		}},
+		{"static, no disk", "00:01:02:03:04:0b", true, "", []string{
 			"init: modules loaded: virtio_ring",
 			"init: no disk: /build is in memory",
 			"init: network eth0 (00:01:02:03:04:0b): static 10.0.2.15/24 via 10.0.2.2",
@@ -371,7 +379,7 @@ tftp -g -r greeting -l /tmp/greeting 10.0.2.2 "$port" && echo "hook: tftp says $
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
-			v := boot(t, out, tftpDir, tc.mac, tc.noDisk)
+			v := boot(t, out, tftpDir, tc.mac, tc.noDisk, tc.append)
 			console := v.waitExit(t, 90*time.Second)
 			t.Logf("booted, ran and powered off in %v", time.Since(start).Round(time.Millisecond))
 			expectInOrder(t, console, tc.want...)
