@@ -174,24 +174,20 @@ func ReadTaskFile(path string) (*manifest.Task, string, error) {
 	return task, filepath.Dir(path), nil
 }
 
-// uploaded is called for each file the guest uploads: progress is logged.
+// uploaded is called for each file the guest uploads: progress is
+// logged, each value a bounded excerpt.
 func (a *Agent) uploaded(s *session, name string) {
 	name = strings.TrimPrefix(name, "/")
 	if name != worker.ProgressFile {
-		a.log.Debug("guest uploaded", "vm", s.name, "file", name)
+		a.log.Debug("guest uploaded", "vm", s.name, "file", excerptOf(name, 64))
 		return
 	}
-	ms, err := manifest.ReadFile(filepath.Join(s.putDir(), name))
-	if err != nil || len(ms) == 0 {
+	p, err := readProgress(filepath.Join(s.putDir(), name))
+	if err != nil {
+		a.log.Warn("guest's progress report not read", "vm", s.name, "err", excerptOf(err.Error(), maxExcerpt))
 		return
 	}
-	args := []any{"vm", s.name}
-	for _, p := range ms[0][1:] {
-		if p.Name != "sequence" {
-			args = append(args, p.Name, p.Value)
-		}
-	}
-	a.log.Info("guest", args...)
+	a.log.Info("guest", append([]any{"vm", s.name}, p.logArgs()...)...)
 }
 
 // perform runs task in slot, in a snapshot of the machine it names, and
@@ -357,6 +353,9 @@ func (a *Agent) performIn(ctx context.Context, slot int, m *machineState, task *
 	if err := s.prepare(); err != nil {
 		return nil, err
 	}
+	if err := s.writeKey(); err != nil {
+		return nil, err
+	}
 	if src.file != "" {
 		err = placeArchive(s.getDir(), task, src.file)
 	} else {
@@ -377,7 +376,7 @@ func (a *Agent) performIn(ctx context.Context, slot int, m *machineState, task *
 		}
 		return nil, err
 	}
-	res, perr := readResult(filepath.Join(s.putDir(), worker.ResultFile), task)
+	res, perr := readResult(filepath.Join(s.putDir(), s.want), task)
 	if perr == nil {
 		setStarted(res, w)
 	}
@@ -517,7 +516,7 @@ func WriteTask(dir string, task *manifest.Task, srcDir string) error {
 
 // readResult reads the worker's result manifest and checks it is for task.
 func readResult(path string, task *manifest.Task) (*manifest.Result, error) {
-	ms, err := manifest.ReadFile(path)
+	ms, err := resultLimits.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/ctlclient"
-	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/worker"
 )
 
@@ -196,13 +195,13 @@ func (l *liveLog) uploaded(s *session, name string) {
 	path := filepath.Join(s.putDir(), name)
 	switch {
 	case name == worker.ProgressFile:
-		ms, err := manifest.ReadFile(path)
-		if err != nil || len(ms) != 1 {
+		p, err := readProgress(path)
+		if err != nil {
 			return
 		}
 		f := map[string]string{}
-		for _, p := range ms[0][1:] {
-			f[p.Name] = p.Value
+		for _, q := range p.pairs {
+			f[q.Name] = q.Value
 		}
 		seq, _ := strconv.Atoi(f["sequence"])
 		l.mu.Lock()

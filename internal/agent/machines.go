@@ -268,7 +268,7 @@ func (a *Agent) bootstrap(ctx context.Context, slot int, c *machine.Candidate) e
 		return fmt.Errorf("bootstrap of %s: %w", c.Name, err)
 	}
 	r.Shutdown(ctx)
-	ms, err := manifest.ReadFile(filepath.Join(s.putDir(), worker.BootstrapFile))
+	ms, err := resultLimits.ReadFile(filepath.Join(s.putDir(), worker.BootstrapFile))
 	var bs *manifest.Bootstrap
 	if err == nil && len(ms) != 1 {
 		err = fmt.Errorf("%s: %d manifests, want one", worker.BootstrapFile, len(ms))

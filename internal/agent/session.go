@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/qemu"
@@ -23,6 +24,8 @@ type session struct {
 	tftpDir    string // holds get/ and put/
 	mode       string // worker mode: build or bootstrap
 	want       string // the upload that ends the job
+	key        string // the result key of a build (uploads.go)
+	wantTaken  atomic.Bool
 	startup    time.Duration
 	timeout    time.Duration
 	shutdown   time.Duration
@@ -61,7 +64,11 @@ func (a *Agent) newSession(slot int, machineDir string, mode worker.Mode) *sessi
 	if mode == worker.ModeBootstrap {
 		s.want, s.startup, s.timeout = worker.BootstrapFile, a.opts.BootstrapStartup, a.opts.BootstrapTimeout
 	} else {
-		s.want, s.startup, s.timeout = worker.ResultFile, a.opts.BuildStartup, a.opts.BuildTimeout
+		s.startup, s.timeout = a.opts.BuildStartup, a.opts.BuildTimeout
+		if err := s.newResultKey(); err != nil {
+			// Never a result then: the build ends abnormally, saying so.
+			a.log.Error("no result key for a build", "vm", s.name, "err", err)
+		}
 	}
 	return s
 }

@@ -117,15 +117,7 @@ func (r *vmRun) Start(ctx context.Context) error {
 	if a.log.Enabled(ctx, slog.LevelDebug) {
 		tftpLog = a.log.With("vm", s.name)
 	}
-	srv := &tftp.Server{
-		Root:           s.tftpDir,
-		Rules:          rules,
-		MaxPutSize:     maxUpload,
-		MaxTotalPut:    maxUpload,
-		Log:            tftpLog,
-		ListenTransfer: listenTransfer,
-		OnRequest:      r.onRequest,
-	}
+	srv := r.tftpServer(rules, tftpLog, listenTransfer)
 	sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
 	served := make(chan struct{})
 	go func() {
@@ -190,6 +182,22 @@ func (r *vmRun) Start(ctx context.Context) error {
 	}
 	r.vm = vm
 	return r.startConsole(ctx)
+}
+
+// tftpServer is the TFTP server of r's session: its rules, the limits of
+// uploads (uploads.go), and r's hooks.
+func (r *vmRun) tftpServer(rules []tftp.Rule, log *slog.Logger, listenTransfer func() (net.PacketConn, error)) *tftp.Server {
+	return &tftp.Server{
+		Root:           r.s.tftpDir,
+		Rules:          rules,
+		MaxPutSize:     maxUpload,
+		MaxTotalPut:    maxUpload,
+		PutLimit:       r.s.putLimit,
+		ReadOnce:       r.s.readOnce,
+		Log:            log,
+		ListenTransfer: listenTransfer,
+		OnRequest:      r.onRequest,
+	}
 }
 
 // onRequest is the TFTP server's hook: every request is a sign of life,

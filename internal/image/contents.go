@@ -89,8 +89,10 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 	check(a.AddFile("etc/buildfarm/config", 0o644, fmt.Appendf(nil, "ROOT=%s\nNAME=%s\n", root, shellQuote(c.name))))
 	check(a.AddFile("etc/buildfarm/udhcpc.script", 0o755, udhcpcScript))
 	check(a.AddDir("etc/buildfarm/rc.d", 0o755))
-	check(a.AddFile("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n")))
-	check(a.AddFile("etc/group", 0o644, []byte("root:x:0:\n")))
+	// root runs the worker; the steps run as the build user (see
+	// internal/worker's StepUser).
+	check(a.AddFile("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n"+stepUserPasswd)))
+	check(a.AddFile("etc/group", 0o644, []byte("root:x:0:\n"+stepUserGroup)))
 	check(a.AddFile("etc/hostname", 0o644, []byte(c.name+"\n")))
 	// busybox acpid's action for the ACPI power button.
 	check(a.AddFile("etc/acpi/PWRF/00000080", 0o755, []byte("#!/bin/sh\npoweroff -f\n")))

@@ -18,6 +18,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/cache"
 	"github.com/buildfarm/buildfarm/internal/proc"
+	bfworker "github.com/buildfarm/buildfarm/internal/worker"
 )
 
 // The Debian the debian preset installs.
@@ -102,6 +103,11 @@ func debianDisk(ctx context.Context, disk string, size int64, name string, opts 
 	}
 	if err := os.WriteFile(filepath.Join(rootfs, "etc/hostname"), []byte(name+"\n"), 0o644); err != nil {
 		return err
+	}
+	for _, f := range []struct{ name, line string }{{"etc/passwd", stepUserPasswd}, {"etc/group", stepUserGroup}} {
+		if err := appendLine(filepath.Join(rootfs, f.name), f.line); err != nil {
+			return fmt.Errorf("the steps' user: %w", err)
+		}
 	}
 	st.say("making the %d MiB ext4 root disk", size>>20)
 	return mkfs(ctx, disk, size, name, rootfs)
@@ -275,4 +281,30 @@ func flock(ctx context.Context, f *os.File) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// The steps' user (internal/worker's StepUser), with the build directory
+// as its home, in /etc/passwd and /etc/group.
+var (
+	stepUserPasswd = fmt.Sprintf("%s:x:%d:%d:buildfarm steps:/build:/bin/sh\n", bfworker.StepUser, bfworker.StepUID, bfworker.StepGID)
+	stepUserGroup  = fmt.Sprintf("%s:x:%d:\n", bfworker.StepUser, bfworker.StepGID)
+)
+
+// appendLine appends line to the file name, unless a line there already
+// names its user or group.
+func appendLine(name, line string) error {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return err
+	}
+	user, _, _ := strings.Cut(line, ":")
+	for l := range strings.Lines(string(b)) {
+		if strings.HasPrefix(l, user+":") {
+			return nil
+		}
+	}
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		b = append(b, '\n')
+	}
+	return os.WriteFile(name, append(b, line...), 0o644)
 }

@@ -31,6 +31,10 @@ type Config struct {
 	// AwaitStart makes a build wait for StartFile before its task
 	// (buildfarm.start=wait): the point a warm image is saved at.
 	AwaitStart bool
+	// StepUID and StepGID are the unprivileged user the steps run as
+	// (StepUser in the images); the worker, root, makes its directory
+	// theirs. StepUID 0 runs the steps as the worker's own user.
+	StepUID, StepGID int
 
 	// Notify, when set, receives the worker's stage messages (event
 	// "progress") for the management console (a *Channel).
@@ -47,6 +51,8 @@ func DefaultConfig() Config {
 		BlockSize: 65464,
 		LogLimit:  512 << 10,
 		LiveLimit: 2 << 20,
+		StepUID:   StepUID,
+		StepGID:   StepGID,
 	}
 }
 

@@ -15,13 +15,13 @@ import (
 // group is killed: only a child that left the group (setsid) holds it.
 const stepDrain = 2 * time.Second
 
-// runShell runs command with /bin/sh -c in dir, with env, its standard
-// output and error into out. It runs through internal/proc, in a process
+// runShell runs command with /bin/sh -c in dir, with env, as user (nil:
+// the worker's own), its standard output and error into out. It runs through internal/proc, in a process
 // group of its own: when the shell ends, the group is killed, so that what
 // the step started in the background does not outlive it; when ctx ends
 // (the build's timeout), the group gets SIGTERM, and SIGKILL after
 // proc.DefaultWaitDelay.
-func runShell(ctx context.Context, command, dir string, env []string, out io.Writer) error {
+func runShell(ctx context.Context, command, dir string, env []string, user *syscall.Credential, out io.Writer) error {
 	// proc's Pdeathsig follows the thread that forks: keep it while the
 	// step runs.
 	runtime.LockOSThread()
@@ -42,6 +42,12 @@ func runShell(ctx context.Context, command, dir string, env []string, out io.Wri
 	cmd := proc.Command(ctx, "/bin/sh", "-c", command)
 	cmd.Dir, cmd.Env = dir, env
 	cmd.Stdout, cmd.Stderr = pw, pw
+	if user != nil {
+		if cmd.SysProcAttr == nil {
+			cmd.SysProcAttr = &syscall.SysProcAttr{}
+		}
+		cmd.SysProcAttr.Credential = user
+	}
 	err = cmd.Start()
 	pw.Close()
 	if err == nil {

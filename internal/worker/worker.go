@@ -13,8 +13,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/buildfarm/buildfarm/internal/archive"
 	"github.com/buildfarm/buildfarm/internal/buildinfo"
@@ -29,17 +32,49 @@ const (
 	ResultFile    = "result.manifest"
 	ProgressFile  = "progress"
 	ToolchainFile = "toolchain.manifest"
+	// KeyFile holds the result key: the build's result is accepted only
+	// uploaded as ResultName(key). The agent serves it once, and the
+	// worker fetches it before any step runs, so that only the worker
+	// knows it.
+	KeyFile       = "key"
 	BootstrapFile = "bootstrap.manifest"
 	// ArtifactPrefix starts the names of uploaded artifacts: the files the
 	// steps leave in $BUILDFARM_ARTIFACTS go up as artifact-NAME.
 	ArtifactPrefix = "artifact-"
 )
 
+// The user the steps run as: the images create it (/etc/passwd), with
+// the build directory as its home.
+const (
+	StepUser = "build"
+	StepUID  = 1000
+	StepGID  = 1000
+)
+
+// ResultName is the name the result of a build is uploaded under, with
+// the key the agent gave (KeyFile).
+func ResultName(key string) string { return "result-" + key + ".manifest" }
+
+// CheckKey says why key, the contents of KeyFile, is not a result key: 32
+// to 128 lower-case hex digits.
+func CheckKey(key string) error {
+	if len(key) < 32 || len(key) > 128 {
+		return fmt.Errorf("%s: %d characters, want 32 to 128 hex digits", KeyFile, len(key))
+	}
+	for _, c := range key {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return fmt.Errorf("%s: %q is not a lower-case hex digit", KeyFile, c)
+		}
+	}
+	return nil
+}
+
 // Version is the worker's protocol version, reported in the bootstrap
 // manifest as buildfarm-worker-version. Raise it when the worker changes in
 // a way that machines bootstrapped by an older worker must be bootstrapped
 // again: the agent compares it with its own.
-const Version = 1
+// (2: the result is uploaded under the name ResultName gives.)
+const Version = 2
 
 // VersionTool is the tool name the worker reports its Version under.
 const VersionTool = "buildfarm-worker"
@@ -113,11 +148,14 @@ func (w *Worker) progress(ctx context.Context, step, state string, extra ...mani
 
 // Build runs the build task the agent serves.
 func (w *Worker) Build(ctx context.Context) error {
-	// 1. Fetch the task manifest. Without it there is nothing to report
-	//    a result for: the agent sees the guest stop without a result.
+	// 1. Fetch the task manifest and the result key. Without them there
+	//    is nothing to report a result for: the agent sees the guest stop
+	//    without a result.
 	// 2. Fetch and unpack the sources; failing that, the result is abort.
-	// 3. Run the operations in order; the first that fails ends the build.
-	// 4. Upload the result manifest.
+	//    Give the build directory to the steps' user.
+	// 3. Run the operations in order, as that user; the first that fails
+	//    ends the build.
+	// 4. Upload the result manifest under the key's name.
 	// With buildfarm.start=wait, first await the start (see awaitStart).
 	if w.cfg.AwaitStart {
 		if err := w.awaitStart(ctx); err != nil {
@@ -138,6 +176,14 @@ func (w *Worker) Build(ctx context.Context) error {
 	}
 	task, err := manifest.ParseTask(ms[0], TaskFile, manifest.Lenient)
 	if err != nil {
+		return err
+	}
+	var kb bytes.Buffer
+	if err := w.get(ctx, KeyFile, &kb); err != nil {
+		return err
+	}
+	key := strings.TrimSpace(kb.String())
+	if err := CheckKey(key); err != nil {
 		return err
 	}
 	w.log.Info("task", "name", task.Name, "version", task.Version, "steps", len(task.Steps))
@@ -161,6 +207,8 @@ func (w *Worker) Build(ctx context.Context) error {
 			Operation: op, Status: manifest.StatusAbort, Log: manifest.Text(err.Error() + "\n"),
 		})
 		res.Status = manifest.StatusAbort
+	} else if err := w.giveDir(); err != nil {
+		return err
 	} else {
 		for _, s := range task.Steps {
 			r := w.runStep(ctx, s, src, task, warnings)
@@ -172,7 +220,7 @@ func (w *Worker) Build(ctx context.Context) error {
 		}
 	}
 	w.putArtifacts(ctx)
-	if err := w.putManifests(ctx, ResultFile, res.Manifest()); err != nil {
+	if err := w.putManifests(ctx, ResultName(key), res.Manifest()); err != nil {
 		return err
 	}
 	w.log.Info("result uploaded", "status", res.Status.String())
@@ -213,6 +261,7 @@ func (w *Worker) runStep(ctx context.Context, s manifest.Step, dir string, task 
 	fmt.Fprintf(log, "$ %s\n", s.Command)
 	start := time.Now()
 	env := append(os.Environ(),
+		"HOME="+w.cfg.Dir,
 		"BUILDFARM_OPERATION="+s.Operation,
 		"BUILDFARM_TARGET="+task.Target,
 		"BUILDFARM_DIR="+w.cfg.Dir,
@@ -220,7 +269,10 @@ func (w *Worker) runStep(ctx context.Context, s manifest.Step, dir string, task 
 		"PATH="+filepath.Join(w.cfg.Dir, "toolchain", "bin")+":/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
 	)
 	live := w.startLive(ctx, s.Operation)
-	err := runShell(ctx, s.Command, dir, env, io.MultiWriter(log, live))
+	if len(task.Trust) > 0 {
+		env = append(env, "BUILDFARM_TRUST="+strings.Join(task.Trust, " "))
+	}
+	err := runShell(ctx, s.Command, dir, env, w.stepUser(), io.MultiWriter(log, live))
 	live.Close(ctx)
 	d := time.Since(start).Round(time.Millisecond)
 	st := manifest.StatusSuccess
@@ -328,23 +380,40 @@ func (w *Worker) artifacts() string { return filepath.Join(w.cfg.Dir, "artifacts
 // putArtifacts uploads the regular files of the artifacts directory, in name
 // order, as artifact-NAME. A failed upload is logged, not fatal: the result
 // matters more than its artifacts.
+//
+// The steps' user owns the directory: it is opened without following a
+// symbolic link, and so is each file in it, so that the worker uploads
+// only what that user could read itself.
 func (w *Worker) putArtifacts(ctx context.Context) {
-	des, err := os.ReadDir(w.artifacts())
+	fd, err := unix.Open(w.artifacts(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if !errors.Is(err, unix.ENOENT) {
+			w.log.Warn("artifacts not uploaded", "dir", w.artifacts(), "err", err)
+		}
+		return
+	}
+	d := os.NewFile(uintptr(fd), w.artifacts())
+	defer d.Close()
+	des, err := d.ReadDir(-1)
 	if err != nil {
 		return
 	}
+	slices.SortFunc(des, func(a, b os.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
 	for _, de := range des {
 		if !de.Type().IsRegular() || !validArtifact(de.Name()) {
 			w.log.Warn("artifact skipped: not a regular file with a plain name", "name", de.Name())
 			continue
 		}
-		p := filepath.Join(w.artifacts(), de.Name())
-		f, err := os.Open(p)
+		ffd, err := unix.Openat(fd, de.Name(), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 		if err != nil {
 			w.log.Warn("artifact", "name", de.Name(), "err", err)
 			continue
 		}
+		f := os.NewFile(uintptr(ffd), de.Name())
 		fi, err := f.Stat()
+		if err == nil && !fi.Mode().IsRegular() {
+			err = errors.New("not a regular file")
+		}
 		if err == nil {
 			remote := ArtifactPrefix + de.Name()
 			if err = tftp.Put(ctx, w.cfg.TFTP, remote, f, fi.Size(), w.opts); err != nil {

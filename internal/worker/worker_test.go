@@ -53,6 +53,7 @@ func agentSide(t *testing.T, dir string) string {
 func testWorker(t *testing.T, addr string, mode Mode) *Worker {
 	cfg := DefaultConfig()
 	cfg.TFTP, cfg.Mode, cfg.Dir, cfg.LogLimit = addr, mode, t.TempDir(), 4096
+	cfg.StepUID, cfg.StepGID = 0, 0 // the steps run as the test
 	var logs bytes.Buffer
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -77,6 +78,9 @@ func placeTask(t *testing.T, session, example string) *manifest.Task {
 	if err := manifest.WriteFile(filepath.Join(session, "get", TaskFile), ms); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(session, "get", KeyFile), []byte(testKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	f, err := os.Create(filepath.Join(session, "get", task.Archive))
 	if err != nil {
 		t.Fatal(err)
@@ -88,9 +92,13 @@ func placeTask(t *testing.T, session, example string) *manifest.Task {
 	return task
 }
 
+// testKey is the result key placeTask gives the worker.
+const testKey = "0123456789abcdef0123456789abcdef"
+
+// readResult reads the result the worker uploaded under testKey's name.
 func readResult(t *testing.T, session string) *manifest.Result {
 	t.Helper()
-	ms, err := manifest.ReadFile(filepath.Join(session, "put", ResultFile))
+	ms, err := manifest.ReadFile(filepath.Join(session, "put", ResultName(testKey)))
 	if err != nil {
 		t.Fatalf("no result uploaded: %v", err)
 	}
@@ -191,8 +199,39 @@ func TestBuildWithoutTaskFails(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), TaskFile) {
 		t.Errorf("Run without a task = %v, want an error naming %s", err, TaskFile)
 	}
-	if _, err := os.Stat(filepath.Join(session, "put", ResultFile)); err == nil {
-		t.Errorf("a result was uploaded without a task")
+	if des, _ := os.ReadDir(filepath.Join(session, "put")); len(des) > 1 { // progress only
+		t.Errorf("a result was uploaded without a task: %v", des)
+	}
+}
+
+// TestBuildWithoutKeyFails checks that a worker given no result key
+// uploads no result: it could not be told from a step's.
+func TestBuildWithoutKeyFails(t *testing.T) {
+	session := t.TempDir()
+	addr := agentSide(t, session)
+	placeTask(t, session, "hello")
+	for _, key := range []string{"", "short", strings.Repeat("X", 32)} {
+		os.Remove(filepath.Join(session, "get", KeyFile))
+		if key != "" {
+			writeTestFile(t, filepath.Join(session, "get", KeyFile), key)
+		}
+		err := testWorker(t, addr, ModeBuild).Run(context.Background())
+		if err == nil || !strings.Contains(err.Error(), KeyFile) {
+			t.Errorf("Run with key %q = %v, want an error naming %s", key, err, KeyFile)
+		}
+		des, _ := os.ReadDir(filepath.Join(session, "put"))
+		for _, de := range des {
+			if strings.HasPrefix(de.Name(), "result") {
+				t.Errorf("key %q: a result was uploaded: %s", key, de.Name())
+			}
+		}
+	}
+}
+
+func writeTestFile(t *testing.T, name, data string) {
+	t.Helper()
+	if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
