@@ -34,6 +34,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/proc"
+	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
 const gib = 1 << 30
@@ -72,30 +73,11 @@ func run(ctx context.Context, args []string, out io.Writer) (err error) {
 	bctx := context.WithoutCancel(ctx)
 
 	// 1. The btrfs file system: a sparse 32 GiB file on a loop device.
-	img := filepath.Join(work, "btrfs.img")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		return err
-	}
-	if err := os.Truncate(img, 32*gib); err != nil {
-		return err
-	}
-	if err := proc.Run(ctx, nil, "mkfs.btrfs", "-q", img); err != nil {
-		return err
-	}
-	o, err := proc.Output(ctx, "losetup", "--find", "--show", img)
+	bdir, unmount, err := testenv.MountBtrfs(ctx, work, 32*gib)
 	if err != nil {
 		return err
 	}
-	dev := strings.TrimSpace(string(o))
-	cleanups = append(cleanups, func() error { return proc.Run(bctx, nil, "losetup", "-d", dev) })
-	bdir := filepath.Join(work, "btrfs")
-	if err := os.Mkdir(bdir, 0o755); err != nil {
-		return err
-	}
-	if err := proc.Run(ctx, nil, "mount", "-t", "btrfs", dev, bdir); err != nil {
-		return err
-	}
-	cleanups = append(cleanups, func() error { return proc.Run(bctx, nil, "umount", bdir) })
+	cleanups = append(cleanups, unmount)
 	edir := filepath.Join(work, "ext4")
 	if err := os.Mkdir(edir, 0o755); err != nil {
 		return err

@@ -2,12 +2,16 @@
 // on loopback, in one run: a file of -size bytes is fetched by busybox's
 // client from our server and from tftpd-hpa at blksize 1468 and 65464
 // (lock-step: busybox knows no windowsize), and by our client from our
-// server at blksize 1468 with windowsize 16. Each case runs -reps times,
-// interleaved; the table shows the medians and the ratios.
+// server at blksize 1468 with windowsize 16, and at the worker's defaults
+// (blksize 65464, lock-step). With -baseline, another buildfarm binary
+// (an earlier commit's) serves too, and its server and client are timed
+// in the same cases, interleaved. Each case runs -reps times,
+// interleaved; the table shows the medians and the ratios, and goes, as
+// JSON, to -results (bench/tftp/results.json).
 //
 // Run it from the module root, as root (tftpd-hpa's -u root):
 //
-//	go run ./bench/tftp
+//	go run ./bench/tftp [-reps 5] [-baseline OLD/buildfarm]
 //
 // It needs busybox and in.tftpd (Debian: busybox-static, tftpd-hpa) and
 // builds cmd/buildfarm into a temporary directory.
@@ -17,6 +21,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -29,14 +34,18 @@ import (
 	"strings"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/proc"
+	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
 func main() {
 	reps := flag.Int("reps", 5, "runs of each case; the median counts")
 	size := flag.Int64("size", 64<<20, "file size in bytes")
+	baseline := flag.String("baseline", "", "another buildfarm `binary` (an earlier commit's) to time beside ours")
+	results := flag.String("results", filepath.Join("bench", "tftp", "results.json"), "JSON `file` for the table (empty: none)")
 	flag.Parse()
-	if err := run(context.Background(), *reps, *size); err != nil {
+	if err := run(context.Background(), *reps, *size, *baseline, *results); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/tftp:", err)
 		os.Exit(1)
 	}
@@ -91,7 +100,7 @@ type benchCase struct {
 	args func(out string) (string, []string)
 }
 
-func run(ctx context.Context, reps int, size int64) error {
+func run(ctx context.Context, reps int, size int64, baseline, results string) error {
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
 		return err
@@ -112,7 +121,7 @@ func run(ctx context.Context, reps int, size int64) error {
 		}
 	}
 	bf := filepath.Join(dir, "buildfarm")
-	if err := proc.Run(ctx, nil, "go", "build", "-o", bf, "./cmd/buildfarm"); err != nil {
+	if err := testenv.GoBuild(ctx, bf, "./cmd/buildfarm", arch.Host().GOARCH()); err != nil {
 		return err
 	}
 	want, err := makeFile(filepath.Join(root, "big"), size)
@@ -141,7 +150,20 @@ func run(ctx context.Context, reps int, size int64) error {
 		return err
 	}
 	defer hpa.stop()
-	for _, a := range []string{oursAddr, hpaAddr} {
+	addrs := []string{oursAddr, hpaAddr}
+	var baseAddr string
+	if baseline != "" {
+		if baseAddr, err = freePort(); err != nil {
+			return err
+		}
+		base, err := startServer(ctx, baseline, "tftp", "serve", "--root", root, "--listen", baseAddr)
+		if err != nil {
+			return err
+		}
+		defer base.stop()
+		addrs = append(addrs, baseAddr)
+	}
+	for _, a := range addrs {
 		if err := waitReady(ctx, bb, a, out); err != nil {
 			return err
 		}
@@ -161,6 +183,21 @@ func run(ctx context.Context, reps int, size int64) error {
 		{"ours from ours, blksize 1468, windowsize 16", func(local string) (string, []string) {
 			return bf, []string{"tftp", "get", oursAddr, "big", local, "--blksize", "1468", "--windowsize", "16"}
 		}},
+		{"ours from ours, blksize 65464 (worker default)", func(local string) (string, []string) {
+			return bf, []string{"tftp", "get", oursAddr, "big", local, "--blksize", "65464"}
+		}},
+	}
+	if baseline != "" {
+		cases = append(cases,
+			benchCase{"busybox from baseline, blksize 1468", busybox(baseAddr, 1468)},
+			benchCase{"busybox from baseline, blksize 65464", busybox(baseAddr, 65464)},
+			benchCase{"baseline from baseline, blksize 1468, windowsize 16", func(local string) (string, []string) {
+				return baseline, []string{"tftp", "get", baseAddr, "big", local, "--blksize", "1468", "--windowsize", "16"}
+			}},
+			benchCase{"baseline from baseline, blksize 65464 (worker default)", func(local string) (string, []string) {
+				return baseline, []string{"tftp", "get", baseAddr, "big", local, "--blksize", "65464"}
+			}},
+		)
 	}
 	loadBefore := loadAvg()
 	times := make([][]time.Duration, len(cases))
@@ -200,20 +237,57 @@ func run(ctx context.Context, reps int, size int64) error {
 	}
 	ratio := func(base, ours time.Duration) float64 { return base.Seconds() / ours.Seconds() }
 	fmt.Println()
-	fmt.Println("| comparison | ratio of medians (tftpd-hpa / ours) | ratio of fastest runs | goal |")
+	fmt.Println("| comparison | ratio of medians (theirs / ours) | ratio of fastest runs | goal |")
 	fmt.Println("|---|---|---|---|")
-	for _, c := range []struct {
-		name       string
+	type comparison struct {
+		Name       string  `json:"name"`
 		base, ours int
-		goal       string
-	}{
-		{"our server vs tftpd-hpa, busybox, blksize 1468", 0, 1, ">= 1"},
-		{"our server vs tftpd-hpa, busybox, blksize 65464", 2, 3, ">= 1"},
-		{"ours windowsize 16 vs tftpd-hpa + busybox lock-step, blksize 1468", 0, 4, ">= 5"},
-	} {
-		fmt.Printf("| %s | %.2f | %.2f | %s |\n", c.name, ratio(med[c.base], med[c.ours]), ratio(best[c.base], best[c.ours]), c.goal)
+		Goal       string  `json:"goal"`
+		Median     float64 `json:"ratio_of_medians"`
+		Fastest    float64 `json:"ratio_of_fastest"`
 	}
-	return nil
+	cmps := []comparison{
+		{Name: "our server vs tftpd-hpa, busybox, blksize 1468", base: 0, ours: 1, Goal: ">= 1"},
+		{Name: "our server vs tftpd-hpa, busybox, blksize 65464", base: 2, ours: 3, Goal: ">= 1"},
+		{Name: "ours windowsize 16 vs tftpd-hpa + busybox lock-step, blksize 1468", base: 0, ours: 4, Goal: ">= 5"},
+		{Name: "ours at the worker's defaults vs tftpd-hpa + busybox, blksize 65464", base: 2, ours: 5, Goal: ">= 1"},
+	}
+	if baseline != "" {
+		cmps = append(cmps,
+			comparison{Name: "our server vs baseline's, busybox, blksize 1468", base: 6, ours: 1},
+			comparison{Name: "our server vs baseline's, busybox, blksize 65464", base: 7, ours: 3},
+			comparison{Name: "ours vs baseline, windowsize 16, blksize 1468", base: 8, ours: 4},
+			comparison{Name: "ours vs baseline at the worker's defaults, blksize 65464", base: 9, ours: 5},
+		)
+	}
+	for i, c := range cmps {
+		cmps[i].Median, cmps[i].Fastest = ratio(med[c.base], med[c.ours]), ratio(best[c.base], best[c.ours])
+		fmt.Printf("| %s | %.2f | %.2f | %s |\n", c.Name, cmps[i].Median, cmps[i].Fastest, c.Goal)
+	}
+	if results == "" {
+		return nil
+	}
+	type row struct {
+		Case     string  `json:"case"`
+		MedianNS int64   `json:"median_ns"`
+		Runs     []int64 `json:"runs_ns"`
+	}
+	var rows []row
+	for i, c := range cases {
+		r := row{Case: c.name, MedianNS: int64(med[i])}
+		for _, t := range times[i] {
+			r.Runs = append(r.Runs, int64(t))
+		}
+		rows = append(rows, r)
+	}
+	b, err := json.MarshalIndent(map[string]any{
+		"measured": time.Now().UTC().Format(time.RFC3339), "size": size, "reps": reps,
+		"load_average_before": loadBefore, "load_average_after": loadAvg(),
+		"cases": rows, "comparisons": cmps}, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(results, append(b, '\n'), 0o644)
 }
 
 // makeFile writes size pseudo-random bytes to name and returns their hash.

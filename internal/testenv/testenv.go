@@ -12,6 +12,8 @@ package testenv
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/cache"
+	"github.com/buildfarm/buildfarm/internal/proc"
 )
 
 // VMTests reports whether costly VM tests were asked for.
@@ -108,18 +111,35 @@ func NeedBusybox(t testing.TB, a arch.Arch) string {
 }
 
 // Btrfs makes a btrfs file system of size bytes on a loop device, mounts it
-// on a fresh directory and returns that directory. Cleanup unmounts it and
-// detaches the loop device, so nothing is left behind. It needs root and
-// btrfs-progs, and skips (or, for VM tests, fails) without them.
+// on a fresh directory and returns that directory (see MountBtrfs). Cleanup
+// unmounts it and detaches the loop device, so nothing is left behind. It
+// needs root and btrfs-progs, and skips (or, for VM tests, fails) without
+// them.
 func Btrfs(t testing.TB, size int64) string {
 	t.Helper()
 	NeedRoot(t)
-	mkfs := NeedProgram(t, "mkfs.btrfs")
-	dir := t.TempDir()
-	img := filepath.Join(dir, "btrfs.img")
-	mnt := filepath.Join(dir, "mnt")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
+	NeedProgram(t, "mkfs.btrfs")
+	mnt, unmount, err := MountBtrfs(context.Background(), t.TempDir(), size)
+	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := unmount(); err != nil {
+			t.Error(err)
+		}
+	})
+	return mnt
+}
+
+// MountBtrfs makes a btrfs file system of size bytes in a sparse file
+// dir/btrfs.img, mounts it on a loop device at dir/mnt and returns the
+// mount point, and unmount, which unmounts it, detaches the loop device
+// and removes the image. The tests (Btrfs) and the benchmarks share it.
+func MountBtrfs(ctx context.Context, dir string, size int64) (mnt string, unmount func() error, err error) {
+	img := filepath.Join(dir, "btrfs.img")
+	mnt = filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		return "", nil, err
 	}
 	f, err := os.Create(img)
 	if err == nil {
@@ -127,26 +147,26 @@ func Btrfs(t testing.TB, size int64) string {
 		f.Close()
 	}
 	if err != nil {
-		t.Fatalf("btrfs image %s: %v", img, err)
+		return "", nil, fmt.Errorf("btrfs image %s: %w", img, err)
 	}
-	ctx := context.Background()
-	if out, err := exec.CommandContext(ctx, mkfs, "-q", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.btrfs %s: %v: %s", img, err, out)
+	if err := proc.Run(ctx, nil, "mkfs.btrfs", "-q", img); err != nil {
+		return "", nil, err
 	}
-	if out, err := exec.CommandContext(ctx, "mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Fatalf("mount -o loop %s: %v: %s", img, err, out)
+	if err := proc.Run(ctx, nil, "mount", "-o", "loop", img, mnt); err != nil {
+		return "", nil, err
 	}
-	t.Cleanup(func() {
+	return mnt, func() error {
 		// Subvolumes and open files (a QEMU not yet reaped) can make the
 		// first try fail; a lazy unmount still frees the loop device once
 		// the last user is gone.
+		var err error
 		for i := 0; ; i++ {
-			out, err := exec.Command("umount", mnt).CombinedOutput()
-			if err == nil {
+			out, uerr := exec.Command("umount", mnt).CombinedOutput()
+			if uerr == nil {
 				break
 			}
 			if i == 20 {
-				t.Errorf("umount %s: %v: %s", mnt, err, out)
+				err = fmt.Errorf("umount %s: %v: %s (unmounted lazily)", mnt, uerr, out)
 				exec.Command("umount", "-l", mnt).Run()
 				break
 			}
@@ -158,6 +178,6 @@ func Btrfs(t testing.TB, size int64) string {
 				exec.Command("losetup", "-d", dev).Run()
 			}
 		}
-	})
-	return mnt
+		return errors.Join(err, os.Remove(img))
+	}, nil
 }
