@@ -240,7 +240,7 @@ func run(ctx context.Context, reps int, size int64, baseline, results string) er
 	fmt.Println("| comparison | ratio of medians (theirs / ours) | ratio of fastest runs | goal |")
 	fmt.Println("|---|---|---|---|")
 	type comparison struct {
-		Name       string  `json:"name"`
+		Name       string `json:"name"`
 		base, ours int
 		Goal       string  `json:"goal"`
 		Median     float64 `json:"ratio_of_medians"`
