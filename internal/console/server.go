@@ -49,7 +49,6 @@ func SlotLinkPath(dir, toolchain string, instance, slot int) string {
 // the guest channel's virtio-serial ports on dir/guest.sock and
 // dir/notify.sock.
 func SetPorts(cfg *qemu.Config, dir string) {
-	cfg.SerialPTY = false
 	cfg.SerialSocket = filepath.Join(dir, SerialSocketName)
 	cfg.Ports = append(cfg.Ports,
 		qemu.Port{Name: worker.ConsolePort, Socket: filepath.Join(dir, GuestSocketName)},

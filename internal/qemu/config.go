@@ -76,13 +76,11 @@ type Drive struct {
 const (
 	NetNone = "none"
 	NetUser = "user" // slirp: the guest is 10.0.2.15, the host 10.0.2.2
-	NetTap  = "tap"  // an existing tap device, already on its bridge
 )
 
 // Net is the guest's one network interface, a virtio-net device.
 type Net struct {
-	Mode string // NetUser (default), NetTap or NetNone
-	Tap  string // the tap device, for NetTap
+	Mode string // NetUser (default) or NetNone
 	MAC  string // optional, for example 00:01:02:03:04:0b
 }
 
@@ -120,10 +118,9 @@ type Config struct {
 	Net Net
 
 	SerialLog string // the guest's serial console goes to this file
-	SerialPTY bool   // and to a pty as well (Info tells which)
 	// SerialSocket, when set, puts the serial console on a unix socket that
 	// QEMU listens on (one client at a time; a person attaches through it)
-	// and still logs it to SerialLog. It excludes SerialPTY.
+	// and still logs it to SerialLog.
 	SerialSocket string
 	// Ports are virtio-serial ports, each on a unix socket QEMU listens on:
 	// channels between the host and programs in the guest, which finds them
@@ -184,9 +181,6 @@ func (c *Config) Args() ([]string, error) {
 	}
 	if c.SerialLog == "" {
 		return nil, fmt.Errorf("vm %s: no serial log", c.Name)
-	}
-	if c.SerialPTY && c.SerialSocket != "" {
-		return nil, fmt.Errorf("vm %s: the serial console on a pty and on a socket: choose one", c.Name)
 	}
 	paths := []string{c.QMPSocket, c.SerialLog, c.Kernel, c.Initrd, c.SerialSocket}
 	for _, p := range c.Ports {
@@ -267,14 +261,9 @@ func (c *Config) Args() ([]string, error) {
 	switch c.Net.Mode {
 	case "", NetUser:
 		netdev = "user,id=net0"
-	case NetTap:
-		if c.Net.Tap == "" {
-			return nil, fmt.Errorf("vm %s: tap networking without a tap device", c.Name)
-		}
-		netdev = "tap,id=net0,ifname=" + c.Net.Tap + ",script=no,downscript=no"
 	case NetNone:
 	default:
-		return nil, fmt.Errorf("vm %s: network mode %q, want user, tap or none", c.Name, c.Net.Mode)
+		return nil, fmt.Errorf("vm %s: network mode %q, want user or none", c.Name, c.Net.Mode)
 	}
 	if netdev != "" {
 		dev := "virtio-net-pci,netdev=net0"
@@ -285,10 +274,7 @@ func (c *Config) Args() ([]string, error) {
 	}
 
 	serial := "file,id=serial0,path=" + c.SerialLog
-	switch {
-	case c.SerialPTY:
-		serial = "pty,id=serial0,logfile=" + c.SerialLog + ",logappend=on"
-	case c.SerialSocket != "":
+	if c.SerialSocket != "" {
 		serial = "socket,id=serial0,path=" + c.SerialSocket + ",server=on,wait=off,logfile=" + c.SerialLog + ",logappend=on"
 	}
 	a = append(a, "-chardev", serial, "-serial", "chardev:serial0")

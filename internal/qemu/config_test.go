@@ -39,13 +39,12 @@ func TestArgsGolden(t *testing.T) {
 			c.Kernel, c.Initrd, c.Append = "/m/kernel", "/m/initrd", "console=ttyS0 quiet"
 			c.NoReboot = true
 		}},
-		{"kernel-disk-tap-kvm", func(c *Config) {
+		{"kernel-disk-kvm", func(c *Config) {
 			c.Accel = KVM
 			c.CPUs, c.MemoryMB = 2, 2048
 			c.Kernel, c.Initrd = "/m/kernel", "/m/initrd"
 			c.Drives = []Drive{{Path: "/m/disk.img"}, {Path: "/m/tools.qcow2", Format: "qcow2", ReadOnly: true}}
-			c.Net = Net{Mode: NetTap, Tap: "tap7", MAC: "00:01:02:03:04:0b"}
-			c.SerialPTY = true
+			c.Net = Net{MAC: "00:01:02:03:04:0b"}
 			c.VNC = "127.0.0.1:3"
 		}},
 		{"disk-only-firmware-default", func(c *Config) {
@@ -127,9 +126,7 @@ func TestArgsErrors(t *testing.T) {
 		{"comma", func(c *Config) { c.SerialLog = "/a,b" }, "comma"},
 		{"drive comma", func(c *Config) { c.Drives = []Drive{{Path: "/a,b"}} }, "comma"},
 		{"drive format", func(c *Config) { c.Drives = []Drive{{Path: "/d", Format: "vmdk"}} }, "format"},
-		{"tap without device", func(c *Config) { c.Net.Mode = NetTap }, "tap"},
 		{"net mode", func(c *Config) { c.Net.Mode = "bridge" }, "network mode"},
-		{"pty and socket", func(c *Config) { c.SerialPTY, c.SerialSocket = true, "/s.sock" }, "choose one"},
 		{"port name", func(c *Config) { c.Ports = []Port{{Name: "a,b", Socket: "/p"}} }, "virtio-serial port"},
 		{"port socket comma", func(c *Config) { c.Ports = []Port{{Name: "a", Socket: "/p,q"}} }, "comma"},
 	}

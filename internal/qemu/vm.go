@@ -75,7 +75,6 @@ type VM struct {
 	pid     int
 	tether  *proc.Tether
 	client  *qmp.Client
-	pty     string
 	vnc     string
 
 	done chan struct{} // closed once QEMU has exited and clean-up has run
@@ -226,24 +225,6 @@ func (v *VM) Start(ctx context.Context) error {
 		c.Close()
 		return v.err
 	default:
-	}
-	if v.cfg.SerialPTY {
-		var chardevs []struct {
-			Label    string `json:"label"`
-			Filename string `json:"filename"`
-		}
-		if err := c.Run(ctx, "query-chardev", nil, &chardevs); err != nil {
-			v.kill()
-			<-v.done
-			return v.startError(err)
-		}
-		for _, d := range chardevs {
-			if d.Label == "serial0" {
-				v.mu.Lock()
-				v.pty = strings.TrimPrefix(d.Filename, "pty:")
-				v.mu.Unlock()
-			}
-		}
 	}
 	if v.cfg.VNC != "" {
 		var vnc struct {
@@ -599,7 +580,6 @@ type Info struct {
 	Dir       string // its working directory
 	QMPSocket string
 	SerialLog string
-	SerialPTY string // the pty the serial console is also on, if asked for
 	// SerialSocket is the unix socket the serial console is on, if asked
 	// for (Config.SerialSocket).
 	SerialSocket string
@@ -614,7 +594,7 @@ func (v *VM) Info() Info {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return Info{Name: v.cfg.Name, PID: v.pid, Dir: v.dir, QMPSocket: v.cfg.QMPSocket,
-		SerialLog: v.cfg.SerialLog, SerialPTY: v.pty, SerialSocket: v.cfg.SerialSocket,
+		SerialLog: v.cfg.SerialLog, SerialSocket: v.cfg.SerialSocket,
 		Ports: slices.Clone(v.cfg.Ports), VNC: v.vnc, NetNS: v.cfg.NetNS, Drives: slices.Clone(v.cfg.Drives)}
 }
 
@@ -681,35 +661,9 @@ func Contains(s string) func(string) bool {
 	return func(line string) bool { return strings.Contains(line, s) }
 }
 
-// holders returns the processes that have path open, as "PID (COMM)".
-func holders(path string) []string {
-	procs, _ := filepath.Glob("/proc/[0-9]*/fd/*")
-	seen := map[string]bool{}
-	var out []string
-	for _, fd := range procs {
-		if target, err := os.Readlink(fd); err != nil || target != path {
-			continue
-		}
-		pid := strings.Split(fd, "/")[2]
-		if seen[pid] {
-			continue
-		}
-		seen[pid] = true
-		comm, _ := os.ReadFile("/proc/" + pid + "/comm")
-		out = append(out, fmt.Sprintf("%s (%s)", pid, strings.TrimSpace(string(comm))))
-	}
-	return out
-}
-
 // diagnose explains a QEMU failure it recognises in QEMU's output.
 func diagnose(out string) string {
 	switch {
-	case strings.Contains(out, "/dev/net/tun") && strings.Contains(out, "busy"):
-		h := holders("/dev/net/tun")
-		if len(h) == 0 {
-			return "the tap device is busy: another process has it open"
-		}
-		return "the tap device is busy: another process has it open; /dev/net/tun is held by " + strings.Join(h, ", ")
 	case strings.Contains(out, "/dev/net/tun"):
 		return "cannot open /dev/net/tun: load the tun module and run as root"
 	case strings.Contains(out, "Could not access KVM") || strings.Contains(out, "failed to initialize kvm"):
