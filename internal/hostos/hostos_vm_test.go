@@ -44,10 +44,8 @@ func TestHostOSBoots(t *testing.T) {
 
 	// The buildfarm binary, and the image with it.
 	bf := filepath.Join(dir, "buildfarm")
-	build := exec.Command("go", "build", "-o", bf, "../../cmd/buildfarm")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	if err := testenv.GoBuild(ctx, bf, "./cmd/buildfarm", ""); err != nil {
+		t.Fatal(err)
 	}
 	img := filepath.Join(dir, "img")
 	if _, err := image.BuildHostOS(ctx, image.HostOSOptions{Out: img, Program: bf, Kernel: k.Image, Modules: k.Modules}, nil); err != nil {
