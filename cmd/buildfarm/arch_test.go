@@ -2,7 +2,6 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -169,12 +168,7 @@ func TestBuildHelloAArch64(t *testing.T) {
 	testenv.NeedKernelFor(t, arch.AArch64)
 	testenv.NeedBusybox(t, arch.AArch64)
 	dir := t.TempDir()
-	worker := filepath.Join(dir, "buildfarm-worker-arm64")
-	build := exec.Command("go", "build", "-o", worker, "../buildfarm-worker")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH=arm64")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build (GOARCH=arm64) buildfarm-worker: %v\n%s", err, out)
-	}
+	worker := testenv.Worker(t, arch.AArch64)
 	m, machines := filepath.Join(dir, "m"), filepath.Join(dir, "machines")
 	for _, args := range [][]string{
 		{"image", "build", "--preset", "busybox", "--arch", "aarch64", "--name", "busybox-aarch64", "--out", m, "--worker", worker},

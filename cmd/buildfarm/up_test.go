@@ -5,12 +5,12 @@ import (
 	"context"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/controller"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
@@ -27,12 +27,7 @@ func TestUp(t *testing.T) {
 	testenv.NeedVM(t)
 	testenv.NeedRoot(t)
 	testenv.NeedKernel(t)
-	worker := filepath.Join(t.TempDir(), "buildfarm-worker")
-	build := exec.Command("go", "build", "-o", worker, "../buildfarm-worker")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build worker: %v\n%s", err, out)
-	}
+	worker := testenv.Worker(t, arch.X8664)
 	state := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()

@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/buildfarm/buildfarm/internal/proc"
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/qemu/guesttest"
 	"github.com/buildfarm/buildfarm/internal/testenv"
@@ -99,16 +99,10 @@ func TestVMBootTestImage(t *testing.T) {
 	testenv.NeedVM(t)
 	testenv.NeedProgram(t, "qemu-system-x86_64")
 	testenv.NeedProgram(t, "mkfs.ext4")
-	gobin := testenv.NeedProgram(t, "go")
 	testenv.NeedKernel(t)
 	tmp := t.TempDir()
 
-	worker := filepath.Join(tmp, "buildfarm-worker")
-	build := proc.Command(t.Context(), gobin, "build", "-o", worker, "../buildfarm-worker")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if err := proc.Wait(build); err != nil {
-		t.Fatal(err)
-	}
+	worker := testenv.Worker(t, arch.X8664)
 	args := []string{"image", "build", "--preset", "busybox", "--out", filepath.Join(tmp, "m"), "--worker", worker, "--disk-size", "16M"}
 	if stdout, stderr, code := runManifest(t, "", args...); code != 0 {
 		t.Fatalf("image build: exit %d\n%s%s", code, stdout, stderr)

@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/console"
 	"github.com/buildfarm/buildfarm/internal/image"
-	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 	"github.com/buildfarm/buildfarm/internal/tftp"
@@ -33,15 +33,8 @@ type guest struct {
 // buildMachine builds the worker and the busybox machine.
 func buildMachine(t *testing.T, ctx context.Context) (string, *image.Machine) {
 	t.Helper()
-	testenv.NeedProgram(t, "go")
 	dir := t.TempDir()
-	w := filepath.Join(dir, "buildfarm-worker")
-	cmd := proc.Command(ctx, "go", "build", "-o", w, "./cmd/buildfarm-worker")
-	cmd.Dir = "../.."
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if err := proc.Wait(cmd); err != nil {
-		t.Fatalf("build buildfarm-worker: %v", err)
-	}
+	w := testenv.Worker(t, arch.X8664)
 	out := filepath.Join(dir, "busybox")
 	m, err := image.Build(ctx, image.Options{Preset: "busybox", Out: out, Worker: w, DiskSize: 16 << 20})
 	if err != nil {

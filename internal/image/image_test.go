@@ -41,10 +41,7 @@ func buildWorker(t *testing.T) string {
 			return
 		}
 		worker.path = filepath.Join(dir, "buildfarm-worker")
-		cmd := proc.Command(context.Background(), "go", "build", "-o", worker.path, "./cmd/buildfarm-worker")
-		cmd.Dir = "../.."
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		worker.err = proc.Wait(cmd)
+		worker.err = testenv.BuildWorker(context.Background(), worker.path, arch.Host())
 	})
 	if worker.err != nil {
 		t.Fatalf("build buildfarm-worker: %v", worker.err)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/arch"
-	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
@@ -32,14 +31,7 @@ func buildWorkerFor(t *testing.T, a arch.Arch) string {
 	if a == arch.Host() {
 		return buildWorker(t)
 	}
-	w := filepath.Join(t.TempDir(), "buildfarm-worker-"+a.GOARCH())
-	cmd := proc.Command(context.Background(), "go", "build", "-o", w, "./cmd/buildfarm-worker")
-	cmd.Dir = "../.."
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOARCH="+a.GOARCH())
-	if err := proc.Wait(cmd); err != nil {
-		t.Fatalf("build buildfarm-worker for %s: %v", a, err)
-	}
-	return w
+	return testenv.Worker(t, a)
 }
 
 func busyboxUnderQMP(t *testing.T, a arch.Arch) {

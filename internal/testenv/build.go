@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/buildfarm/buildfarm/internal/arch"
@@ -50,49 +49,16 @@ func BuildWorker(ctx context.Context, out string, a arch.Arch, ldflags ...string
 	return GoBuild(ctx, out, "./cmd/buildfarm-worker", a.GOARCH(), ldflags...)
 }
 
-// workers holds the workers built by Worker, one per architecture, for
-// the life of the test binary (go test removes nothing of a test binary's
-// own temporary files; each lives in a directory of its own under
-// os.TempDir, removed by RemoveWorkers).
-var workers struct {
-	sync.Mutex
-	dir  string
-	path map[arch.Arch]string
-}
-
-// Worker returns buildfarm-worker built for guests of architecture a,
-// built once per test binary; a failed build fails t. Call RemoveWorkers
-// from TestMain to remove them at the end (or let the OS's temporary
-// directory clean-up do it).
+// Worker builds buildfarm-worker for guests of architecture a into a
+// temporary directory of t and returns its path; a failed build fails t.
+// (Go's build cache makes a build after the first one a link, about a
+// second.)
 func Worker(t testing.TB, a arch.Arch) string {
 	t.Helper()
 	NeedProgram(t, "go")
-	workers.Lock()
-	defer workers.Unlock()
-	if p, ok := workers.path[a]; ok {
-		return p
-	}
-	if workers.dir == "" {
-		dir, err := os.MkdirTemp("", "buildfarm-test-worker-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		workers.dir, workers.path = dir, map[arch.Arch]string{}
-	}
-	p := filepath.Join(workers.dir, "buildfarm-worker-"+a.GOARCH())
-	if err := BuildWorker(context.Background(), p, a); err != nil {
+	p := filepath.Join(t.TempDir(), "buildfarm-worker-"+a.GOARCH())
+	if err := BuildWorker(t.Context(), p, a); err != nil {
 		t.Fatal(err)
 	}
-	workers.path[a] = p
 	return p
-}
-
-// RemoveWorkers removes what Worker built; TestMain calls it after m.Run.
-func RemoveWorkers() {
-	workers.Lock()
-	defer workers.Unlock()
-	if workers.dir != "" {
-		os.RemoveAll(workers.dir)
-		workers.dir, workers.path = "", nil
-	}
 }
