@@ -38,6 +38,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/proc"
+	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
 func main() {
@@ -76,12 +77,7 @@ func run(ctx context.Context, runs int, accelSet string, helloC bool) error {
 		{bf, "./cmd/buildfarm", ""}, {gs[0].worker, "./cmd/buildfarm-worker", "amd64"}, {gs[1].worker, "./cmd/buildfarm-worker", "arm64"},
 	}
 	for _, b := range builds {
-		cmd := proc.Command(ctx, "go", "build", "-o", b.out, b.pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b.goarch != "" {
-			cmd.Env = append(cmd.Env, "GOARCH="+b.goarch)
-		}
-		if err := proc.Wait(cmd); err != nil {
+		if err := testenv.GoBuild(ctx, b.out, b.pkg, b.goarch); err != nil {
 			return err
 		}
 	}
