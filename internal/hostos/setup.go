@@ -143,11 +143,12 @@ func (s *Setup) network(ctx context.Context) (string, string, error) {
 	if err := os.WriteFile("/proc/sys/kernel/hostname", []byte(host), 0o644); err != nil {
 		s.Log.Warn("hostname", "err", err)
 	}
-	args := []string{"udhcpc", "-i", "br0", "-n", "-q", "-t", "10", "-T", "3", "-x", "hostname:" + host}
+	// udhcpc goes to the background once it has a lease, and renews it.
+	args := []string{"udhcpc", "-i", "br0", "-n", "-t", "10", "-T", "3", "-x", "hostname:" + host}
 	if s.DHCPScript != "" {
 		args = append(args, "-s", s.DHCPScript)
 	}
-	if err := run(args...); err != nil {
+	if err := daemon(ctx, args...); err != nil {
 		return eth, "", fmt.Errorf("DHCP on br0 (%s): %w", eth, err)
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/hostname"); err == nil {
@@ -172,7 +173,7 @@ func (s *Setup) network(ctx context.Context) (string, string, error) {
 	if err := os.WriteFile(conf, []byte(c), 0o644); err != nil {
 		return eth, host, err
 	}
-	if err := run("udhcpd", conf); err != nil { // it daemonizes
+	if err := daemon(ctx, "udhcpd", conf); err != nil {
 		s.Log.Warn("DHCP for br1", "err", err)
 	}
 	return eth, host, nil
@@ -198,10 +199,22 @@ func (s *Setup) ssh(ctx context.Context) error {
 	appendLine(filepath.Join(s.Root, "etc", "shadow"), "build:*:1:0:99999:7:::")
 	os.MkdirAll(filepath.Join(s.Root, "etc", "dropbear"), 0o700)
 	// -R: make host keys as needed; -s: no passwords; -w: no root.
-	if err := proc.Run(ctx, nil, "dropbear", "-R", "-s", "-w"); err != nil {
+	if err := daemon(ctx, "dropbear", "-R", "-s", "-w"); err != nil {
 		return fmt.Errorf("ssh: %w", err)
 	}
 	s.Log.Info("ssh: dropbear lets in user build with the configured key")
+	return nil
+}
+
+// daemon runs a program that puts itself in the background, and returns
+// when its foreground part exits. Its output goes to standard error, not
+// through a pipe that the background part would hold open.
+func daemon(ctx context.Context, args ...string) error {
+	cmd := proc.Command(ctx, args[0], args[1:]...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w", strings.Join(args, " "), err)
+	}
 	return nil
 }
 

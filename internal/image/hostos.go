@@ -102,6 +102,9 @@ func BuildHostOS(ctx context.Context, opts HostOSOptions, log *slog.Logger) (str
 	a.AddCharDevice("dev/console", 0o600, 5, 1)
 	a.AddFileFrom("bin/busybox", 0o755, bb)
 	a.AddFile("init", 0o755, hostOSInit)
+	if !bytes.Contains(hostOSDHCPScript, []byte("kernel/hostname")) {
+		return "", fmt.Errorf("hostos image: udhcpc.script has no \"\\t;;\\nesac\" to put the hostname before")
+	}
 	a.AddFile("etc/udhcpc.script", 0o755, hostOSDHCPScript)
 	a.AddFile("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n"))
 	a.AddFile("etc/group", 0o644, []byte("root:x:0:\n"))
@@ -283,26 +286,8 @@ func addTree(a *initramfs.Archive, dir string, keep func(rel string) bool) error
 	return nil
 }
 
-// hostOSDHCPScript is udhcpc's event script on the host OS: the lease's
-// address, route and DNS, and its hostname when it names one.
-var hostOSDHCPScript = []byte(`#!/bin/sh
-case "$1" in
-deconfig)
-	ip -4 addr flush dev "$interface"
-	;;
-bound | renew)
-	ip -4 addr flush dev "$interface"
-	ip addr add "$ip/${mask:-24}" dev "$interface"
-	for r in $router; do
-		ip route add default via "$r" dev "$interface"
-		break
-	done
-	: >/etc/resolv.conf
-	for d in $dns; do
-		echo "nameserver $d" >>/etc/resolv.conf
-	done
-	[ -n "$hostname" ] && echo "$hostname" >/proc/sys/kernel/hostname
-	;;
-esac
-exit 0
-`)
+// hostOSDHCPScript is udhcpc's event script on the host OS: the guests'
+// (the lease's address, route and DNS), which also takes the lease's
+// hostname when it names one.
+var hostOSDHCPScript = bytes.Replace(udhcpcScript, []byte("\t;;\nesac"),
+	[]byte("\t[ -z \"$hostname\" ] || echo \"$hostname\" >/proc/sys/kernel/hostname\n\t;;\nesac"), 1)
