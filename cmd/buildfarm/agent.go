@@ -56,8 +56,11 @@ Without a controller, --fake-request runs one task from a file:
   buildfarm agent --machines /build/machines \
       --fake-request examples/hello/task.manifest --dump-result
 
-The directory holding the task manifest is packed as the task's sources
-(its buildfarm-archive field names the archive).
+The task's buildfarm-archive file is taken from the directory holding
+the task manifest; when it is not there, that directory is packed as the
+task's sources, up to 256 MiB. A directory that is not a project's is
+refused rather than packed: the file system's root, a directory just
+below it (such as /tmp), and home directories (/root, /home/NAME, $HOME).
 
 After bootstrapping a machine the agent boots it once more to the point
 where its worker waits for a task, and saves that VM's state beside the

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -186,6 +187,10 @@ func (a *Agent) uploaded(s *session, name string) {
 	if err != nil {
 		a.log.Warn("guest's progress report not read", "vm", s.name, "err", excerptOf(err.Error(), maxExcerpt))
 		return
+	}
+	if p.get("state") == "started" {
+		seq, _ := strconv.Atoi(p.get("sequence"))
+		s.started(seq, p.get("step"))
 	}
 	a.log.Info("guest", append([]any{"vm", s.name}, p.logArgs()...)...)
 }
@@ -366,6 +371,7 @@ func (a *Agent) performIn(ctx context.Context, slot int, m *machineState, task *
 	}
 	a.log.Info("starting the task's VM", "vm", s.name, "machine", m.name, "start", startedHow(w))
 	r, err := a.boot(ctx, s, last)
+	err = s.abnormal(err)
 	if err != nil {
 		if r != nil { // suspended for investigation
 			keep = true
@@ -390,7 +396,7 @@ func (a *Agent) performIn(ctx context.Context, slot int, m *machineState, task *
 		} else {
 			r.Shutdown(ctx)
 		}
-		return nil, fmt.Errorf("vm %s: %w", s.name, perr)
+		return nil, s.abnormal(fmt.Errorf("vm %s: %w", s.name, perr))
 	}
 	r.Shutdown(ctx)
 	a.keepArtifacts(s, task)
@@ -485,7 +491,9 @@ func (a *Agent) keepArtifacts(s *session, task *manifest.Task) {
 
 // WriteTask places the task manifest and its sources archive in dir, a
 // VM's get/ directory: the archive is taken from srcDir, or packed from
-// srcDir's files when it is not there.
+// srcDir's files when it is not there, as the examples are. A directory
+// packed must look like a project's (see checkPackable), and its archive
+// may have MaxPacked bytes at most.
 func WriteTask(dir string, task *manifest.Task, srcDir string) error {
 	if err := manifest.WriteFile(filepath.Join(dir, worker.TaskFile), []manifest.Manifest{task.Manifest()}); err != nil {
 		return err
@@ -503,15 +511,69 @@ func WriteTask(dir string, task *manifest.Task, srcDir string) error {
 	if b, err := os.ReadFile(filepath.Join(srcDir, task.Archive)); err == nil {
 		return os.WriteFile(dst, b, 0o644)
 	}
+	if err := checkPackable(srcDir); err != nil {
+		return fmt.Errorf("task %s: buildfarm-archive %s is not in %s, and that directory is not packed in its place: %w", task.Name, task.Archive, srcDir, err)
+	}
 	f, err := os.Create(dst)
 	if err != nil {
 		return err
 	}
-	err = archive.Pack(f, srcDir, func(name string) bool { return name == task.Archive })
+	lw := &limitedWriter{w: f, left: MaxPacked}
+	err = archive.Pack(lw, srcDir, func(name string) bool { return name == task.Archive })
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if errors.Is(err, errTooBig) {
+		err = fmt.Errorf("task %s: packing %s as buildfarm-archive %s: %w", task.Name, srcDir, task.Archive, err)
+	}
 	return err
+}
+
+// MaxPacked bounds the archive WriteTask packs from a task's directory.
+const MaxPacked = 256 << 20
+
+var errTooBig = fmt.Errorf("the archive would be larger than %d MiB: put the sources archive the task names beside it", MaxPacked>>20)
+
+// limitedWriter fails a write past its left bytes with errTooBig.
+type limitedWriter struct {
+	w    io.Writer
+	left int64
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > l.left {
+		return 0, errTooBig
+	}
+	l.left -= int64(len(p))
+	return l.w.Write(p)
+}
+
+// checkPackable says why dir is not a project's directory to pack as a
+// task's sources: the file system's root or a directory just below it
+// (/tmp, /etc, ...), or a home directory (/root, /home/NAME, $HOME).
+func checkPackable(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = r
+	}
+	home, _ := os.UserHomeDir()
+	if home != "" {
+		if r, err := filepath.EvalSymlinks(home); err == nil {
+			home = r
+		}
+	}
+	switch {
+	case abs == "/":
+		return errors.New("it is the file system's root")
+	case filepath.Dir(abs) == "/":
+		return errors.New("it is a directory just below the file system's root")
+	case abs == home || filepath.Dir(abs) == "/home":
+		return errors.New("it is a home directory")
+	}
+	return nil
 }
 
 // readResult reads the worker's result manifest and checks it is for task.
@@ -553,10 +615,26 @@ func errorResult(task *manifest.Task, err error) *manifest.Result {
 	}
 }
 
+// abnormalResult is the result of a task whose build ended abnormally
+// with err: status abnormal, with err as the log of the operation that
+// was running (from the worker's progress, see session.abnormal), or of
+// the first when none had started.
 func abnormalResult(task *manifest.Task, err error) *manifest.Result {
+	op := "configure"
+	if len(task.Steps) > 0 {
+		op = task.Steps[0].Operation
+	}
+	var ae *abnormalEnd
+	if errors.As(err, &ae) {
+		for _, s := range task.Steps {
+			if s.Operation == ae.op {
+				op = ae.op
+			}
+		}
+	}
 	return &manifest.Result{
 		Name: task.Name, Version: task.Version, Status: manifest.StatusAbnormal,
-		Results: []manifest.OperationResult{{Operation: "configure", Status: manifest.StatusAbnormal, Log: manifest.Text(err.Error() + "\n")}},
+		Results: []manifest.OperationResult{{Operation: op, Status: manifest.StatusAbnormal, Log: manifest.Text(err.Error() + "\n")}},
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,10 @@ type session struct {
 	want       string // the upload that ends the job
 	key        string // the result key of a build (uploads.go)
 	wantTaken  atomic.Bool
+
+	opMu  sync.Mutex
+	opSeq int    // the sequence of the progress report that named op
+	op    string // the operation the worker last reported started
 	startup    time.Duration
 	timeout    time.Duration
 	shutdown   time.Duration
@@ -104,4 +109,40 @@ func (s *session) prepare() error {
 		}
 	}
 	return nil
+}
+
+// started records that the worker's progress report seq said step
+// started; later reports win.
+func (s *session) started(seq int, step string) {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if seq > s.opSeq {
+		s.opSeq, s.op = seq, step
+	}
+}
+
+// running is the step the worker last reported started, or "".
+func (s *session) running() string {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	return s.op
+}
+
+// abnormalEnd is the error of a build that ended abnormally while the
+// worker was running operation op (or before any, op "").
+type abnormalEnd struct {
+	op  string
+	err error
+}
+
+func (e *abnormalEnd) Error() string { return e.err.Error() }
+func (e *abnormalEnd) Unwrap() error { return e.err }
+
+// abnormal wraps err, the abnormal end of s's build, with the operation
+// that was running.
+func (s *session) abnormal(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &abnormalEnd{op: s.running(), err: err}
 }

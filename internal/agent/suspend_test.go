@@ -23,7 +23,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/notify/notifytest"
 )
 
-// sleepingTask writes a copy of examples/hello whose configure step sleeps
+// sleepingTask writes a copy of examples/hello whose update step sleeps
 // for ten minutes, and returns its task manifest.
 func sleepingTask(t *testing.T) string {
 	t.Helper()
@@ -39,7 +39,7 @@ func sleepingTask(t *testing.T) string {
 			t.Fatal(err)
 		}
 		if e.Name() == "task.manifest" {
-			b = []byte(strings.Replace(string(b), "buildfarm-configure: sh ./configure --prefix=/build/install", "buildfarm-configure: sleep 600", 1))
+			b = []byte(strings.Replace(string(b), "buildfarm-update: sh ./build.sh", "buildfarm-update: sleep 600", 1))
 		}
 		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o755); err != nil {
 			t.Fatal(err)
@@ -68,7 +68,7 @@ func TestSuspendedSurvivesRestart(t *testing.T) {
 	args := func(more ...string) []string {
 		return append([]string{"agent", "--machines", f.machines, "--tftp", f.tftp, "--accel", "tcg", "--ram", "256",
 			"--registry", f.registry, "--console-links", f.links, "--fake-bootstrap",
-			"--build-startup", "60s", "--build-timeout", "8s", "--build-retries", "0",
+			"--build-startup", "60s", "--build-timeout", "15s", "--build-retries", "0",
 			"--smtp-relay", relay, "--admin-email", "admin@example.org", "--suspend-limit", limit.String()}, more...)
 	}
 
@@ -82,8 +82,10 @@ func TestSuspendedSurvivesRestart(t *testing.T) {
 		t.Fatalf("first agent: %v\n%s", err, out)
 	}
 	res := parseResult(t, string(out))
-	if res.Status != manifest.StatusAbnormal || !strings.Contains(res.Results[0].Log, "deadline passed") {
-		t.Errorf("result %v %q, want abnormal, deadline passed", res.Status, res.Results[0].Log)
+	// The result names the operation that was running: update.
+	if res.Status != manifest.StatusAbnormal || len(res.Results) != 1 || res.Results[0].Operation != "update" ||
+		!strings.Contains(res.Results[0].Log, "deadline passed") {
+		t.Errorf("result %v %+v, want abnormal in update, deadline passed", res.Status, res.Results)
 	}
 	rec := suspendedVM(t, f, "hello/1.0.0", "deadline passed")
 	checkSuspended(t, rec, "paused")
