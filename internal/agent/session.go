@@ -27,10 +27,6 @@ type session struct {
 	want       string // the upload that ends the job
 	key        string // the result key of a build (uploads.go)
 	wantTaken  atomic.Bool
-
-	opMu  sync.Mutex
-	opSeq int    // the sequence of the progress report that named op
-	op    string // the operation the worker last reported started
 	startup    time.Duration
 	timeout    time.Duration
 	shutdown   time.Duration
@@ -46,6 +42,10 @@ type session struct {
 	// TFTP request.
 	configure func(context.Context, *qemu.Config) error
 	onRequest func(tftp.Request)
+
+	opMu  sync.Mutex
+	opSeq int    // the sequence of the progress report that named op
+	op    string // the operation the worker last reported started
 }
 
 // newSession returns the session of a VM in slot (from 0, one of
