@@ -40,6 +40,10 @@ import (
 //     reported aborted.
 //     f. Spool the signed result and upload it; a failed upload stays in
 //     the spool for step 1's deliverer. Go to a.
+//     g. Stopped (SIGTERM) during e: report the task interrupted, so that
+//     its controller queues it again at once rather than when its lease
+//     ends: spooled, and uploaded within interruptReport (later by the
+//     next agent's step 1 otherwise).
 func (a *Agent) serve(ctx context.Context, urls []string) error {
 	sp, err := openSpool(a.opts.spoolDir(), a.log)
 	if err != nil {
@@ -135,7 +139,12 @@ func (a *Agent) serveSlot(ctx context.Context, slot int, urls []string, sp *spoo
 		res, err := a.perform(tctx, slot, ms, task, "")
 		cancelled := live.finish(tctx)
 		switch {
-		case work.Err() != nil:
+		case work.Err() != nil: // g.
+			log.Info("agent stopped during the task: reporting it interrupted", "name", task.Name, "version", task.Version)
+			rr.Result = *interruptResult(task)
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(work), interruptReport)
+			a.report(rctx, sp, resp.ResultURL, rr)
+			cancel()
 			return nil
 		case cancelled != "" && err != nil:
 			log.Info("task cancelled: its VM was stopped and its snapshot deleted", "name", task.Name, "reason", cancelled)
@@ -154,6 +163,18 @@ func (a *Agent) serveSlot(ctx context.Context, slot int, urls []string, sp *spoo
 	}
 	return nil
 }
+
+// interruptResult is the result of task when the agent stopped during
+// it: status interrupt, on the task's first operation.
+func interruptResult(task *manifest.Task) *manifest.Result {
+	res := errorResult(task, errors.New("the agent was stopped during the task; the controller may give it again"))
+	res.Status, res.Results[0].Status = manifest.StatusInterrupt, manifest.StatusInterrupt
+	return res
+}
+
+// interruptReport bounds the upload of an interrupted task's result when
+// the agent stops.
+const interruptReport = 5 * time.Second
 
 // taskRequest is the task request of slot offering machines ms.
 func (a *Agent) taskRequest(slot int, ms []*machineState) *manifest.TaskRequest {

@@ -51,6 +51,9 @@ type testController struct {
 	arrived      chan struct{} // closed and replaced by give
 	waitHeaders  []string
 	gotResult    chan *manifest.ResultRequest
+	// holdArchive, when set, holds archive downloads until the
+	// request ends, and receives each one as it arrives.
+	holdArchive chan string
 }
 
 func newTestController(t *testing.T) *testController {
@@ -72,6 +75,11 @@ func (c *testController) give(task *manifest.Task) {
 
 func (c *testController) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if strings.HasPrefix(r.URL.Path, "/archive/") {
+		if c.holdArchive != nil {
+			c.holdArchive <- r.URL.Path
+			<-r.Context().Done()
+			return
+		}
 		c.mu.Lock()
 		b, ok := c.archives[strings.TrimPrefix(r.URL.Path, "/archive/")]
 		c.mu.Unlock()
@@ -661,5 +669,36 @@ func TestOnceDeliversResult(t *testing.T) {
 	defer c.mu.Unlock()
 	if len(c.results) != 1 || c.uploads != 3 {
 		t.Errorf("%d results taken in %d uploads when Run returned, want 1 in 3\n%s", len(c.results), c.uploads, log.String())
+	}
+}
+
+// TestStopReportsInterrupt is issue 13's "agent stop: interrupt": an agent
+// stopped (SIGTERM: its context ends) during a task reports the task
+// interrupted to its controller at once, which then gives it again,
+// rather than after the lease.
+func TestStopReportsInterrupt(t *testing.T) {
+	c := newTestController(t)
+	c.holdArchive = make(chan string, 1)
+	task := helloTask("busybox")
+	task.Archive, task.ArchiveURL = "hello.tar.gz", c.srv.URL+"/archive/hello.tar.gz"
+	task.ArchiveSHA256 = strings.Repeat("0", 64)
+	c.give(task)
+	var log logBuffer
+	stop := runAgent(t, fakeOptions(t), &log, c.url())
+	select {
+	case <-c.holdArchive: // the task is under way: its sources are downloading
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent did not start the task")
+	}
+	start := time.Now()
+	if err := stop(); err != nil {
+		t.Errorf("Run = %v, want nil after a stop", err)
+	}
+	rr := c.waitResult(t, 2*time.Second) // delivered before Run returned
+	if rr.Session != "s1" || rr.Result.Status != manifest.StatusInterrupt || rr.Result.Name != task.Name {
+		t.Errorf("result %s %s %v, want s1's task interrupted", rr.Session, rr.Result.Name, rr.Result.Status)
+	}
+	if took := time.Since(start); took > interruptReport+5*time.Second {
+		t.Errorf("the stop took %v", took)
 	}
 }
