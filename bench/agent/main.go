@@ -29,8 +29,9 @@
 //     -append ... -drive ...` with the agent's QEMU options (qboot, virtio
 //     disk and NIC, user-mode networking, the machine's MAC, -no-reboot),
 //     in a namespace where tftpd-hpa (`in.tftpd -L -s -c -p -u root -a
-//     :PORT`) serves a directory holding the same task manifest and
-//     sources archive and takes the uploads. Timed from QEMU's start to
+//     :PORT`) serves a directory holding the same task manifest,
+//     sources archive and a result key (worker.KeyFile) and takes the
+//     uploads. Timed from QEMU's start to
 //     its exit (the guest's init powers off after the worker uploaded its
 //     result); the namespace, the disk copy and tftpd are set up before
 //     the clock starts and torn down after it stops. The uploaded result

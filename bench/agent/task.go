@@ -332,7 +332,7 @@ func (f *farm) runOurs(ctx context.Context, start string) (timing, error) {
 	}
 	vm, put := filepath.Join(o.TFTP, "*", "*", "vm"), filepath.Join(o.TFTP, "*", "*", "put")
 	w := startWatch(pattern{filepath.Join(vm, qemu.SerialLogName), false}, pattern{filepath.Join(vm, qemu.SerialLogName), true},
-		pattern{filepath.Join(put, worker.ProgressFile), false}, pattern{filepath.Join(put, worker.ResultFile), false})
+		pattern{filepath.Join(put, worker.ProgressFile), false}, pattern{filepath.Join(put, worker.ResultName("*")), false})
 	t0 := time.Now()
 	err = a.Run(ctx, nil)
 	total := time.Since(t0)
@@ -389,6 +389,9 @@ func rawArgs(c config, dir, disk, serial string, port int, mac string) []string 
 	return a
 }
 
+// rawKey is raw's result key (worker.KeyFile): any 64 hex digits.
+const rawKey = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
 // rawPort is the port tftpd-hpa listens on for raw (the agent's default
 // for instance 1, 23401).
 const rawPort = 23401
@@ -406,6 +409,11 @@ func (f *farm) runRaw(ctx context.Context, c config, dir string, i int) (timing,
 		return timing{}, err
 	}
 	if err := writeTask(srv, f.task); err != nil {
+		return timing{}, err
+	}
+	// The result key, which the worker fetches before the steps and
+	// uploads its result under, as the agent serves it.
+	if err := os.WriteFile(filepath.Join(srv, worker.KeyFile), []byte(rawKey+"\n"), 0o644); err != nil {
 		return timing{}, err
 	}
 	// A raw copy of the bootstrapped disk.
@@ -445,7 +453,7 @@ func (f *farm) runRaw(ctx context.Context, c config, dir string, i int) (timing,
 	var qout bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &qout, &qout
 	w := startWatch(pattern{serial, false}, pattern{serial, true},
-		pattern{filepath.Join(srv, worker.ProgressFile), false}, pattern{filepath.Join(srv, worker.ResultFile), false})
+		pattern{filepath.Join(srv, worker.ProgressFile), false}, pattern{filepath.Join(srv, worker.ResultName(rawKey)), false})
 	t0 := time.Now()
 	err = cmd.Run()
 	d := time.Since(t0)
@@ -454,7 +462,7 @@ func (f *farm) runRaw(ctx context.Context, c config, dir string, i int) (timing,
 		con, _ := os.ReadFile(serial)
 		return timing{}, fmt.Errorf("qemu: %v: %s; console:\n%s", err, qout.Bytes(), con)
 	}
-	b, err := os.ReadFile(filepath.Join(srv, worker.ResultFile))
+	b, err := os.ReadFile(filepath.Join(srv, worker.ResultName(rawKey)))
 	if err != nil {
 		con, _ := os.ReadFile(serial)
 		return timing{}, fmt.Errorf("no result uploaded: %v; console:\n%s", err, con)
