@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -362,9 +363,9 @@ func (a *Agent) performIn(ctx context.Context, slot int, m *machineState, task *
 		return nil, err
 	}
 	if src.file != "" {
-		err = placeArchive(s.getDir(), task, src.file)
+		err = placeArchive(s.getDir(), a.withTrust(task), src.file)
 	} else {
-		err = WriteTask(s.getDir(), task, src.dir)
+		err = WriteTask(s.getDir(), a.withTrust(task), src.dir)
 	}
 	if err != nil {
 		return nil, err
@@ -401,6 +402,23 @@ func (a *Agent) performIn(ctx context.Context, slot int, m *machineState, task *
 	r.Shutdown(ctx)
 	a.keepArtifacts(s, task)
 	return res, nil
+}
+
+// withTrust is task as its worker gets it: with --trust's fingerprints
+// added to the task's trust (as bbot's agent adds its own), which the
+// worker gives the steps as $BUILDFARM_TRUST.
+func (a *Agent) withTrust(task *manifest.Task) *manifest.Task {
+	if len(a.opts.Trust) == 0 {
+		return task
+	}
+	t := *task
+	t.Trust = slices.Clone(task.Trust)
+	for _, fp := range a.opts.Trust {
+		if !slices.Contains(t.Trust, fp) {
+			t.Trust = append(t.Trust, fp)
+		}
+	}
+	return &t
 }
 
 // placeArchive writes the task manifest into dir, a VM's get/, and links

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -166,11 +168,76 @@ func TestOptionsCheck(t *testing.T) {
 		{func(o *Options) { o.SuspendMax = 0 }, "--suspend-max 0: must be 1 or more"},
 		{func(o *Options) { o.SMTPRelay = "mail:25" }, `--smtp-relay "mail:25" --admin-email "": give both`},
 		{func(o *Options) { o.Registry = "" }, "--registry: empty"},
+		{func(o *Options) { o.ToolchainNum = 0 }, "--toolchain-num 0: must be 1 to 9"},
+		{func(o *Options) { o.ToolchainNum = 10 }, "--toolchain-num 10: must be 1 to 9"},
+		{func(o *Options) { o.Instance = 100 }, "--instance 100: must be 1 to 99"},
+		{func(o *Options) { o.TFTPPort, o.Instances = 60000, 8 }, "--tftp-port 60000: with --toolchain-num 1, --instance 1 and --instances 8 the ports run to 67001"},
+		{func(o *Options) { o.Trust = []string{"yes", "AB:CD"} }, "not 'yes' or a SHA256 certificate fingerprint"},
 	} {
 		o := DefaultOptions()
 		tc.edit(&o)
 		if err := o.Check(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Check() = %v, want an error with %q", err, tc.want)
 		}
+	}
+}
+
+// TestToolchainNum checks that agents of two toolchains with the same
+// instance number on one host share nothing that would collide: TFTP
+// port, TFTP directory, spool, agent name; and that toolchain 1 keeps the
+// layout it had.
+func TestToolchainNum(t *testing.T) {
+	type layout struct {
+		port             int
+		tftp, spool, who string
+	}
+	of := func(num, instance int) layout {
+		o := DefaultOptions()
+		o.ToolchainNum, o.Instance = num, instance
+		if err := o.Check(); err != nil {
+			t.Fatal(err)
+		}
+		a, err := New(o, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := a.newSession(0, "/m/busybox-default-1234", "build")
+		return layout{s.port, filepath.Dir(s.tftpDir), o.spoolDir(), a.agentName(0)}
+	}
+	host, _ := os.Hostname()
+	if got, want := of(1, 1), (layout{23401, "/build/tftp/1", "/build/tftp/spool/1", host + "-1"}); got != want {
+		t.Errorf("toolchain 1 instance 1: %+v, want %+v", got, want)
+	}
+	if got, want := of(2, 1), (layout{23501, "/build/tftp/101", "/build/tftp/spool/101", host + "-101"}); got != want {
+		t.Errorf("toolchain 2 instance 1: %+v, want %+v", got, want)
+	}
+}
+
+// TestTrustGoesToTheWorker checks that --trust's fingerprints are added to
+// the task the worker gets, once each, beside the task's own.
+func TestTrustGoesToTheWorker(t *testing.T) {
+	const fp1 = "37:CE:2C:A5:1D:CF:93:81:D7:07:46:AD:66:B3:C3:90:83:B8:96:9E:34:F0:E7:B3:A2:B0:6C:EF:66:A4:BE:65"
+	const fp2 = "00:CE:2C:A5:1D:CF:93:81:D7:07:46:AD:66:B3:C3:90:83:B8:96:9E:34:F0:E7:B3:A2:B0:6C:EF:66:A4:BE:65"
+	o := DefaultOptions()
+	o.Trust = []string{fp1, fp2}
+	a, err := New(o, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task := helloTask("busybox")
+	task.Trust = []string{fp1}
+	get := t.TempDir()
+	if err := WriteTask(get, a.withTrust(task), ""); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := ReadTaskFile(filepath.Join(get, "task.manifest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{fp1, fp2}; !slices.Equal(got.Trust, want) {
+		t.Errorf("the worker's task trusts %v, want %v", got.Trust, want)
+	}
+	if len(task.Trust) != 1 {
+		t.Errorf("the controller's task was changed: trust %v", task.Trust)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/console"
@@ -21,7 +22,7 @@ type Options struct {
 	Spool     string // directory of results not yet delivered ("": <TFTP>/spool/<Instance>)
 
 	ToolchainName string // for example "default" or "stage"
-	ToolchainNum  int    // distinguishes toolchains of one name
+	ToolchainNum  int    // 1 to 9: each toolchain's agents on a host their own (see hostInstance)
 	ToolchainVer  string
 	ToolchainID   string // changes when the toolchain does, forcing re-bootstrap
 	Toolchain     string // directory of toolchain files installed at bootstrap (optional)
@@ -121,8 +122,17 @@ func (o *Options) Check() error {
 	if o.TFTP == "" {
 		errs = append(errs, errors.New("--tftp: empty"))
 	}
-	if o.Instance < 1 {
-		errs = append(errs, fmt.Errorf("--instance %d: must be 1 or more", o.Instance))
+	if o.Instance < 1 || o.Instance > 99 {
+		errs = append(errs, fmt.Errorf("--instance %d: must be 1 to 99", o.Instance))
+	}
+	if o.ToolchainNum < 1 || o.ToolchainNum > 9 {
+		errs = append(errs, fmt.Errorf("--toolchain-num %d: must be 1 to 9", o.ToolchainNum))
+	}
+	if last := o.TFTPPort + o.hostInstance() + slotPorts*(o.Instances-1); o.TFTPPort < 1 || last > 65535 {
+		errs = append(errs, fmt.Errorf("--tftp-port %d: with --toolchain-num %d, --instance %d and --instances %d the ports run to %d, past 65535", o.TFTPPort, o.ToolchainNum, o.Instance, o.Instances, last))
+	}
+	if err := checkTrust(o.Trust); err != nil {
+		errs = append(errs, err)
 	}
 	if o.Instances < 1 {
 		errs = append(errs, fmt.Errorf("--instances %d: must be 1 or more", o.Instances))
@@ -203,7 +213,30 @@ func (o *Options) spoolDir() string {
 	if o.Spool != "" {
 		return o.Spool
 	}
-	return filepath.Join(o.TFTP, "spool", fmt.Sprint(o.Instance))
+	return filepath.Join(o.TFTP, "spool", fmt.Sprint(o.hostInstance()))
+}
+
+// hostInstance is the agent's number among all the agents of a host, of
+// every toolchain: the instance number, plus 100 for each toolchain
+// number above 1 (bbot's --toolchain-num offsets ports and interfaces so).
+// It numbers what agents of several toolchains would otherwise share on
+// one host: the TFTP port, the TFTP directory and the spool.
+func (o *Options) hostInstance() int { return 100*(o.ToolchainNum-1) + o.Instance }
+
+// slotPorts is the TFTP port offset of each slot above the first.
+const slotPorts = 1000
+
+// checkTrust checks --trust values as a task manifest's trust field is
+// checked: "yes" or a SHA256 certificate fingerprint.
+func checkTrust(trust []string) error {
+	if len(trust) == 0 {
+		return nil
+	}
+	t := manifest.Task{Name: "hello", Version: "1.0.0", RepositoryURL: "https://example.org/hello.git", Machine: "m", Target: "x86_64-linux-gnu", Trust: trust}
+	if _, err := manifest.ParseTask(t.Manifest(), "options", manifest.Strict); err != nil {
+		return fmt.Errorf("--trust %s: %w", strings.Join(trust, ","), err)
+	}
+	return nil
 }
 
 // toolchain is the name machines are bootstrapped under, as in bbot's

@@ -193,14 +193,14 @@ func (a *Agent) taskRequest(slot int, ms []*machineState) *manifest.TaskRequest 
 	return req
 }
 
-// agentName is <host>-<instance>, and .<slot> from 1 after it with more
-// than one instance.
+// agentName is <host>-<instance> (the host-wide number, see
+// hostInstance), and .<slot> from 1 after it with more than one instance.
 func (a *Agent) agentName(slot int) string {
 	host, _ := os.Hostname()
 	if a.opts.Instances > 1 {
-		return fmt.Sprintf("%s-%d.%d", host, a.opts.Instance, slot+1)
+		return fmt.Sprintf("%s-%d.%d", host, a.opts.hostInstance(), slot+1)
 	}
-	return fmt.Sprintf("%s-%d", host, a.opts.Instance)
+	return fmt.Sprintf("%s-%d", host, a.opts.hostInstance())
 }
 
 // answer is a task response and the controller it came from.

@@ -50,11 +50,12 @@ type session struct {
 
 // newSession returns the session of a VM in slot (from 0, one of
 // --instances) booting machineDir in mode, with the mode's deadlines. Its
-// TFTP directory is <tftp>/<instance>/<slot>-<machineDir's name>: the
-// snapshot's name is unique (the machine store gives each a random suffix
-// and a lock), and the slot says whose VM it is. Its TFTP port is
-// --tftp-port plus the instance number plus 100 for each slot, which
-// matters only when VMs share the host's network (--no-netns).
+// TFTP directory is <tftp>/<instance>/<slot>-<machineDir's name>, the
+// instance numbered host-wide (Options.hostInstance): the snapshot's name
+// is unique (the machine store gives each a random suffix and a lock),
+// and the slot says whose VM it is. Its TFTP port is --tftp-port plus the
+// host-wide instance number plus 1000 for each slot, which matters only
+// when VMs share the host's network (--no-netns).
 func (a *Agent) newSession(slot int, machineDir string, mode worker.Mode) *session {
 	base := filepath.Base(machineDir)
 	s := &session{
@@ -63,7 +64,7 @@ func (a *Agent) newSession(slot int, machineDir string, mode worker.Mode) *sessi
 		tftpDir:    filepath.Join(a.instanceDir(), fmt.Sprintf("%d-%s", slot, base)),
 		mode:       string(mode),
 		shutdown:   a.opts.ShutdownTimeout,
-		port:       a.opts.TFTPPort + a.opts.Instance + 100*slot,
+		port:       a.opts.TFTPPort + a.opts.hostInstance() + slotPorts*slot,
 		slot:       slot,
 	}
 	if mode == worker.ModeBootstrap {
@@ -80,7 +81,7 @@ func (a *Agent) newSession(slot int, machineDir string, mode worker.Mode) *sessi
 
 // instanceDir is this agent instance's TFTP directory, <tftp>/<instance>.
 func (a *Agent) instanceDir() string {
-	return filepath.Join(a.opts.TFTP, fmt.Sprint(a.opts.Instance))
+	return filepath.Join(a.opts.TFTP, fmt.Sprint(a.opts.hostInstance()))
 }
 
 // Errors of a session, for decisions with errors.Is.

@@ -1,13 +1,20 @@
 // Package worker is what runs inside a guest VM: it talks to the agent over
 // TFTP only, and does one of two jobs.
 //
-// In build mode it downloads the task manifest (task.manifest) and the
-// sources archive the task names (buildfarm-archive), unpacks the sources,
-// runs the task's operations (configure, update, test, install: one shell
-// command each, in that order) each with its exit status, log and duration,
-// and uploads the files the steps left in $BUILDFARM_ARTIFACTS (as
-// artifact-NAME) and the result manifest (result.manifest) with the logs
-// inside.
+// In build mode it downloads the task manifest (task.manifest), the result
+// key (key, served once) and the sources archive the task names
+// (buildfarm-archive), unpacks the sources, runs the task's operations
+// (configure, update, test, install: one shell command each, in that order)
+// each with its exit status, log and duration, and uploads the files the
+// steps left in $BUILDFARM_ARTIFACTS (as artifact-NAME) and the result
+// manifest with the logs inside, under the name the key gives
+// (result-KEY.manifest, see ResultName). The steps run as the unprivileged
+// user StepUser (uid 1000), which owns the build directory, with
+// BUILDFARM_OPERATION, BUILDFARM_TARGET, BUILDFARM_DIR,
+// BUILDFARM_ARTIFACTS, HOME (the build directory) and, when the task
+// trusts repositories' certificates, BUILDFARM_TRUST (the fingerprints,
+// space-separated); the worker runs as root, so a step cannot learn the key
+// and upload a result of its own.
 // A failing operation is an error and ends the build; a worker that cannot
 // go on (no task, no sources) reports abort.
 //

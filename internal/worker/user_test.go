@@ -64,3 +64,14 @@ func TestStepsRunAsStepUser(t *testing.T) {
 		t.Errorf("a linked artifacts directory was uploaded: %v", got)
 	}
 }
+
+// TestStepTrust checks that the task's trust reaches the steps as
+// $BUILDFARM_TRUST.
+func TestStepTrust(t *testing.T) {
+	w := testWorker(t, agentSide(t, t.TempDir()), ModeBuild)
+	task := &manifest.Task{Target: "x86_64-linux-gnu", Trust: []string{"yes", "AA:BB"}}
+	r := w.runStep(t.Context(), manifest.Step{Operation: "test", Command: `echo "trust=$BUILDFARM_TRUST"`}, t.TempDir(), task, nil)
+	if !strings.Contains(r.Log, "trust=yes AA:BB\n") {
+		t.Errorf("step log %q, want $BUILDFARM_TRUST with the task's trust", r.Log)
+	}
+}
