@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,25 +32,30 @@ import (
 
 // upOptions are up's command-line options.
 type upOptions struct {
-	state, listen, worker, examples string
-	metrics                         string // the agent's metrics address
-	instances                       int
-	buildTimeout, demoTimeout       time.Duration
-	demo                            bool
+	state, listen, examples   string
+	metrics                   string   // the agent's metrics address
+	arches                    []string // --arch, as given
+	workers                   []string // --worker, as given: [ARCH=]FILE
+	instances                 int
+	buildTimeout, demoTimeout time.Duration
+	demo                      bool
 }
 
 func init() {
 	register(func(e *env) *cobra.Command {
 		o := upOptions{listen: "127.0.0.1:8080", metrics: "127.0.0.1:0", buildTimeout: time.Hour, demoTimeout: 20 * time.Minute}
 		cmd := &cobra.Command{
-			Use:   "up [--state DIR] [--listen ADDR] [--demo]",
+			Use:   "up [--state DIR] [--listen ADDR] [--arch ARCH,...] [--demo]",
 			Short: "Run the whole farm on this computer: a controller, an agent and the busybox machine",
 			Long: `up runs buildfarm's embedded default, the whole farm on one computer, under
 one state directory:
 
-  1. It makes the busybox machine (image build --preset busybox) and adds
-     it to the state's machine volume, unless it is there already.
-  2. It writes the state's buildtab if it is missing (see below).
+  1. It makes the busybox machine of each architecture --arch names
+     (image build --preset busybox --arch ARCH; default this host's) and
+     adds it to the state's machine volume, unless it is there already:
+     busybox for x86_64, busybox-aarch64 for aarch64.
+  2. It writes the state's buildtab if it is missing, and adds the lines
+     of an architecture it lacks (see below).
   3. It starts a controller on SQLite (state/controller.db) listening on
      --listen (default 127.0.0.1:8080; HOST:0 picks a free port) and prints
      its URL, which is also the dashboard's (metrics at URL/metrics).
@@ -66,19 +72,38 @@ and exits). Submit work to it with
   buildfarm wait --controller URL ID
 
 --demo submits examples/hello and examples/hello-broken (from --examples)
-to the busybox configuration through the controller's API, waits for their
-results, prints each one's status and operations, stops the farm, and exits
-0 when hello ended success and hello-broken error, 1 otherwise.
+to the first architecture's busybox configuration through the
+controller's API, and examples/hello-aarch64 to busybox-aarch64 when
+aarch64 is offered, waits for their results, prints each one's status and
+operations, stops the farm, and exits 0 when each hello ended success and
+hello-broken error, 1 otherwise.
 
-The buildtab (state/buildtab), written if missing and read at each start:
+The buildtab (state/buildtab), written if missing and read at each start;
+for the first --arch:
 
-  busybox*  busybox  TARGET  default
-  debian*   debian   TARGET  gcc
+  busybox*  busybox  x86_64-linux-gnu  default
+  debian*   debian   x86_64-linux-gnu  gcc
 
-TARGET being this host's CPU with -linux-gnu. A submission that names no
-configuration builds on busybox; "--config debian" (or "gcc") builds on a
-machine named debian*, which "machine add" may add (image build --preset
-debian makes one). Edit the file to change them.
+and for each other, aarch64 for example:
+
+  busybox-aarch64*  busybox-aarch64  aarch64-linux-gnu  aarch64
+  debian-aarch64*   debian-aarch64   aarch64-linux-gnu  gcc-aarch64
+
+(for aarch64 first, its lines have the classes default and gcc). A
+configuration's machine must be of its target's architecture: the
+controller matches the architecture each machine's manifest names. A
+submission that names no configuration builds on the first
+architecture's busybox; "--config debian" (or "gcc") builds on a machine
+named debian*, which "machine add" may add (image build --preset debian
+makes one), "--config busybox-aarch64" (or "aarch64") on the aarch64
+machine. Edit the file to change them; up adds the lines of an
+architecture that no configuration targets.
+
+--worker FILE is the buildfarm-worker binary for this host's
+architecture, --worker aarch64=FILE the one for aarch64 guests (built with
+GOARCH=arm64 CGO_ENABLED=0); by default image build's (beside buildfarm,
+then in PATH: buildfarm-worker, or buildfarm-worker-arm64 for aarch64 on
+an x86_64 host).
 
 --instances 0 (the default) fits the agent to the host: one VM a CPU
 minus one CPU left to the host (the controller, the agent, QEMU's own
@@ -103,9 +128,10 @@ State (default /var/lib/buildfarm as root, else ~/.local/state/buildfarm):
 		f.StringVar(&o.metrics, "metrics", o.metrics, "the agent's Prometheus metrics `address` (port 0 picks one; the controller's are at its URL/metrics)")
 		f.IntVar(&o.instances, "instances", 0, "`number` of tasks the agent performs at once (0: fitted to this host)")
 		f.DurationVar(&o.buildTimeout, "build-timeout", o.buildTimeout, "a task's longest build time (controller and agent)")
-		f.StringVar(&o.worker, "worker", "", "buildfarm-worker `binary` for the machine (default: beside buildfarm, then in PATH)")
-		f.BoolVar(&o.demo, "demo", false, "submit examples/hello and examples/hello-broken, wait for their results, and exit")
-		f.StringVar(&o.examples, "examples", "examples", "`directory` holding hello and hello-broken (--demo)")
+		f.StringSliceVar(&o.arches, "arch", nil, "guest `architectures` to offer, comma-separated or repeated: x86_64, aarch64 (default this host's)")
+		f.StringArrayVar(&o.workers, "worker", nil, "buildfarm-worker `[ARCH=]binary` for the machine of this host's architecture, or of ARCH (repeatable; default: beside buildfarm, then in PATH)")
+		f.BoolVar(&o.demo, "demo", false, "submit examples/hello and examples/hello-broken (and hello-aarch64 with aarch64), wait for their results, and exit")
+		f.StringVar(&o.examples, "examples", "examples", "`directory` holding hello, hello-broken and hello-aarch64 (--demo)")
 		f.DurationVar(&o.demoTimeout, "demo-timeout", o.demoTimeout, "how long --demo waits for its results")
 		return cmd
 	})
@@ -121,25 +147,88 @@ func defaultState() string {
 	return "buildfarm-state"
 }
 
-// upMachine is the machine up makes, and the toolchain its agent has.
-const (
-	upMachine   = "busybox"
-	upToolchain = "default"
-)
+// upToolchain is the toolchain up's agent has.
+const upToolchain = "default"
+
+// upArch is an architecture up offers: its busybox machine and the
+// worker binary for it ("": image build's default).
+type upArch struct {
+	arch    arch.Arch
+	machine string
+	worker  string
+}
+
+// upMachineName is the name of up's busybox machine of a, also the name
+// of its configuration: busybox for x86_64, busybox-ARCH for another.
+func upMachineName(a arch.Arch) string {
+	if a == arch.X8664 {
+		return "busybox"
+	}
+	return "busybox-" + string(a)
+}
+
+// upArches reads --arch (default this host's architecture, x86_64 on
+// another host) and --worker ([ARCH=]FILE, a plain FILE for the host's
+// architecture).
+func upArches(names, workers []string) ([]upArch, error) {
+	host := arch.Host()
+	if host == "" {
+		host = arch.X8664
+	}
+	if len(names) == 0 {
+		names = []string{string(host)}
+	}
+	var as []upArch
+	for _, n := range names {
+		a, err := arch.Parse(strings.TrimSpace(n))
+		if err != nil {
+			return nil, fmt.Errorf("--arch: %w", err)
+		}
+		if !slices.ContainsFunc(as, func(u upArch) bool { return u.arch == a }) {
+			as = append(as, upArch{arch: a, machine: upMachineName(a)})
+		}
+	}
+	for _, w := range workers {
+		a, file := host, w
+		if pre, rest, ok := strings.Cut(w, "="); ok {
+			if pa, err := arch.Parse(pre); err == nil {
+				a, file = pa, rest
+			}
+		}
+		i := slices.IndexFunc(as, func(u upArch) bool { return u.arch == a })
+		switch {
+		case file == "":
+			return nil, fmt.Errorf("--worker %q: no file", w)
+		case i < 0:
+			return nil, fmt.Errorf("--worker %q: a worker for %s, which --arch does not offer", w, a)
+		case as[i].worker != "":
+			return nil, fmt.Errorf("--worker %q: a second worker for %s", w, a)
+		}
+		as[i].worker = file
+	}
+	return as, nil
+}
 
 // up runs the farm (see the command's help):
 //
-//  1. Write the buildtab if missing, and read it.
+//  1. Write the buildtab if missing, add the lines of an architecture it
+//     lacks, and read it.
 //  2. Open the store and listen, so that a busy address is said at once.
-//  3. Make the busybox machine and add it, unless it is there.
+//  3. Make each architecture's busybox machine and add it, unless it is
+//     there.
 //  4. Serve the controller and run the agent, each until ctx ends or
 //     either fails.
 //  5. With --demo, submit the examples, wait for their results, print
 //     them and stop the farm; else serve until interrupted.
 func up(ctx context.Context, e *env, o upOptions) error {
+	arches, err := upArches(o.arches, o.workers)
+	if err != nil {
+		return err
+	}
+	demo := upDemoTasks(arches)
 	if o.demo {
-		for _, ex := range []string{"hello", "hello-broken"} {
-			if _, err := os.Stat(filepath.Join(o.examples, ex, "task.manifest")); err != nil {
+		for _, d := range demo {
+			if _, err := os.Stat(filepath.Join(o.examples, d.example, "task.manifest")); err != nil {
 				return fmt.Errorf("--demo: examples: %w (run up from a clone of buildfarm, or give --examples)", err)
 			}
 		}
@@ -154,9 +243,12 @@ func up(ctx context.Context, e *env, o upOptions) error {
 	if err := os.MkdirAll(o.state, 0o755); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
-	bt, err := upBuildtab(filepath.Join(o.state, "buildtab"))
+	bt, added, err := upBuildtab(filepath.Join(o.state, "buildtab"), arches)
 	if err != nil {
 		return err
+	}
+	for _, a := range added {
+		fmt.Fprintf(e.stderr, "up: buildtab: added the configurations of %s\n", a)
 	}
 	// 2.
 	st, err := store.Open(ctx, filepath.Join(o.state, "controller.db"), e.log)
@@ -194,13 +286,17 @@ func up(ctx context.Context, e *env, o upOptions) error {
 		return err
 	}
 	// 3.
-	if err := upMakeMachine(ctx, e, machines, o); err != nil {
-		return err
+	for _, ua := range arches {
+		if err := upMakeMachine(ctx, e, machines, o.state, ua); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(e.stderr, "up: controller listening on %s\n", srv.URL())
 	fmt.Fprintf(e.stderr, "up: dashboard at %s/ (metrics: %s/metrics, the agent's http://%s/metrics)\n", srv.URL(), srv.URL(), ao.Metrics)
-	if !bootstrapped(machines, upMachine, upToolchain) {
-		fmt.Fprintf(e.stderr, "up: the agent bootstraps the %s machine before it asks for tasks\n", upMachine)
+	for _, ua := range arches {
+		if !bootstrapped(machines, ua.machine, upToolchain) {
+			fmt.Fprintf(e.stderr, "up: the agent bootstraps the %s machine before it asks for tasks\n", ua.machine)
+		}
 	}
 	fmt.Fprintf(e.stderr, "up: agent serving with %d instance(s)\n", ao.Instances)
 	if !o.demo {
@@ -229,7 +325,7 @@ func up(ctx context.Context, e *env, o upOptions) error {
 	// 5.
 	var demoErr error
 	if o.demo {
-		demoErr = upDemo(fctx, e, srv.URL(), o)
+		demoErr = upDemo(fctx, e, srv.URL(), o, demo)
 		stop()
 	}
 	<-fctx.Done()
@@ -241,38 +337,38 @@ func up(ctx context.Context, e *env, o upOptions) error {
 	return demoErr // nil when interrupted: a clean stop
 }
 
-// upMakeMachine makes the busybox machine and adds it to the default
+// upMakeMachine makes ua's busybox machine and adds it to the default
 // volume under machines, unless it is there already.
-func upMakeMachine(ctx context.Context, e *env, machines string, o upOptions) error {
+func upMakeMachine(ctx context.Context, e *env, machines, state string, ua upArch) error {
 	ms := &machine.Store{Dir: machines, Log: e.log}
 	v, err := ms.Volume(machine.DefaultVolume, true)
 	if err != nil {
 		return err
 	}
-	_, _, err = v.Current(upMachine)
+	_, _, err = v.Current(ua.machine)
 	if err == nil {
 		return nil
 	}
 	if !errors.Is(err, machine.ErrRemoved) && !errors.Is(err, machine.ErrNotFound) && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "up: making the %s machine\n", upMachine)
-	tmp, err := os.MkdirTemp(o.state, ".image-")
+	fmt.Fprintf(e.stderr, "up: making the %s machine\n", ua.machine)
+	tmp, err := os.MkdirTemp(state, ".image-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	opts := image.Options{Preset: upMachine, Out: filepath.Join(tmp, upMachine), Worker: o.worker, Log: e.log}
+	opts := image.Options{Preset: "busybox", Name: ua.machine, Arch: ua.arch, Out: filepath.Join(tmp, ua.machine), Worker: ua.worker, Log: e.log}
 	if isTerminal(e.stderr) {
 		opts.Progress = e.stderr
 	}
 	if _, err := image.Build(ctx, opts); err != nil {
 		return err
 	}
-	if _, err := v.Add(ctx, upMachine, machine.Source{Dir: opts.Out}); err != nil {
+	if _, err := v.Add(ctx, ua.machine, machine.Source{Dir: opts.Out}); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stderr, "up: machine %s added to %s\n", upMachine, v.Dir)
+	fmt.Fprintf(e.stderr, "up: machine %s added to %s\n", ua.machine, v.Dir)
 	return nil
 }
 
@@ -283,33 +379,79 @@ func bootstrapped(machines, name, toolchain string) bool {
 	return err == nil
 }
 
-// upBuildtab reads the buildtab at file, writing the default one first if
-// it is missing.
-func upBuildtab(file string) (*controller.Buildtab, error) {
+// upBuildtab reads the buildtab at file, writing the default one for
+// arches first if it is missing, and adding the lines of each of arches
+// that no configuration targets; it returns those.
+func upBuildtab(file string, arches []upArch) (*controller.Buildtab, []arch.Arch, error) {
 	if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
-		if err := os.WriteFile(file, []byte(defaultUpBuildtab()), 0o644); err != nil {
-			return nil, fmt.Errorf("buildtab: %w", err)
+		if err := os.WriteFile(file, []byte(defaultUpBuildtab(arches)), 0o644); err != nil {
+			return nil, nil, fmt.Errorf("buildtab: %w", err)
 		}
 	}
-	return controller.ReadBuildtab(file)
+	bt, err := controller.ReadBuildtab(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	var more strings.Builder
+	var added []arch.Arch
+	for _, ua := range arches {
+		if !slices.ContainsFunc(bt.Configs, func(c controller.Config) bool { return arch.Check(c.Target, ua.arch) == nil }) {
+			more.WriteString(upBuildtabLines(ua.arch, false))
+			added = append(added, ua.arch)
+		}
+	}
+	if len(added) == 0 {
+		return bt, nil, nil
+	}
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("buildtab: %w", err)
+	}
+	_, err = f.WriteString(more.String())
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("buildtab: %w", err)
+	}
+	bt, err = controller.ReadBuildtab(file)
+	return bt, added, err
 }
 
-// defaultUpBuildtab is the buildtab up writes: the busybox machine in the
-// default class, and the debian machine (gcc, make) in class gcc, both for
-// this host's CPU.
-func defaultUpBuildtab() string {
-	cpu := arch.Host()
-	if cpu == "" {
-		cpu = arch.X8664
-	}
-	target := string(cpu) + "-linux-gnu"
-	return fmt.Sprintf(`# Build configurations of "buildfarm up", one a line:
+// defaultUpBuildtab is the buildtab up writes: for the first of arches,
+// its busybox machine in the default class and the debian machine (gcc,
+// make) in class gcc; for each other, the same in classes ARCH and
+// gcc-ARCH.
+func defaultUpBuildtab(arches []upArch) string {
+	var b strings.Builder
+	b.WriteString(`# Build configurations of "buildfarm up", one a line:
 #   MACHINE-PATTERN CONFIG-NAME TARGET [CLASS...]
 # A submission that names none builds in class "default" (busybox); name
 # "debian" or "gcc" for the debian machine (image build --preset debian).
-busybox*  busybox  %[1]s  default
-debian*   debian   %[1]s  gcc
-`, target)
+# A configuration runs on a machine of its target's architecture.
+`)
+	for i, ua := range arches {
+		b.WriteString(upBuildtabLines(ua.arch, i == 0))
+	}
+	return b.String()
+}
+
+// upBuildtabLines are the busybox and debian configurations of a: in
+// classes default and gcc when first, else ARCH and gcc-ARCH.
+func upBuildtabLines(a arch.Arch, first bool) string {
+	busybox, debian := upMachineName(a), "debian"
+	classes := []string{"default", "gcc"}
+	if a != arch.X8664 {
+		debian += "-" + string(a)
+	}
+	if !first {
+		classes = []string{string(a), "gcc-" + string(a)}
+	}
+	target := string(a) + "-linux-gnu"
+	w := len(busybox) // the columns' widths
+	return fmt.Sprintf("%-*s  %-*s  %s  %s\n%-*s  %-*s  %s  %s\n",
+		w+1, busybox+"*", w, busybox, target, classes[0],
+		w+1, debian+"*", w, debian, target, classes[1])
 }
 
 // fitInstances is how many VMs of cpu CPUs and ram MiB each fit a host of
@@ -344,23 +486,38 @@ func memAvailable() int64 {
 	return 0
 }
 
-// demoTask is one example --demo submits and the status it should end
-// with.
+// demoTask is one example --demo submits, the configuration it goes to
+// and the status it should end with.
 type demoTask struct {
-	example string
-	want    manifest.Status
+	example, config string
+	want            manifest.Status
 }
 
-var demoTasks = []demoTask{
-	{"hello", manifest.StatusSuccess},
-	{"hello-broken", manifest.StatusError},
+// upDemoTasks are the tasks of --demo: hello and hello-broken on the
+// first architecture's busybox, and each other's hello (hello-ARCH but
+// for x86_64) on its own.
+func upDemoTasks(arches []upArch) []demoTask {
+	hello := func(a arch.Arch) string {
+		if a == arch.X8664 {
+			return "hello"
+		}
+		return "hello-" + string(a)
+	}
+	var ds []demoTask
+	for i, ua := range arches {
+		ds = append(ds, demoTask{hello(ua.arch), ua.machine, manifest.StatusSuccess})
+		if i == 0 {
+			ds = append(ds, demoTask{"hello-broken", ua.machine, manifest.StatusError})
+		}
+	}
+	return ds
 }
 
 // upDemo submits the examples to the controller at url through its API,
 // waits for their results and prints them: for each, a line with its
 // status and then its operations. It returns an error (exit 1) unless
 // each ended as expected.
-func upDemo(ctx context.Context, e *env, url string, o upOptions) error {
+func upDemo(ctx context.Context, e *env, url string, o upOptions, demoTasks []demoTask) error {
 	c, err := controller.NewAPIClient(url, "", nil)
 	if err != nil {
 		return err
@@ -370,7 +527,7 @@ func upDemo(ctx context.Context, e *env, url string, o upOptions) error {
 	ids := make([]int64, len(demoTasks))
 	for i, d := range demoTasks {
 		dir := filepath.Join(o.examples, d.example)
-		s, err := submitWork(ctx, c, controller.SubmitRequest{Configs: []string{upMachine}, Submitter: "buildfarm up --demo"},
+		s, err := submitWork(ctx, c, controller.SubmitRequest{Configs: []string{d.config}, Submitter: "buildfarm up --demo"},
 			filepath.Join(dir, "task.manifest"), dir, "")
 		if err != nil {
 			return fmt.Errorf("--demo: submit %s: %w", dir, err)

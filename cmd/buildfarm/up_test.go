@@ -3,15 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/controller"
+	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
@@ -142,5 +145,105 @@ func TestFitInstances(t *testing.T) {
 		if got := fitInstances(tc.ncpu, tc.avail, tc.cpu, tc.ram); got != tc.want {
 			t.Errorf("fitInstances(%d, %d, %d, %d) = %d, want %d", tc.ncpu, tc.avail, tc.cpu, tc.ram, got, tc.want)
 		}
+	}
+}
+
+func TestUpArches(t *testing.T) {
+	host := arch.Host()
+	for _, tc := range []struct {
+		arches, workers []string
+		want            []upArch
+		err             string
+	}{
+		{nil, nil, []upArch{{host, upMachineName(host), ""}}, ""},
+		{[]string{"x86_64", "aarch64"}, []string{"/w/amd64", "aarch64=/w/arm64"},
+			[]upArch{{arch.X8664, "busybox", "/w/amd64"}, {arch.AArch64, "busybox-aarch64", "/w/arm64"}}, ""},
+		{[]string{"arm64", "aarch64"}, []string{"arm64=/w/arm64"}, []upArch{{arch.AArch64, "busybox-aarch64", "/w/arm64"}}, ""},
+		{[]string{"aarch64", "amd64"}, nil, []upArch{{arch.AArch64, "busybox-aarch64", ""}, {arch.X8664, "busybox", ""}}, ""},
+		{[]string{"riscv64"}, nil, nil, `--arch: architecture "riscv64"`},
+		{[]string{"x86_64"}, []string{"aarch64=/w/arm64"}, nil, "which --arch does not offer"},
+		{[]string{"x86_64"}, []string{"x86_64="}, nil, "no file"},
+		{[]string{"x86_64"}, []string{"x86_64=/a", "x86_64=/b"}, nil, "a second worker for x86_64"},
+	} {
+		if host != arch.X8664 && len(tc.workers) > 0 && !strings.Contains(tc.workers[0], "=") {
+			continue // a plain --worker is the host's
+		}
+		got, err := upArches(tc.arches, tc.workers)
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("upArches(%q, %q) = %v, %v; want an error with %q", tc.arches, tc.workers, got, err, tc.err)
+		case tc.err == "" && (err != nil || !slices.Equal(got, tc.want)):
+			t.Errorf("upArches(%q, %q) = %v, %v; want %v", tc.arches, tc.workers, got, err, tc.want)
+		}
+	}
+}
+
+// TestUpBuildtabArches checks the buildtab up writes for two
+// architectures: each configuration is given only its architecture's
+// machine, whatever order the agent offers them in, and the demo's tasks
+// go to configurations that exist; and that an older buildtab without
+// aarch64 gets its lines, once, with the user's lines kept.
+func TestUpBuildtabArches(t *testing.T) {
+	arches, err := upArches([]string{"x86_64", "aarch64"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "buildtab")
+	bt, added, err := upBuildtab(file, arches)
+	if err != nil || len(added) != 0 {
+		t.Fatalf("upBuildtab on an empty state = %v, %v; want no error and nothing added", added, err)
+	}
+	x86 := manifest.MachineHeader{Name: "busybox", Arch: string(arch.X8664)}
+	arm := manifest.MachineHeader{Name: "busybox-aarch64", Arch: string(arch.AArch64)}
+	want := map[string]string{"busybox": "busybox", "busybox-aarch64": "busybox-aarch64"}
+	for _, offered := range [][]manifest.MachineHeader{{x86, arm}, {arm, x86}} {
+		if got := bt.Machines(offered); !maps.Equal(got, want) {
+			t.Errorf("Machines(%v) = %v, want %v", offered, got, want)
+		}
+	}
+	if got := bt.Machines([]manifest.MachineHeader{arm}); got["busybox"] != "" {
+		t.Errorf("the x86_64 configuration busybox was given the aarch64 machine: %v", got)
+	}
+	for class, name := range map[string]string{"default": "busybox", "gcc": "debian", "aarch64": "busybox-aarch64", "gcc-aarch64": "debian-aarch64"} {
+		got, err := bt.Select([]string{class})
+		if err != nil || len(got) != 1 || got[0].Name != name {
+			t.Errorf("class %s selects %+v, %v; want configuration %s", class, got, err, name)
+		}
+	}
+	if c, _ := bt.Config("debian-aarch64"); c.Target != "aarch64-linux-gnu" || c.MachinePattern != "debian-aarch64*" {
+		t.Errorf("configuration debian-aarch64 = %+v, want debian-aarch64* for aarch64-linux-gnu", c)
+	}
+	var examples []string
+	for _, d := range upDemoTasks(arches) {
+		examples = append(examples, d.example+"@"+d.config)
+		if _, ok := bt.Config(d.config); !ok {
+			t.Errorf("demo task %s goes to configuration %s, which the buildtab lacks", d.example, d.config)
+		}
+	}
+	if want := []string{"hello@busybox", "hello-broken@busybox", "hello-aarch64@busybox-aarch64"}; !slices.Equal(examples, want) {
+		t.Errorf("demo tasks %q, want %q", examples, want)
+	}
+
+	// An older state's buildtab, edited by its user, for x86_64 alone.
+	const old = "# mine\nbusybox*  busybox  x86_64-linux-gnu  default\nmine*  mine  x86_64-linux-gnu  extra\n"
+	if err := os.WriteFile(file, []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bt, added, err = upBuildtab(file, arches)
+	if err != nil || !slices.Equal(added, []arch.Arch{arch.AArch64}) {
+		t.Fatalf("upBuildtab on an x86_64 buildtab = %v, %v; want aarch64 added", added, err)
+	}
+	if got := bt.Machines([]manifest.MachineHeader{x86, arm}); !maps.Equal(got, want) {
+		t.Errorf("after adding: Machines = %v, want %v", got, want)
+	}
+	if got, _ := os.ReadFile(file); !strings.HasPrefix(string(got), old) {
+		t.Errorf("the user's lines were not kept:\n%s", got)
+	}
+	before, _ := os.ReadFile(file)
+	if _, added, err := upBuildtab(file, arches); err != nil || len(added) != 0 {
+		t.Errorf("upBuildtab again = %v, %v; want nothing added", added, err)
+	}
+	if after, _ := os.ReadFile(file); !bytes.Equal(before, after) {
+		t.Errorf("upBuildtab again changed the file:\n%s", after)
 	}
 }
