@@ -144,7 +144,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	defer os.RemoveAll(tmp)
 
 	res := Results{Measured: time.Now().UTC().Format(time.RFC3339), CPUs: runtime.NumCPU(), Kernel: k.Version,
-		Accel: c.accel, Start: c.start, RAM: agent.DefaultOptions().RAM, Lines: c.lines,
+		Accel: c.accel, Start: c.start, RAM: agent.DefaultOptions().MemoryMB, Lines: c.lines,
 		IntervalMS: ms(c.interval), PollMS: ms(c.poll), LoadBefore: loadavg()}
 	fmt.Fprintf(out, "kernel %s, accel %s, --start %s, %d runs of %d lines %v apart, API polled every %v, load average %s\n",
 		k.Version, c.accel, c.start, c.runs, c.lines, c.interval, c.poll, res.LoadBefore)
@@ -266,7 +266,8 @@ func summarize(xs []float64) Summary {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	n := len(s)
-	return Summary{N: n, Median: median(s), P90: s[int(math.Ceil(0.9*float64(n)))-1], Min: s[0], Max: s[n-1]}
+	us := func(x float64) float64 { return math.Round(x*1000) / 1000 }
+	return Summary{N: n, Median: us(median(s)), P90: us(s[int(math.Ceil(0.9*float64(n)))-1]), Min: us(s[0]), Max: us(s[n-1])}
 }
 
 func median(xs []float64) float64 {
@@ -279,7 +280,10 @@ func median(xs []float64) float64 {
 	return (s[n/2-1] + s[n/2]) / 2
 }
 
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+// ms is d in milliseconds, to the microsecond.
+func ms(d time.Duration) float64 {
+	return float64(d.Round(time.Microsecond)) / float64(time.Millisecond)
+}
 
 func loadavg() string {
 	b, _ := os.ReadFile("/proc/loadavg")
@@ -503,9 +507,9 @@ func (f *farm) measure(ctx context.Context, c config, sum, tmpl string) (Run, er
 		host = append(host, s.at.Sub(ser[1].at).Seconds())
 	}
 	a, b := fit(guest, host)
-	r.GuestRate, r.GuestOffset = b, r.Lines[0].GuestMS+a*1000
+	r.GuestRate, r.GuestOffset = math.Round(b*1e6)/1e6, math.Round((r.Lines[0].GuestMS+a*1000)*1000)/1000
 	for i := range r.Lines {
-		r.Lines[i].FitMS = (host[i] - (a + b*guest[i])) * 1000
+		r.Lines[i].FitMS = math.Round((host[i]-(a+b*guest[i]))*1e6) / 1000
 	}
 	return r, nil
 }
