@@ -112,7 +112,7 @@ func main() {
 	flag.StringVar(&c.only, "only", "", "run only one measurement: task or xfer")
 	flag.StringVar(&backends, "backends", "btrfs,fallback", "machine backends for the task measurement")
 	flag.StringVar(&c.accel, "accel", "tcg", "accelerator: kvm or tcg")
-	flag.IntVar(&c.ram, "ram", agent.DefaultOptions().RAM, "guest RAM, MiB (the agent's default)")
+	flag.IntVar(&c.ram, "ram", agent.DefaultOptions().MemoryMB, "guest RAM, MiB (the agent's default)")
 	flag.StringVar(&c.task, "task", filepath.Join("examples", "hello", "task.manifest"), "task manifest to build")
 	flag.DurationVar(&c.settle, "settle", 0, "pause before each timed task run (0: back to back, as an agent runs tasks)")
 	flag.StringVar(&c.results, "results", filepath.Join("bench", "agent", "results.json"), "JSON `file` for the tables (empty: none)")

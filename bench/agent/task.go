@@ -18,6 +18,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/image"
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 	"github.com/buildfarm/buildfarm/internal/worker"
@@ -217,6 +218,11 @@ func benchTask(ctx context.Context, c config, backend, tmp, workerBin string) ([
 	fmt.Printf("\n== per-task overhead, %s backend: %s, %d runs each, in turns, pause %v ==\n", backend, c.task, c.runs, c.settle)
 	fmt.Printf("raw: ip netns exec NS qemu-system-x86_64 %s\n", shellJoin(rawArgs(c, f.bootDir, "DISK", "SERIAL", rawPort, f.mac)))
 
+	var (
+		cleaner      sync.WaitGroup
+		cleanerMu    sync.Mutex
+		cleanerTimes []time.Duration
+	)
 	vs := []*variant{{name: "ours", start: agent.DefaultOptions().Start}, {name: "ours-cold", start: agent.StartCold}, {name: "raw"}}
 	for i := range c.runs {
 		// Rotate which goes first, so that what a run leaves to the
@@ -237,7 +243,29 @@ func benchTask(ctx context.Context, c config, backend, tmp, workerBin string) ([
 			}
 			v.runs = append(v.runs, t)
 			fmt.Printf("run %2d  %-9s %s\n", i+1, v.name, t)
+			if backend == "btrfs" && v.start != "" {
+				// What the task's snapshot deletion left to btrfs's
+				// cleaner: `btrfs subvolume sync` returns once every
+				// deleted subvolume is gone. It runs beside the next
+				// run, which does not wait for it.
+				cleaner.Add(1)
+				go func() {
+					defer cleaner.Done()
+					t0 := time.Now()
+					if err := proc.Run(ctx, nil, "btrfs", "subvolume", "sync", f.root); err == nil {
+						cleanerMu.Lock()
+						cleanerTimes = append(cleanerTimes, time.Since(t0))
+						cleanerMu.Unlock()
+					}
+				}()
+			}
 		}
+	}
+	cleaner.Wait()
+	if len(cleanerTimes) > 0 {
+		med, q1, q3, lo, hi := spread(cleanerTimes)
+		fmt.Printf("btrfs subvolume sync after each of ours' runs (the cleaner's work left by the snapshot's deletion): median %v, IQR %v-%v, min %v, max %v\n",
+			med.Round(time.Millisecond), q1.Round(time.Millisecond), q3.Round(time.Millisecond), lo.Round(time.Millisecond), hi.Round(time.Millisecond))
 	}
 	var rows []taskRow
 	raw := vs[len(vs)-1]
@@ -280,7 +308,7 @@ func newFarm(ctx context.Context, c config, dir, imgDir, workerBin string) (*far
 	}
 	o := agent.DefaultOptions()
 	o.Machines, o.TFTP = machines, filepath.Join(dir, "tftp")
-	o.Accel, o.RAM = c.accel, c.ram
+	o.Accel, o.MemoryMB = c.accel, c.ram
 	o.BootstrapStartup, o.BuildStartup = 60*time.Second, 60*time.Second
 	o.BootstrapTimeout, o.BuildTimeout = 180*time.Second, 180*time.Second
 	o.ShutdownTimeout = 30 * time.Second

@@ -75,7 +75,7 @@ func main() {
 	flag.StringVar(&c.accel, "accel", "tcg", "accelerator: auto, kvm or tcg")
 	flag.StringVar(&presets, "presets", "busybox", "machines to measure: busybox, debian (comma-separated)")
 	flag.BoolVar(&c.stages, "stages", false, "also time the busybox machine's console lines from QEMU's start")
-	flag.IntVar(&c.ram, "ram", agent.DefaultOptions().RAM, "guest RAM, MiB (the agent's default)")
+	flag.IntVar(&c.ram, "ram", agent.DefaultOptions().MemoryMB, "guest RAM, MiB (the agent's default)")
 	flag.StringVar(&c.workerLDFlags, "worker-ldflags", "-s -w", "go build -ldflags of buildfarm-worker")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (machines, agent logs) and print it")
 	flag.Parse()
@@ -223,7 +223,7 @@ func newFarm(ctx context.Context, c config, dir, preset, workerBin string) (*far
 	}
 	o := agent.DefaultOptions()
 	o.Machines, o.TFTP = machines, filepath.Join(dir, "tftp")
-	o.Accel, o.RAM = c.accel, c.ram
+	o.Accel, o.MemoryMB = c.accel, c.ram
 	o.BootstrapStartup, o.BuildStartup = 120*time.Second, 120*time.Second
 	o.BootstrapTimeout, o.BuildTimeout = 600*time.Second, 600*time.Second
 	o.ShutdownTimeout = 30 * time.Second

@@ -274,7 +274,7 @@ func up(ctx context.Context, e *env, o upOptions) error {
 	ao.ToolchainName = upToolchain
 	ao.Instances = o.instances
 	if ao.Instances == 0 {
-		ao.Instances = fitInstances(runtime.NumCPU(), memAvailable(), ao.CPU, ao.RAM)
+		ao.Instances = fitInstances(runtime.NumCPU(), memAvailable(), ao.CPUs, ao.MemoryMB)
 	}
 	ao.BuildStartup, ao.BuildTimeout = 2*time.Minute, o.buildTimeout
 	ao.BootstrapStartup, ao.BootstrapTimeout = 2*time.Minute, 10*time.Minute

@@ -125,7 +125,7 @@ func (f *farm) options() Options {
 	o.Machines, o.TFTP = f.machines, f.tftp
 	o.Registry, o.ConsoleLinks = f.registry, f.links
 	o.Accel = "tcg"
-	o.RAM = 256
+	o.MemoryMB = 256
 	o.BootstrapStartup, o.BuildStartup = 30*time.Second, 30*time.Second
 	o.BootstrapTimeout, o.BuildTimeout = 60*time.Second, 60*time.Second
 	o.ShutdownTimeout = 10 * time.Second
@@ -497,7 +497,7 @@ func TestBuildHelloC(t *testing.T) {
 	f := newFarm(t, true, image.Options{Preset: "debian"})
 	o := f.options()
 	o.FakeBootstrap = true
-	o.RAM = 512
+	o.MemoryMB = 512
 	o.FakeRequest, o.DumpResult = fakeRequest("hello-c"), true
 	res := f.buildAll(t, o)
 	logs := map[string]string{}

@@ -50,7 +50,7 @@ func (a *Agent) want() machine.Want {
 // toolchain name, version and files, so a changed toolchain re-bootstraps.
 func (a *Agent) toolchainID() string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n", a.opts.toolchain(), a.opts.ToolchainVer)
+	fmt.Fprintf(h, "%s\n%s\n", a.opts.toolchain(), a.opts.ToolchainVersion)
 	if files, err := a.toolchainFiles(); err == nil {
 		for _, f := range files {
 			fmt.Fprintf(h, "%s %s\n", f.Name, f.SHA256)

@@ -23,13 +23,13 @@ type Options struct {
 
 	ToolchainName string // for example "default" or "stage"
 	ToolchainNum  int    // 1 to 9: each toolchain's agents on a host their own (see hostInstance)
-	ToolchainVer  string
+	ToolchainVersion string // a standard version, as task requests carry it
 	ToolchainID   string // changes when the toolchain does, forcing re-bootstrap
 	Toolchain     string // directory of toolchain files installed at bootstrap (optional)
 	Artifacts     string // directory to keep tasks' artifacts in, one subdirectory a task (optional)
 
-	CPU   int    // virtual CPUs per VM (each of Instances VMs gets this many)
-	RAM   int    // MiB per VM (each of Instances VMs gets this much)
+	CPUs     int    // virtual CPUs per VM (each of Instances VMs gets this many)
+	MemoryMB int    // MiB per VM (each of Instances VMs gets this much)
 	Accel string // kvm, tcg or auto
 	Start string // how task VMs start: warm, cold or auto (see warm.go)
 
@@ -82,9 +82,9 @@ func DefaultOptions() Options {
 		Instances:        1,
 		ToolchainName:    "default",
 		ToolchainNum:     1,
-		ToolchainVer:     DefaultToolchainVersion,
-		CPU:              1,
-		RAM:              512,
+		ToolchainVersion: DefaultToolchainVersion,
+		CPUs:             1,
+		MemoryMB:         512,
 		Accel:            "auto",
 		Start:            StartAuto,
 		BootstrapStartup: 300 * time.Second,
@@ -146,8 +146,8 @@ func (o *Options) Check() error {
 	if err := checkTaskRequest(o); err != nil {
 		errs = append(errs, err)
 	}
-	if o.CPU < 1 || o.RAM < 64 {
-		errs = append(errs, fmt.Errorf("--cpu %d --ram %d: want at least 1 CPU and 64 MiB", o.CPU, o.RAM))
+	if o.CPUs < 1 || o.MemoryMB < 64 {
+		errs = append(errs, fmt.Errorf("--cpu %d --ram %d: want at least 1 CPU and 64 MiB", o.CPUs, o.MemoryMB))
 	}
 	for _, d := range []struct {
 		name string
@@ -197,13 +197,13 @@ func (o *Options) Check() error {
 // checkTaskRequest checks the fields of o that go into task requests as
 // the manifest parser checks them (a controller would refuse them).
 func checkTaskRequest(o *Options) error {
-	req := manifest.TaskRequest{Agent: "agent", ToolchainName: o.ToolchainName, ToolchainVersion: o.ToolchainVer,
+	req := manifest.TaskRequest{Agent: "agent", ToolchainName: o.ToolchainName, ToolchainVersion: o.ToolchainVersion,
 		Machines: []manifest.MachineHeader{{ID: "id", Name: "name", Summary: "summary"}}}
 	if o.ToolchainName == "" {
 		req.ToolchainName = "default"
 	}
 	if _, err := manifest.ParseTaskRequest(req.Manifests(), "options", manifest.Strict); err != nil {
-		return fmt.Errorf("--toolchain-name %q --toolchain-ver %q: %w", o.ToolchainName, o.ToolchainVer, err)
+		return fmt.Errorf("--toolchain-name %q --toolchain-ver %q: %w", o.ToolchainName, o.ToolchainVersion, err)
 	}
 	return nil
 }

@@ -181,7 +181,7 @@ func (a *Agent) taskRequest(slot int, ms []*machineState) *manifest.TaskRequest 
 	req := &manifest.TaskRequest{
 		Agent:            a.agentName(slot),
 		ToolchainName:    a.opts.ToolchainName,
-		ToolchainVersion: a.opts.ToolchainVer,
+		ToolchainVersion: a.opts.ToolchainVersion,
 		InteractiveMode:  "false",
 	}
 	if a.key != nil {

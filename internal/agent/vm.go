@@ -143,8 +143,8 @@ func (r *vmRun) Start(ctx context.Context) error {
 	cfg := qemu.Config{
 		Name:     s.name,
 		Arch:     guest,
-		CPUs:     a.opts.CPU,
-		MemoryMB: a.opts.RAM,
+		CPUs:     a.opts.CPUs,
+		MemoryMB: a.opts.MemoryMB,
 		Accel:    acc,
 		Kernel:   m.kernel,
 		Initrd:   m.initrd,

@@ -140,7 +140,7 @@ func TestWarmStart(t *testing.T) {
 	}
 
 	// Another memory size: the same.
-	o.RAM = 320
+	o.MemoryMB = 320
 	mark = len(f.log.String())
 	res, _, _ = runIdentity(t, f, o)
 	if log := since(f, mark); res.Start != StartCold || !strings.Contains(log, `memory is \"320\" now, the state was saved with \"256\"`) {
