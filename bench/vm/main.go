@@ -30,7 +30,7 @@
 // cost of each stage from kernel start to the worker (the kernel runs
 // quiet, so the first line is the init's).
 //
-//	go run ./bench/vm [-runs 5] [-accel tcg] [-presets busybox,debian] [-stages]
+//	go run ./bench/vm [-runs 5] [-accel tcg] [-presets busybox,debian] [-stages] [-keep] [-v]
 package main
 
 import (
@@ -66,6 +66,7 @@ type config struct {
 	ram           int
 	workerLDFlags string
 	keep          bool
+	verbose       bool
 }
 
 func main() {
@@ -78,6 +79,7 @@ func main() {
 	flag.IntVar(&c.ram, "ram", agent.DefaultOptions().MemoryMB, "guest RAM, MiB (the agent's default)")
 	flag.StringVar(&c.workerLDFlags, "worker-ldflags", "-s -w", "go build -ldflags of buildfarm-worker")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (machines, agent logs) and print it")
+	flag.BoolVar(&c.verbose, "v", false, "log the agent at debug level (each TFTP request, timed), to PRESET/agent.log in the temporary directory")
 	flag.Parse()
 	c.presets = strings.Split(presets, ",")
 	if err := run(context.Background(), c); err != nil {
@@ -199,6 +201,7 @@ func measure(runs int, vs []variant) ([]timing, error) {
 type farm struct {
 	dir, preset string
 	opts        agent.Options
+	level       slog.Level
 	v           *machine.Volume
 	log         *os.File
 }
@@ -213,6 +216,9 @@ func newFarm(ctx context.Context, c config, dir, preset, workerBin string) (*far
 		return nil, err
 	}
 	f := &farm{dir: dir, preset: preset}
+	if c.verbose {
+		f.level = slog.LevelDebug
+	}
 	machines := filepath.Join(dir, "machines")
 	var err error
 	if f.v, err = (&machine.Store{Dir: machines}).Volume(machine.DefaultVolume, true); err != nil {
@@ -258,7 +264,7 @@ func (f *farm) stateSize() int64 {
 func (f *farm) task(ctx context.Context, start string) (timing, error) {
 	o := f.opts
 	o.Start = start
-	h := stamps{slog.NewTextHandler(f.log, nil), &marks{at: map[string]time.Time{}}}
+	h := stamps{slog.NewTextHandler(f.log, &slog.HandlerOptions{Level: f.level}), &marks{at: map[string]time.Time{}}}
 	var out bytes.Buffer
 	a, err := agent.New(o, slog.New(h), &out)
 	if err != nil {
