@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/archive"
 	"github.com/buildfarm/buildfarm/internal/image"
 	"github.com/buildfarm/buildfarm/internal/machine"
@@ -48,13 +49,13 @@ func binaries(t *testing.T) (buildfarm, worker string) {
 		bin.dir = dir
 		bin.buildfarm = filepath.Join(dir, "buildfarm")
 		bin.worker = filepath.Join(dir, "buildfarm-worker")
-		for _, b := range []struct{ out, pkg string }{{bin.buildfarm, "../../cmd/buildfarm"}, {bin.worker, "../../cmd/buildfarm-worker"}} {
-			cmd := exec.Command("go", "build", "-o", b.out, b.pkg)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				bin.err = "go build " + b.pkg + ": " + err.Error() + ": " + string(out)
-				return
-			}
+		ctx := context.Background()
+		if err := testenv.GoBuild(ctx, bin.buildfarm, "./cmd/buildfarm", ""); err != nil {
+			bin.err = err.Error()
+			return
+		}
+		if err := testenv.BuildWorker(ctx, bin.worker, arch.Host()); err != nil {
+			bin.err = err.Error()
 		}
 	})
 	if bin.err != "" {

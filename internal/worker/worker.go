@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -256,7 +257,7 @@ func (w *Worker) fetchSources(ctx context.Context, task *manifest.Task, dir stri
 
 // runStep runs one operation of the task in dir and returns its result.
 func (w *Worker) runStep(ctx context.Context, s manifest.Step, dir string, task *manifest.Task, warnings []*regexp.Regexp) manifest.OperationResult {
-	w.progress(ctx, s.Operation, "started", manifest.Pair{Name: "command", Value: s.Command})
+	w.progress(ctx, s.Operation, "started", manifest.Pair{Name: "command", Value: cut(s.Command, maxProgressCommand)})
 	log := newCapBuffer(w.cfg.LogLimit)
 	fmt.Fprintf(log, "$ %s\n", s.Command)
 	start := time.Now()
@@ -357,6 +358,22 @@ func (w *Worker) install(ctx context.Context, f ToolchainFileEntry, dest string)
 		return err
 	}
 	return os.Rename(tmp.Name(), filepath.Join(dest, filepath.Base(f.Name)))
+}
+
+// maxProgressCommand bounds the command a progress report carries: the
+// agent takes reports of 64 KiB at most.
+const maxProgressCommand = 4 << 10
+
+// cut is s cut to at most n bytes, at a character's start, with "..."
+// after it when it was longer.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }
 
 // matchAny reports whether a line of log matches one of res.
