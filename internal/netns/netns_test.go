@@ -2,9 +2,11 @@ package netns
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -48,6 +50,15 @@ func TestSocketsStayInside(t *testing.T) {
 	}
 	if links := strings.Count(strings.TrimSpace(string(out)), "\n") + 1; links != 1 || !strings.Contains(string(out), "lo:") || !strings.Contains(string(out), "UP") {
 		t.Errorf("links in %s = %q, want only lo, up", n.Name, out)
+	}
+
+	// iproute2 sees it as one of its own.
+	list, err := exec.CommandContext(ctx, "ip", "netns", "list").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(strings.Fields(string(list)), n.Name) {
+		t.Errorf("ip netns list = %q, want %s in it", list, n.Name)
 	}
 
 	l, err := n.Listen(ctx, "tcp", "127.0.0.1:0")
@@ -95,6 +106,26 @@ func TestSocketsStayInside(t *testing.T) {
 		t.Fatal(err)
 	}
 	pc.Close()
+}
+
+func TestDelete(t *testing.T) {
+	ctx := need(t)
+	n, err := New(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Create(ctx, n.Name); err == nil {
+		t.Errorf("Create(%s) of a name in use succeeded", n.Name)
+	}
+	if err := n.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(n.Path()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s after Delete: %v, want it gone", n.Path(), err)
+	}
+	if err := n.Delete(ctx); err == nil || !strings.Contains(err.Error(), n.Name) {
+		t.Errorf("second Delete = %v, want an error naming %s", err, n.Name)
+	}
 }
 
 func TestCleanup(t *testing.T) {
