@@ -55,7 +55,7 @@ func init() {
           127.0.0.1:PORT bound in it (PORT is --tftp-port plus --instance;
           in a namespace of its own it cannot be taken, so what holds it on
           the host does not matter); with --no-netns, 127.0.0.1:PORT on the
-          host for each of --instances VMs (PORT plus 100 a VM), which
+          host for each of --instances VMs (PORT plus 1000 a VM), which
           fails when something holds one
   kernel  a guest kernel in the cache
   arch    one line per guest architecture (x86_64, aarch64): whether this
@@ -226,14 +226,15 @@ type tftpCheck struct {
 
 // checkTFTP opens the agent's TFTP sockets where the agent will (see
 // internal/agent's vmRun.Start): each VM's server listens on
-// 127.0.0.1:PORT, PORT being --tftp-port plus --instance plus 100 for each
-// VM slot; in a network namespace made for that VM, or on the host with
+// 127.0.0.1:PORT, PORT being --tftp-port plus --instance plus 1000 for each
+// VM slot (agent.Options.SlotPort); in a network namespace made for that VM, or on the host with
 // --no-netns. A namespace made for one VM holds nothing else, so there a
 // port cannot be busy: what can fail is making the namespace and binding
 // in it, and that is what is tried. On the host, every slot's port must be
 // free.
 func checkTFTP(ctx context.Context, c tftpCheck) checkResult {
-	first := c.port + c.instance
+	ao := agent.Options{TFTPPort: c.port, Instance: c.instance, ToolchainNum: 1}
+	first := ao.SlotPort(0)
 	addr := fmt.Sprintf("127.0.0.1:%d", first)
 	if !c.noNetNS {
 		ns, err := netns.New(ctx)
@@ -256,7 +257,7 @@ func checkTFTP(ctx context.Context, c tftpCheck) checkResult {
 	}
 	var ports []string
 	for slot := range max(c.instances, 1) {
-		a := fmt.Sprintf("127.0.0.1:%d", first+100*slot)
+		a := fmt.Sprintf("127.0.0.1:%d", ao.SlotPort(slot))
 		l, err := net.ListenPacket("udp4", a)
 		if err != nil {
 			return checkResult{checkFail, fmt.Sprintf("UDP %s (VM %d of %d) on the host, where the agent with --no-netns serves: %v: stop what holds it, or give the agent (and doctor) another --tftp-port or --instance", a, slot+1, max(c.instances, 1), err)}

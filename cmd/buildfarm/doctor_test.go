@@ -81,7 +81,7 @@ func TestDoctorTFTPBusy(t *testing.T) {
 	t.Run("no-netns", func(t *testing.T) {
 		for _, tc := range []tftpCheck{
 			{port: taken - 1, instance: 1, instances: 1, noNetNS: true},
-			{port: taken - 101, instance: 1, instances: 2, noNetNS: true}, // the second VM's port
+			{port: taken - 1001, instance: 1, instances: 2, noNetNS: true}, // the second VM's port
 		} {
 			r := checkTFTP(t.Context(), tc)
 			if r.status != checkFail || !strings.Contains(r.text, addr) {

@@ -128,7 +128,7 @@ func (o *Options) Check() error {
 	if o.ToolchainNum < 1 || o.ToolchainNum > 9 {
 		errs = append(errs, fmt.Errorf("--toolchain-num %d: must be 1 to 9", o.ToolchainNum))
 	}
-	if last := o.TFTPPort + o.hostInstance() + slotPorts*(o.Instances-1); o.TFTPPort < 1 || last > 65535 {
+	if last := o.SlotPort(o.Instances - 1); o.TFTPPort < 1 || last > 65535 {
 		errs = append(errs, fmt.Errorf("--tftp-port %d: with --toolchain-num %d, --instance %d and --instances %d the ports run to %d, past 65535", o.TFTPPort, o.ToolchainNum, o.Instance, o.Instances, last))
 	}
 	if err := checkTrust(o.Trust); err != nil {
@@ -222,6 +222,12 @@ func (o *Options) spoolDir() string {
 // It numbers what agents of several toolchains would otherwise share on
 // one host: the TFTP port, the TFTP directory and the spool.
 func (o *Options) hostInstance() int { return 100*(o.ToolchainNum-1) + o.Instance }
+
+// SlotPort is the TFTP port of the VM of slot (from 0): --tftp-port plus
+// the host-wide instance number (see hostInstance) plus slotPorts for
+// each slot. It matters only when VMs share the host's network
+// (--no-netns).
+func (o *Options) SlotPort(slot int) int { return o.TFTPPort + o.hostInstance() + slotPorts*slot }
 
 // slotPorts is the TFTP port offset of each slot above the first.
 const slotPorts = 1000

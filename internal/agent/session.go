@@ -64,7 +64,7 @@ func (a *Agent) newSession(slot int, machineDir string, mode worker.Mode) *sessi
 		tftpDir:    filepath.Join(a.instanceDir(), fmt.Sprintf("%d-%s", slot, base)),
 		mode:       string(mode),
 		shutdown:   a.opts.ShutdownTimeout,
-		port:       a.opts.TFTPPort + a.opts.hostInstance() + slotPorts*slot,
+		port:       a.opts.SlotPort(slot),
 		slot:       slot,
 	}
 	if mode == worker.ModeBootstrap {
