@@ -31,25 +31,61 @@ func TestUp(t *testing.T) {
 	testenv.NeedRoot(t)
 	testenv.NeedKernel(t)
 	worker := testenv.Worker(t, arch.X8664)
+	runUpDemo(t, []string{"--worker", worker}, []string{
+		"hello 1.0.0 on busybox: success (as expected)",
+		"hello-broken 1.0.0 on busybox: error (as expected)",
+		"  update: success", // hello's operations are listed
+	}, []string{"up: making the busybox machine", "up: controller listening on http://127.0.0.1:", "up: the agent bootstraps", "up: the demo ended as expected"})
+}
+
+// TestUpAArch64 runs `buildfarm up --demo --arch aarch64` from an empty
+// state directory: up makes the aarch64 busybox machine alone (with the
+// worker cross-compiled), writes a buildtab whose default configuration
+// targets aarch64, and the agent builds the demo's examples/hello-aarch64
+// (whose test checks the guest's uname -m) and hello-broken on it, under
+// TCG, through the controller. (TestUpBuildtabArches checks both
+// architectures offered together.)
+func TestUpAArch64(t *testing.T) {
+	testenv.NeedVM(t)
+	testenv.NeedRoot(t)
+	testenv.NeedProgram(t, "qemu-system-aarch64")
+	testenv.NeedKernelFor(t, arch.AArch64)
+	testenv.NeedBusybox(t, arch.AArch64)
+	worker := testenv.Worker(t, arch.AArch64)
+	state := runUpDemo(t, []string{"--arch", "aarch64", "--worker", "aarch64=" + worker}, []string{
+		"hello-aarch64 1.0.0 on busybox-aarch64: success (as expected)",
+		"hello-broken 1.0.0 on busybox-aarch64: error (as expected)",
+	}, []string{"up: making the busybox-aarch64 machine", "up: the agent bootstraps the busybox-aarch64 machine", "up: the demo ended as expected"})
+	bt, err := controller.ReadBuildtab(filepath.Join(state, "buildtab"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := bt.Select(nil); err != nil || len(got) != 1 || got[0].Name != "busybox-aarch64" || got[0].Target != "aarch64-linux-gnu" {
+		t.Errorf("the buildtab's default configurations = %+v, %v; want busybox-aarch64 for aarch64-linux-gnu", got, err)
+	}
+}
+
+// runUpDemo runs up --demo with args from an empty state directory, which
+// it returns, and checks that it exits 0 having printed each of outLines
+// on its standard output and progress lines on its standard error, and
+// that nothing is left running on the state directory.
+func runUpDemo(t *testing.T, args, outLines, progress []string) string {
+	t.Helper()
 	state := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	err := run(ctx, []string{"up", "--demo", "--state", state, "--listen", "127.0.0.1:0", "--worker", worker,
-		"--examples", filepath.Join("..", "..", "examples")}, nil, &stdout, &stderr)
+	err := run(ctx, append([]string{"up", "--demo", "--state", state, "--listen", "127.0.0.1:0",
+		"--examples", filepath.Join("..", "..", "examples")}, args...), nil, &stdout, &stderr)
 	if err != nil {
-		t.Fatalf("up --demo = %v (exit %d)\nstdout:\n%s\nstderr:\n%s", err, exitCode(err), stdout.String(), stderr.String())
+		t.Fatalf("up --demo %s = %v (exit %d)\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, exitCode(err), stdout.String(), stderr.String())
 	}
-	for _, want := range []string{
-		"hello 1.0.0 on busybox: success (as expected)",
-		"hello-broken 1.0.0 on busybox: error (as expected)",
-		"  update: success", // hello's operations are listed
-	} {
+	for _, want := range outLines {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("up --demo printed\n%s\nwant a line %q", stdout.String(), want)
 		}
 	}
-	for _, want := range []string{"up: making the busybox machine", "up: controller listening on http://127.0.0.1:", "up: the agent bootstraps", "up: the demo ended as expected"} {
+	for _, want := range progress {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("up --demo's progress lacks %q:\n%s", want, stderr.String())
 		}
@@ -62,6 +98,7 @@ func TestUp(t *testing.T) {
 	if pids := processesOn(t, state); len(pids) > 0 {
 		t.Errorf("processes left running on the state directory after up --demo: %v", pids)
 	}
+	return state
 }
 
 // processesOn lists the processes whose command line names dir.
