@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/buildfarm/buildfarm/internal/accel"
 	"github.com/buildfarm/buildfarm/internal/arch"
@@ -193,7 +194,13 @@ func (a *Agent) uploaded(s *session, name string) {
 		seq, _ := strconv.Atoi(p.get("sequence"))
 		s.started(seq, p.get("step"))
 	}
-	a.log.Info("guest", append([]any{"vm", s.name}, p.logArgs()...)...)
+	ok, dropped := s.progressLog.allow(time.Now())
+	if dropped > 0 {
+		a.log.Warn("guest's progress reports not logged: too many", "vm", s.name, "dropped", dropped, "most a second", progressLogRate)
+	}
+	if ok {
+		a.log.Info("guest", append([]any{"vm", s.name}, p.logArgs()...)...)
+	}
 }
 
 // perform runs task in slot, in a snapshot of the machine it names, and
@@ -399,7 +406,7 @@ func (a *Agent) performIn(ctx context.Context, slot int, m *machineState, task *
 		}
 		return nil, s.abnormal(fmt.Errorf("vm %s: %w", s.name, perr))
 	}
-	r.Shutdown(ctx)
+	r.Stop(ctx)
 	a.keepArtifacts(s, task)
 	return res, nil
 }

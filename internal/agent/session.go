@@ -43,6 +43,8 @@ type session struct {
 	configure func(context.Context, *qemu.Config) error
 	onRequest func(tftp.Request)
 
+	progressLog logLimiter // of the progress reports logged (uploads.go)
+
 	opMu  sync.Mutex
 	opSeq int    // the sequence of the progress report that named op
 	op    string // the operation the worker last reported started

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/worker"
@@ -145,4 +147,34 @@ func excerptOf(s string, n int) string {
 		return s
 	}
 	return fmt.Sprintf("%s... (%d bytes more)", s[:n], len(s)-n)
+}
+
+// progressLogRate bounds the progress reports of a session logged in a
+// second: a step can upload as many as it likes.
+const progressLogRate = 20
+
+// logLimiter lets through at most progressLogRate records a second, and
+// counts the others.
+type logLimiter struct {
+	mu      sync.Mutex
+	start   time.Time
+	n       int
+	dropped int
+}
+
+// allow reports whether a record may be logged now, and how many were
+// dropped in the last window when a new one starts (to be said once).
+func (l *logLimiter) allow(now time.Time) (ok bool, dropped int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.start) >= time.Second {
+		dropped = l.dropped
+		l.start, l.n, l.dropped = now, 0, 0
+	}
+	if l.n >= progressLogRate {
+		l.dropped++
+		return false, dropped
+	}
+	l.n++
+	return true, dropped
 }

@@ -211,3 +211,24 @@ func TestResultUploads(t *testing.T) {
 		t.Errorf("put/ holds %v, want the keyed result and the artifact", names)
 	}
 }
+
+// TestProgressLogRate checks that a flood of progress reports is logged
+// at most progressLogRate a second, with one line saying how many were
+// not.
+func TestProgressLogRate(t *testing.T) {
+	var l logLimiter
+	t0 := time.Now()
+	logged, dropped := 0, 0
+	for i := range 1000 {
+		ok, d := l.allow(t0.Add(time.Duration(i) * time.Millisecond)) // 1000 a second
+		if ok {
+			logged++
+		}
+		dropped += d
+	}
+	ok, d := l.allow(t0.Add(2 * time.Second))
+	dropped += d
+	if !ok || logged != progressLogRate || dropped != 1000-progressLogRate {
+		t.Errorf("1000 reports in a second: %d logged, %d said dropped; want %d and %d", logged, dropped, progressLogRate, 1000-progressLogRate)
+	}
+}
