@@ -21,17 +21,17 @@ type Options struct {
 	Instances int    // tasks performed at once, each in its own VM
 	Spool     string // directory of results not yet delivered ("": <TFTP>/spool/<Instance>)
 
-	ToolchainName string // for example "default" or "stage"
-	ToolchainNum  int    // 1 to 9: each toolchain's agents on a host their own (see hostInstance)
+	ToolchainName    string // for example "default" or "stage"
+	ToolchainNum     int    // 1 to 9: each toolchain's agents on a host their own (see hostInstance)
 	ToolchainVersion string // a standard version, as task requests carry it
-	ToolchainID   string // changes when the toolchain does, forcing re-bootstrap
-	Toolchain     string // directory of toolchain files installed at bootstrap (optional)
-	Artifacts     string // directory to keep tasks' artifacts in, one subdirectory a task (optional)
+	ToolchainID      string // changes when the toolchain does, forcing re-bootstrap
+	Toolchain        string // directory of toolchain files installed at bootstrap (optional)
+	Artifacts        string // directory to keep tasks' artifacts in, one subdirectory a task (optional)
 
 	CPUs     int    // virtual CPUs per VM (each of Instances VMs gets this many)
 	MemoryMB int    // MiB per VM (each of Instances VMs gets this much)
-	Accel string // kvm, tcg or auto
-	Start string // how task VMs start: warm, cold or auto (see warm.go)
+	Accel    string // kvm, tcg or auto
+	Start    string // how task VMs start: warm, cold or auto (see warm.go)
 
 	BootstrapStartup time.Duration
 	BootstrapTimeout time.Duration
