@@ -29,6 +29,10 @@
 //
 // Measured for each line, on the host's clock:
 //
+//   - live (at the agent): when the live chunk holding the line's end
+//     appears in the agent's TFTP put/ directory (the worker sends what
+//     it has every 200 ms; the TFTP server renames an upload into place
+//     whole), minus the line's appearance in the serial log;
 //   - live (API): when a poll of GET /api/v1/builds/ID/log?after=N every
 //     -poll first returns the line, minus its appearance in the serial log;
 //   - live (stored): the stored chunk's time (the API's "at"), minus the
@@ -54,6 +58,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -87,6 +92,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/store"
 	"github.com/buildfarm/buildfarm/internal/testenv"
+	"github.com/buildfarm/buildfarm/internal/worker"
 )
 
 func main() {
@@ -178,6 +184,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	for _, r := range res.Runs {
 		all = append(all, r.Lines...)
 	}
+	res.Agent = summarize(col(all, func(l Line) float64 { return l.AgentMS }))
 	res.Live = summarize(col(all, lineAPI))
 	res.Stored = summarize(col(all, func(l Line) float64 { return l.StoredMS }))
 	res.Result = summarize(col(all, func(l Line) float64 { return l.ResultMS }))
@@ -207,6 +214,7 @@ type Results struct {
 	LoadBefore string  `json:"load_average_before"`
 	LoadAfter  string  `json:"load_average_after"`
 	// Over every line of every run.
+	Agent  Summary `json:"live_at_agent_ms"`
 	Live   Summary `json:"live_api_ms"`
 	Stored Summary `json:"live_stored_ms"`
 	Result Summary `json:"baseline_result_ms"`
@@ -243,6 +251,7 @@ type Run struct {
 // Line is one line's latencies from its appearance in the serial log.
 type Line struct {
 	N        int     `json:"n"`
+	AgentMS  float64 `json:"live_at_agent_ms"`
 	APIMS    float64 `json:"live_api_ms"`
 	StoredMS float64 `json:"live_stored_ms"`
 	ResultMS float64 `json:"baseline_result_ms"`
@@ -312,8 +321,8 @@ const hook = "#!/bin/sh\n# bench/livelog: the steps may write to the serial cons
 // startFarm builds the worker and the busybox machine, and starts the
 // controller and the agent in this process.
 func startFarm(ctx context.Context, c config, tmp string) (*farm, error) {
-	worker := filepath.Join(tmp, "buildfarm-worker")
-	if err := testenv.BuildWorker(ctx, worker, arch.X8664); err != nil {
+	workerBin := filepath.Join(tmp, "buildfarm-worker")
+	if err := testenv.BuildWorker(ctx, workerBin, arch.X8664); err != nil {
 		return nil, err
 	}
 	hookFile := filepath.Join(tmp, "50-livelog-bench")
@@ -321,7 +330,7 @@ func startFarm(ctx context.Context, c config, tmp string) (*farm, error) {
 		return nil, err
 	}
 	img := filepath.Join(tmp, "image")
-	if _, err := image.Build(ctx, image.Options{Preset: "busybox", Out: img, Worker: worker,
+	if _, err := image.Build(ctx, image.Options{Preset: "busybox", Out: img, Worker: workerBin,
 		Add: []image.Add{{Src: hookFile, Dst: "etc/buildfarm/rc.d/50-livelog-bench"}}}); err != nil {
 		return nil, err
 	}
@@ -419,8 +428,8 @@ func (f *farm) measure(ctx context.Context, c config, sum, tmpl string) (Run, er
 	text := regexp.MustCompile(`(?m)^buildfarm-update:.*$`).ReplaceAllLiteralString(tmpl, step)
 	lineRE := regexp.MustCompile(`livelog-bench ` + tok + ` (\d+) (\d+\.\d+)`)
 
-	serial := newSerialWatch(f.tftp, lineRE)
-	defer serial.close()
+	watch := newHostWatch(f.tftp, lineRE)
+	defer watch.close(lineRE)
 	sub, err := f.api.Submit(ctx, &controller.SubmitRequest{Archive: sum, Template: text, Submitter: "bench/livelog"})
 	if err != nil {
 		return Run{}, err
@@ -489,7 +498,7 @@ func (f *farm) measure(ctx context.Context, c config, sum, tmpl string) (Run, er
 			updateLog = op.Log
 		}
 	}
-	ser := serial.close()
+	ser, atAgent := watch.close(lineRE)
 	var guest, host []float64 // seconds from the first line's
 	for n := 1; n <= c.lines; n++ {
 		s, ok := ser[n]
@@ -498,10 +507,12 @@ func (f *farm) measure(ctx context.Context, c config, sum, tmpl string) (Run, er
 			return r, fmt.Errorf("task %d: line %d not in the serial log", id, n)
 		case api[n].IsZero():
 			return r, fmt.Errorf("task %d: line %d never at the API", id, n)
+		case atAgent[n].IsZero():
+			return r, fmt.Errorf("task %d: line %d in no live chunk in the agent's put/", id, n)
 		case !strings.Contains(updateLog, fmt.Sprintf("livelog-bench %s %d ", tok, n)):
 			return r, fmt.Errorf("task %d: line %d not in the result's update log", id, n)
 		}
-		r.Lines = append(r.Lines, Line{N: n, APIMS: ms(api[n].Sub(s.at)), StoredMS: ms(stored[n].Sub(s.at)),
+		r.Lines = append(r.Lines, Line{N: n, AgentMS: ms(atAgent[n].Sub(s.at)), APIMS: ms(api[n].Sub(s.at)), StoredMS: ms(stored[n].Sub(s.at)),
 			ResultMS: ms(t.Finished.Sub(s.at)), GuestMS: ms(s.at.Sub(time.UnixMicro(int64(math.Round(s.guest * 1e6)))))})
 		guest = append(guest, s.guest-ser[1].guest)
 		host = append(host, s.at.Sub(ser[1].at).Seconds())
@@ -570,62 +581,86 @@ func result(ctx context.Context, api *controller.APIClient, id int64) (*manifest
 	return manifest.ParseResult(ms[0], name, manifest.Lenient)
 }
 
-// serialWatch reads the serial logs of the VMs under an agent's TFTP
-// directory every 2 ms and notes when each line matching re first
-// appears (its newline), with the guest's time it carries.
-type serialWatch struct {
+// hostWatch watches the VMs' directories under an agent's TFTP directory
+// (<tftp>/<instance>/<slot>-<name>/) every 2 ms: in each serial log
+// (vm/serial.log), when each line matching re first appears (its
+// newline), with the guest's time it carries; in each put/, when each
+// live log chunk of the update operation arrives (the TFTP server renames
+// an upload into place whole).
+type hostWatch struct {
 	stop, done chan struct{}
 	lines      map[int]seen
+	chunks     []chunkSeen
 }
 
-func newSerialWatch(tftp string, re *regexp.Regexp) *serialWatch {
-	w := &serialWatch{stop: make(chan struct{}), done: make(chan struct{}), lines: map[int]seen{}}
-	type file struct {
-		f   *os.File
-		buf []byte
+type chunkSeen struct {
+	off  int64
+	data []byte
+	at   time.Time
+}
+
+func newHostWatch(tftp string, re *regexp.Regexp) *hostWatch {
+	w := &hostWatch{stop: make(chan struct{}), done: make(chan struct{}), lines: map[int]seen{}}
+	type vm struct {
+		serial *os.File
+		buf    []byte
+		put    string
 	}
-	files := map[string]*file{}
+	vms := map[string]*vm{}
+	chunks := map[string]bool{} // the chunk files seen
 	buf := make([]byte, 64<<10)
 	go func() {
 		defer close(w.done)
 		defer func() {
-			for _, fl := range files {
-				fl.f.Close()
+			for _, v := range vms {
+				v.serial.Close()
 			}
 		}()
 		t := time.NewTicker(2 * time.Millisecond)
 		defer t.Stop()
 		for i := 0; ; i++ {
-			if i%25 == 0 { // new VMs: the agent's <tftp>/<instance>/<slot>-<name>/vm/
+			if i%25 == 0 { // new VMs
 				logs, _ := filepath.Glob(filepath.Join(tftp, "*", "*", "vm", "serial.log"))
 				for _, p := range logs {
-					if files[p] == nil {
+					if vms[p] == nil {
 						if f, err := os.Open(p); err == nil {
-							files[p] = &file{f: f}
+							vms[p] = &vm{serial: f, put: filepath.Join(filepath.Dir(filepath.Dir(p)), "put")}
 						}
 					}
 				}
 			}
-			for _, fl := range files {
-				n, _ := fl.f.Read(buf)
-				if n == 0 {
-					continue
-				}
+			for _, v := range vms {
+				n, _ := v.serial.Read(buf)
 				now := time.Now()
-				fl.buf = append(fl.buf, buf[:n]...)
+				v.buf = append(v.buf, buf[:n]...)
 				for {
-					nl := bytes.IndexByte(fl.buf, '\n')
+					nl := bytes.IndexByte(v.buf, '\n')
 					if nl < 0 {
 						break
 					}
-					if m := re.FindSubmatch(fl.buf[:nl]); m != nil {
+					if m := re.FindSubmatch(v.buf[:nl]); m != nil {
 						n, _ := strconv.Atoi(string(m[1]))
 						g, _ := strconv.ParseFloat(string(m[2]), 64)
 						if _, ok := w.lines[n]; !ok {
 							w.lines[n] = seen{at: now, guest: g}
 						}
 					}
-					fl.buf = fl.buf[nl+1:]
+					v.buf = v.buf[nl+1:]
+				}
+				des, _ := os.ReadDir(v.put)
+				for _, de := range des {
+					p := filepath.Join(v.put, de.Name())
+					if !strings.HasPrefix(de.Name(), worker.LiveFilePrefix) || chunks[p] {
+						continue
+					}
+					chunks[p] = true
+					b, err := os.ReadFile(p)
+					if err != nil {
+						continue
+					}
+					if c, err := worker.ParseLiveChunk(b, p); err == nil && c.Operation == "update" {
+						w.chunks = append(w.chunks, chunkSeen{off: c.Offset, data: c.Data, at: now})
+					}
 				}
 			}
 			select {
@@ -638,15 +673,37 @@ func newSerialWatch(tftp string, re *regexp.Regexp) *serialWatch {
 	return w
 }
 
-// close stops the watch and returns what it saw; it may be called again.
-func (w *serialWatch) close() map[int]seen {
+// close stops the watch and returns what it saw: the serial log's lines,
+// and when the chunk holding each line's end reached the agent; it may be
+// called again.
+func (w *hostWatch) close(re *regexp.Regexp) (serial map[int]seen, agent map[int]time.Time) {
 	select {
 	case <-w.stop:
 	default:
 		close(w.stop)
 	}
 	<-w.done
-	return w.lines
+	cs := slices.Clone(w.chunks)
+	slices.SortFunc(cs, func(a, b chunkSeen) int { return cmp.Compare(a.off, b.off) })
+	agent = map[int]time.Time{}
+	var text []byte
+	for _, c := range cs {
+		if c.off != int64(len(text)) {
+			break // a gap: the lines past it are not timed
+		}
+		for _, b := range c.data {
+			text = append(text, b)
+			if b != '\n' {
+				continue
+			}
+			line := text[bytes.LastIndexByte(text[:len(text)-1], '\n')+1:]
+			if m := re.FindSubmatch(line); m != nil {
+				n, _ := strconv.Atoi(string(m[1]))
+				agent[n] = c.at
+			}
+		}
+	}
+	return w.lines, agent
 }
 
 func report(w io.Writer, r Results) {
@@ -657,6 +714,7 @@ func report(w io.Writer, r Results) {
 	row := func(name string, s Summary) {
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", name, dur(s.Median), dur(s.P90), dur(s.Min), dur(s.Max))
 	}
+	row("live: its chunk in the agent's TFTP put/ (worker's flush, TFTP upload)", r.Agent)
 	row(fmt.Sprintf("live: the API (polled every %g ms)", r.PollMS), r.Live)
 	row("live: stored at the controller (the API's `at`)", r.Stored)
 	row("baseline: the result stored (no live log)", r.Result)
