@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -100,11 +101,13 @@ func (v *Volume) SnapshotForTask(ctx context.Context, name, tc string) (*Snapsho
 // the first call's result.
 func (s *Snapshot) Delete(ctx context.Context) error {
 	s.once.Do(func() {
+		start := time.Now()
 		s.err = s.v.Backend.Delete(context.WithoutCancel(ctx), s.Dir)
 		if err := os.Remove(s.lockPath); err != nil && !errors.Is(err, fs.ErrNotExist) && s.err == nil {
 			s.err = err
 		}
 		s.lock.Unlock()
+		s.v.Log.Debug("task snapshot deleted", "dir", s.Dir, "took", time.Since(start), "err", s.err)
 	})
 	return s.err
 }
