@@ -32,6 +32,7 @@ import (
 // the task) and its result upload in the TFTP directory; and the end.
 type timing struct {
 	snap, qemu, console, progress, result, total time.Duration
+	del                                          time.Duration // the snapshot's deletion (ours only)
 }
 
 func (t timing) String() string {
@@ -39,8 +40,12 @@ func (t timing) String() string {
 	if t.snap > 0 {
 		s += fmt.Sprintf("snapshot at %.3fs, ", t.snap.Seconds())
 	}
-	return s + fmt.Sprintf("QEMU up at %.3fs, console at %.2fs, first upload at %.2fs, result at %.2fs, then %.2fs to the end",
-		t.qemu.Seconds(), t.console.Seconds(), t.progress.Seconds(), t.result.Seconds(), (t.total-t.result).Seconds())
+	s += fmt.Sprintf("QEMU up at %.3fs, console at %.2fs, first upload at %.2fs, result at %.2fs, then %.2fs to the end",
+		t.qemu.Seconds(), t.console.Seconds(), t.progress.Seconds(), t.result.Seconds(), (t.total - t.result).Seconds())
+	if t.del > 0 {
+		s += fmt.Sprintf(" (snapshot deleted in %.3fs)", t.del.Seconds())
+	}
+	return s
 }
 
 func column(ts []timing, f func(timing) time.Duration) []time.Duration {
@@ -60,6 +65,7 @@ func medians(ts []timing) timing {
 		console:  m(func(t timing) time.Duration { return t.console }),
 		progress: m(func(t timing) time.Duration { return t.progress }),
 		result:   m(func(t timing) time.Duration { return t.result }),
+		del:      m(func(t timing) time.Duration { return t.del }),
 		total:    m(func(t timing) time.Duration { return t.total }),
 	}
 }
@@ -123,6 +129,11 @@ func (w *watch) end(t0 time.Time) []time.Duration {
 	return ds
 }
 
+// deleteTook is the mark of stamps that holds, as the time after the zero
+// time, how long the task snapshot's deletion took (from package machine's
+// "task snapshot deleted" record).
+const deleteTook = "snapshot deletion took"
+
 // stamps is a log handler that writes the agent's log to a file and notes
 // when the records named in marks arrive.
 type stamps struct {
@@ -135,6 +146,14 @@ func (s stamps) Handle(ctx context.Context, r slog.Record) error {
 	s.mu.Lock()
 	if _, ok := s.marks[r.Message]; ok {
 		s.marks[r.Message] = r.Time
+	}
+	if r.Message == "task snapshot deleted" {
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "took" && a.Value.Kind() == slog.KindDuration {
+				s.marks[deleteTook] = time.Time{}.Add(a.Value.Duration())
+			}
+			return true
+		})
 	}
 	s.mu.Unlock()
 	return s.Handler.Handle(ctx, r)
@@ -185,6 +204,7 @@ type taskRow struct {
 	ConsoleNS  int64 `json:"console_ns"`
 	ProgressNS int64 `json:"first_upload_ns"`
 	ResultNS   int64 `json:"result_ns"`
+	DeleteNS   int64 `json:"snapshot_delete_ns,omitempty"`
 	// The median over raw's median.
 	OverRaw float64 `json:"median_over_raw,omitempty"`
 }
@@ -275,7 +295,7 @@ func benchTask(ctx context.Context, c config, backend, tmp, workerBin string) ([
 		med, q1, q3, lo, hi := spread(totals)
 		m := medians(v.runs)
 		r := taskRow{Backend: backend, Variant: v.name, MedianNS: int64(med), Q1NS: int64(q1), Q3NS: int64(q3), MinNS: int64(lo), MaxNS: int64(hi),
-			SnapshotNS: int64(m.snap), QEMUUpNS: int64(m.qemu), ConsoleNS: int64(m.console), ProgressNS: int64(m.progress), ResultNS: int64(m.result)}
+			SnapshotNS: int64(m.snap), QEMUUpNS: int64(m.qemu), ConsoleNS: int64(m.console), ProgressNS: int64(m.progress), ResultNS: int64(m.result), DeleteNS: int64(m.del)}
 		for _, d := range totals {
 			r.Runs = append(r.Runs, int64(d))
 		}
@@ -352,7 +372,7 @@ func newFarm(ctx context.Context, c config, dir, imgDir, workerBin string) (*far
 func (f *farm) runOurs(ctx context.Context, start string) (timing, error) {
 	o := f.opts
 	o.FakeRequest, o.DumpResult, o.Start = f.task, true, start
-	h := stamps{slog.NewTextHandler(f.logFile, nil), &sync.Mutex{}, map[string]time.Time{"task snapshot": {}}}
+	h := stamps{slog.NewTextHandler(f.logFile, &slog.HandlerOptions{Level: slog.LevelDebug}), &sync.Mutex{}, map[string]time.Time{"task snapshot": {}}}
 	var out bytes.Buffer
 	a, err := agent.New(o, slog.New(h), &out)
 	if err != nil {
@@ -373,7 +393,11 @@ func (f *farm) runOurs(ctx context.Context, start string) (timing, error) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return timing{snap: h.marks["task snapshot"].Sub(t0), qemu: seen[0], console: seen[1], progress: seen[2], result: seen[3], total: total}, nil
+	snap := h.marks["task snapshot"].Sub(t0)
+	if h.marks["task snapshot"].IsZero() {
+		snap = 0
+	}
+	return timing{snap: snap, del: h.marks[deleteTook].Sub(time.Time{}), qemu: seen[0], console: seen[1], progress: seen[2], result: seen[3], total: total}, nil
 }
 
 // checkResult parses a result manifest and wants a success with four
