@@ -22,7 +22,7 @@
 // Each operation's time is the worker's own (its progress report's
 // duration, as the agent logs it); the task's time is the agent's run,
 // from its start to its exit. The table goes to standard output and, as
-// JSON, to -results (bench/realbuild/results.json).
+// JSON, is added to the runs in -results (bench/realbuild/results.json).
 //
 // Run it from the module root, as root (network namespaces, the debian
 // image's rootfs):
@@ -143,8 +143,8 @@ func run(ctx context.Context, c config) error {
 	if err := fetchSources(ctx, srcDir, c.projects); err != nil {
 		return err
 	}
-	load, _ := os.ReadFile("/proc/loadavg")
-	fmt.Printf("load average at start %s", load)
+	loadStart, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("load average at start %s", loadStart)
 
 	img, machines, tftp := filepath.Join(tmp, "debian"), filepath.Join(tmp, "machines"), filepath.Join(tmp, "tftp")
 	t0 := time.Now()
@@ -170,16 +170,12 @@ func run(ctx context.Context, c config) error {
 				dur(r.Operations["test"]), dur(r.Operations["install"]), dur(r.TaskNS), r.Start)
 		}
 	}
-	load, _ = os.ReadFile("/proc/loadavg")
+	load, _ := os.ReadFile("/proc/loadavg")
 	fmt.Printf("load average at end %s", load)
 	if c.results != "" {
-		b, err := json.MarshalIndent(map[string]any{
-			"measured": time.Now().UTC().Format(time.RFC3339), "accel": "agent default (TCG here)",
-			"load_average_end": strings.TrimSpace(string(load)), "rows": rows}, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(c.results, append(b, '\n'), 0o644); err != nil {
+		if err := appendResults(c.results, resultRun{Measured: time.Now().UTC().Format(time.RFC3339),
+			Accel: "agent default (TCG here)", LoadStart: strings.TrimSpace(string(loadStart)),
+			LoadEnd: strings.TrimSpace(string(load)), Rows: rows}); err != nil {
 			return err
 		}
 	}
@@ -189,6 +185,35 @@ func run(ctx context.Context, c config) error {
 		}
 	}
 	return nil
+}
+
+// resultRun is one run of the harness in the results file, which keeps
+// every run (newest last), so that runs in another order or under another
+// load can be compared.
+type resultRun struct {
+	Measured  string `json:"measured"`
+	Accel     string `json:"accel"`
+	LoadStart string `json:"load_average_start"`
+	LoadEnd   string `json:"load_average_end"`
+	Rows      []row  `json:"rows"`
+}
+
+// appendResults adds r to the runs in the JSON file path.
+func appendResults(path string, r resultRun) error {
+	var f struct {
+		Runs []resultRun `json:"runs"`
+	}
+	if b, err := os.ReadFile(path); err == nil {
+		if err := json.Unmarshal(b, &f); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	f.Runs = append(f.Runs, r)
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 func dur(ns int64) string { return time.Duration(ns).Round(100 * time.Millisecond).String() }
