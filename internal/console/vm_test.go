@@ -20,6 +20,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 	"github.com/buildfarm/buildfarm/internal/tftp"
+	"github.com/buildfarm/buildfarm/internal/worker"
 )
 
 // guest is a busybox VM with a console, whose worker runs the one step
@@ -50,6 +51,10 @@ func serveTask(t *testing.T, step string) int {
 	root := t.TempDir()
 	task := fmt.Sprintf(": 1\nname: console-test\nversion: 1.0.0\nrepository-url: https://example.org/x.git\nmachine: busybox\ntarget: x86_64-linux-gnu\nbuildfarm-configure: %s\n", step)
 	if err := os.WriteFile(filepath.Join(root, "task.manifest"), []byte(task), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The worker fetches its result key before any step runs.
+	if err := os.WriteFile(filepath.Join(root, worker.KeyFile), []byte(strings.Repeat("5a", 16)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
