@@ -29,10 +29,11 @@
 //
 // Measured for each line, on the host's clock:
 //
-//   - live (at the agent): when the live chunk holding the line's end
-//     appears in the agent's TFTP put/ directory (the worker sends what
-//     it has every 200 ms; the TFTP server renames an upload into place
-//     whole), minus the line's appearance in the serial log;
+//   - live (at the agent): when the agent's TFTP server has received the
+//     live chunk holding the line's end (the worker sends what it has
+//     every 200 ms; the agent logs each upload as it ends, and forwards
+//     each chunk as one, in order, so the controller's chunks say which
+//     upload held a line), minus the line's appearance in the serial log;
 //   - live (API): when a poll of GET /api/v1/builds/ID/log?after=N every
 //     -poll first returns the line, minus its appearance in the serial log;
 //   - live (stored): the stored chunk's time (the API's "at"), minus the
@@ -58,7 +59,6 @@ package main
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -309,6 +309,7 @@ type farm struct {
 	base     string
 	tftp     string
 	agentLog string
+	uploads  uploads
 	stop     func()
 }
 
@@ -382,7 +383,8 @@ func startFarm(ctx context.Context, c config, tmp string) (*farm, error) {
 	o.Accel, o.Start = c.accel, c.start
 	o.BuildStartup, o.BuildTimeout = 2*time.Minute, 10*time.Minute
 	o.BootstrapStartup, o.BootstrapTimeout = 2*time.Minute, 10*time.Minute
-	a, err := agent.New(o, slog.New(slog.NewTextHandler(lf, &slog.HandlerOptions{Level: slog.LevelDebug})), io.Discard)
+	f.uploads = uploads{slog.NewTextHandler(lf, &slog.HandlerOptions{Level: slog.LevelDebug}), &sync.Mutex{}, &[]upload{}}
+	a, err := agent.New(o, slog.New(f.uploads), io.Discard)
 	if err != nil {
 		lf.Close()
 		st.Close()
@@ -428,8 +430,9 @@ func (f *farm) measure(ctx context.Context, c config, sum, tmpl string) (Run, er
 	text := regexp.MustCompile(`(?m)^buildfarm-update:.*$`).ReplaceAllLiteralString(tmpl, step)
 	lineRE := regexp.MustCompile(`livelog-bench ` + tok + ` (\d+) (\d+\.\d+)`)
 
-	watch := newHostWatch(f.tftp, lineRE)
-	defer watch.close(lineRE)
+	serial := newSerialWatch(f.tftp, lineRE)
+	defer serial.close()
+	f.uploads.take() // the runs are one at a time: what came before is not this task's
 	sub, err := f.api.Submit(ctx, &controller.SubmitRequest{Archive: sum, Template: text, Submitter: "bench/livelog"})
 	if err != nil {
 		return Run{}, err
@@ -437,9 +440,11 @@ func (f *farm) measure(ctx context.Context, c config, sum, tmpl string) (Run, er
 	id := sub.Tasks[0].ID
 	api := map[int]time.Time{}    // line → when a poll first returned it
 	stored := map[int]time.Time{} // line → the stored chunk's time
+	chunk := map[int]int{}        // line → the index of the chunk that ended it, among all
 	var update strings.Builder    // the update operation's live log
 	done := 0                     // bytes of update already parsed into lines
 	after := int64(0)
+	chunks := 0 // of every operation
 	for {
 		l, err := liveLog(ctx, f.base, id, after)
 		if err != nil {
@@ -448,6 +453,7 @@ func (f *farm) measure(ctx context.Context, c config, sum, tmpl string) (Run, er
 		now := time.Now()
 		for _, ch := range l.Chunks {
 			after = ch.ID
+			chunks++
 			if ch.Operation != "update" {
 				continue
 			}
@@ -464,7 +470,7 @@ func (f *farm) measure(ctx context.Context, c config, sum, tmpl string) (Run, er
 				if m := lineRE.FindStringSubmatch(rest[:nl]); m != nil {
 					n, _ := strconv.Atoi(m[1])
 					if _, ok := api[n]; !ok {
-						api[n], stored[n] = now, ch.At
+						api[n], stored[n], chunk[n] = now, ch.At, chunks-1
 					}
 				}
 				done += nl + 1
@@ -498,7 +504,13 @@ func (f *farm) measure(ctx context.Context, c config, sum, tmpl string) (Run, er
 			updateLog = op.Log
 		}
 	}
-	ser, atAgent := watch.close(lineRE)
+	ser := serial.close()
+	// The agent forwards each chunk it receives as one, in order: the
+	// controller's k-th chunk of the task is the k-th the agent received.
+	ups := f.uploads.take()
+	if len(ups) != chunks {
+		return r, fmt.Errorf("task %d: the agent received %d live chunks, and the controller has %d", id, len(ups), chunks)
+	}
 	var guest, host []float64 // seconds from the first line's
 	for n := 1; n <= c.lines; n++ {
 		s, ok := ser[n]
@@ -507,12 +519,10 @@ func (f *farm) measure(ctx context.Context, c config, sum, tmpl string) (Run, er
 			return r, fmt.Errorf("task %d: line %d not in the serial log", id, n)
 		case api[n].IsZero():
 			return r, fmt.Errorf("task %d: line %d never at the API", id, n)
-		case atAgent[n].IsZero():
-			return r, fmt.Errorf("task %d: line %d in no live chunk in the agent's put/", id, n)
 		case !strings.Contains(updateLog, fmt.Sprintf("livelog-bench %s %d ", tok, n)):
 			return r, fmt.Errorf("task %d: line %d not in the result's update log", id, n)
 		}
-		r.Lines = append(r.Lines, Line{N: n, AgentMS: ms(atAgent[n].Sub(s.at)), APIMS: ms(api[n].Sub(s.at)), StoredMS: ms(stored[n].Sub(s.at)),
+		r.Lines = append(r.Lines, Line{N: n, AgentMS: ms(ups[chunk[n]].at.Sub(s.at)), APIMS: ms(api[n].Sub(s.at)), StoredMS: ms(stored[n].Sub(s.at)),
 			ResultMS: ms(t.Finished.Sub(s.at)), GuestMS: ms(s.at.Sub(time.UnixMicro(int64(math.Round(s.guest * 1e6)))))})
 		guest = append(guest, s.guest-ser[1].guest)
 		host = append(host, s.at.Sub(ser[1].at).Seconds())
@@ -581,39 +591,28 @@ func result(ctx context.Context, api *controller.APIClient, id int64) (*manifest
 	return manifest.ParseResult(ms[0], name, manifest.Lenient)
 }
 
-// hostWatch watches the VMs' directories under an agent's TFTP directory
-// (<tftp>/<instance>/<slot>-<name>/) every 2 ms: in each serial log
-// (vm/serial.log), when each line matching re first appears (its
-// newline), with the guest's time it carries; in each put/, when each
-// live log chunk of the update operation arrives (the TFTP server renames
-// an upload into place whole).
-type hostWatch struct {
+// serialWatch reads the serial logs of the VMs under an agent's TFTP
+// directory (<tftp>/<instance>/<slot>-<name>/vm/serial.log) every 2 ms and
+// notes when each line matching re first appears (its newline), with the
+// guest's time it carries.
+type serialWatch struct {
 	stop, done chan struct{}
 	lines      map[int]seen
-	chunks     []chunkSeen
 }
 
-type chunkSeen struct {
-	off  int64
-	data []byte
-	at   time.Time
-}
-
-func newHostWatch(tftp string, re *regexp.Regexp) *hostWatch {
-	w := &hostWatch{stop: make(chan struct{}), done: make(chan struct{}), lines: map[int]seen{}}
-	type vm struct {
-		serial *os.File
-		buf    []byte
-		put    string
+func newSerialWatch(tftp string, re *regexp.Regexp) *serialWatch {
+	w := &serialWatch{stop: make(chan struct{}), done: make(chan struct{}), lines: map[int]seen{}}
+	type file struct {
+		f   *os.File
+		buf []byte
 	}
-	vms := map[string]*vm{}
-	chunks := map[string]bool{} // the chunk files seen
+	files := map[string]*file{}
 	buf := make([]byte, 64<<10)
 	go func() {
 		defer close(w.done)
 		defer func() {
-			for _, v := range vms {
-				v.serial.Close()
+			for _, fl := range files {
+				fl.f.Close()
 			}
 		}()
 		t := time.NewTicker(2 * time.Millisecond)
@@ -622,45 +621,33 @@ func newHostWatch(tftp string, re *regexp.Regexp) *hostWatch {
 			if i%25 == 0 { // new VMs
 				logs, _ := filepath.Glob(filepath.Join(tftp, "*", "*", "vm", "serial.log"))
 				for _, p := range logs {
-					if vms[p] == nil {
+					if files[p] == nil {
 						if f, err := os.Open(p); err == nil {
-							vms[p] = &vm{serial: f, put: filepath.Join(filepath.Dir(filepath.Dir(p)), "put")}
+							files[p] = &file{f: f}
 						}
 					}
 				}
 			}
-			for _, v := range vms {
-				n, _ := v.serial.Read(buf)
+			for _, fl := range files {
+				n, _ := fl.f.Read(buf)
+				if n == 0 {
+					continue
+				}
 				now := time.Now()
-				v.buf = append(v.buf, buf[:n]...)
+				fl.buf = append(fl.buf, buf[:n]...)
 				for {
-					nl := bytes.IndexByte(v.buf, '\n')
+					nl := bytes.IndexByte(fl.buf, '\n')
 					if nl < 0 {
 						break
 					}
-					if m := re.FindSubmatch(v.buf[:nl]); m != nil {
+					if m := re.FindSubmatch(fl.buf[:nl]); m != nil {
 						n, _ := strconv.Atoi(string(m[1]))
 						g, _ := strconv.ParseFloat(string(m[2]), 64)
 						if _, ok := w.lines[n]; !ok {
 							w.lines[n] = seen{at: now, guest: g}
 						}
 					}
-					v.buf = v.buf[nl+1:]
-				}
-				des, _ := os.ReadDir(v.put)
-				for _, de := range des {
-					p := filepath.Join(v.put, de.Name())
-					if !strings.HasPrefix(de.Name(), worker.LiveFilePrefix) || chunks[p] {
-						continue
-					}
-					chunks[p] = true
-					b, err := os.ReadFile(p)
-					if err != nil {
-						continue
-					}
-					if c, err := worker.ParseLiveChunk(b, p); err == nil && c.Operation == "update" {
-						w.chunks = append(w.chunks, chunkSeen{off: c.Offset, data: c.Data, at: now})
-					}
+					fl.buf = fl.buf[nl+1:]
 				}
 			}
 			select {
@@ -673,37 +660,76 @@ func newHostWatch(tftp string, re *regexp.Regexp) *hostWatch {
 	return w
 }
 
-// close stops the watch and returns what it saw: the serial log's lines,
-// and when the chunk holding each line's end reached the agent; it may be
-// called again.
-func (w *hostWatch) close(re *regexp.Regexp) (serial map[int]seen, agent map[int]time.Time) {
+// close stops the watch and returns what it saw; it may be called again.
+func (w *serialWatch) close() map[int]seen {
 	select {
 	case <-w.stop:
 	default:
 		close(w.stop)
 	}
 	<-w.done
-	cs := slices.Clone(w.chunks)
-	slices.SortFunc(cs, func(a, b chunkSeen) int { return cmp.Compare(a.off, b.off) })
-	agent = map[int]time.Time{}
-	var text []byte
-	for _, c := range cs {
-		if c.off != int64(len(text)) {
-			break // a gap: the lines past it are not timed
-		}
-		for _, b := range c.data {
-			text = append(text, b)
-			if b != '\n' {
-				continue
+	return w.lines
+}
+
+// uploads is the agent's log handler: it passes each record on, and notes
+// when the agent's TFTP server has received each live log chunk (its
+// record "tftp: request" for a write of live-NNNNNN, logged as the upload
+// ends; the agent reads and deletes the file at once, so it cannot be
+// watched for).
+type uploads struct {
+	slog.Handler
+	mu   *sync.Mutex
+	seen *[]upload
+}
+
+// upload is a live log chunk the agent received.
+type upload struct {
+	file string
+	at   time.Time
+}
+
+func (u uploads) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "tftp: request" {
+		var op, file string
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "request" {
+				for _, g := range a.Value.Resolve().Group() {
+					switch g.Key {
+					case "op":
+						op = g.Value.String()
+					case "file":
+						file = strings.TrimPrefix(g.Value.String(), "/")
+					}
+				}
 			}
-			line := text[bytes.LastIndexByte(text[:len(text)-1], '\n')+1:]
-			if m := re.FindSubmatch(line); m != nil {
-				n, _ := strconv.Atoi(string(m[1]))
-				agent[n] = c.at
-			}
+			return true
+		})
+		if op == "write" && strings.HasPrefix(file, worker.LiveFilePrefix) {
+			u.mu.Lock()
+			*u.seen = append(*u.seen, upload{file: file, at: r.Time})
+			u.mu.Unlock()
 		}
 	}
-	return w.lines, agent
+	return u.Handler.Handle(ctx, r)
+}
+
+func (u uploads) WithAttrs(as []slog.Attr) slog.Handler {
+	return uploads{u.Handler.WithAttrs(as), u.mu, u.seen}
+}
+
+func (u uploads) WithGroup(g string) slog.Handler {
+	return uploads{u.Handler.WithGroup(g), u.mu, u.seen}
+}
+
+// take returns the chunks received since the last take, in the order of
+// their names (the worker's sequence numbers).
+func (u uploads) take() []upload {
+	u.mu.Lock()
+	us := *u.seen
+	*u.seen = nil
+	u.mu.Unlock()
+	slices.SortFunc(us, func(a, b upload) int { return strings.Compare(a.file, b.file) })
+	return us
 }
 
 func report(w io.Writer, r Results) {
@@ -714,9 +740,9 @@ func report(w io.Writer, r Results) {
 	row := func(name string, s Summary) {
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", name, dur(s.Median), dur(s.P90), dur(s.Min), dur(s.Max))
 	}
-	row("live: its chunk in the agent's TFTP put/ (worker's flush, TFTP upload)", r.Agent)
-	row(fmt.Sprintf("live: the API (polled every %g ms)", r.PollMS), r.Live)
+	row("live: its chunk received by the agent (the worker's flush, TFTP)", r.Agent)
 	row("live: stored at the controller (the API's `at`)", r.Stored)
+	row(fmt.Sprintf("live: the API (polled every %g ms)", r.PollMS), r.Live)
 	row("baseline: the result stored (no live log)", r.Result)
 	fmt.Fprintln(w)
 	row("the guest's side: distance of the serial log's times from a straight fit on the guest's clock", r.GuestJitter)
