@@ -71,12 +71,13 @@ and exits). Submit work to it with
   buildfarm submit --controller URL --dir DIR --template DIR/task.manifest
   buildfarm wait --controller URL ID
 
---demo submits examples/hello and examples/hello-broken (from --examples)
-to the first architecture's busybox configuration through the
-controller's API, and examples/hello-aarch64 to busybox-aarch64 when
-aarch64 is offered, waits for their results, prints each one's status and
-operations, stops the farm, and exits 0 when each hello ended success and
-hello-broken error, 1 otherwise.
+--demo submits through the controller's API, from --examples, the hello
+of each architecture offered to its busybox configuration (examples/hello
+for x86_64; examples/hello-aarch64, whose test checks uname -m, for
+aarch64) and examples/hello-broken to the first one's, waits for their
+results, prints each one's status and operations, stops the farm, and
+exits 0 when each hello ended success and hello-broken error, 1
+otherwise.
 
 The buildtab (state/buildtab), written if missing and read at each start;
 for the first --arch:
@@ -129,7 +130,7 @@ State (default /var/lib/buildfarm as root, else ~/.local/state/buildfarm):
 		f.IntVar(&o.instances, "instances", 0, "`number` of tasks the agent performs at once (0: fitted to this host)")
 		f.DurationVar(&o.buildTimeout, "build-timeout", o.buildTimeout, "a task's longest build time (controller and agent)")
 		f.StringSliceVar(&o.arches, "arch", nil, "guest `architectures` to offer, comma-separated or repeated: x86_64, aarch64 (default this host's)")
-		f.StringArrayVar(&o.workers, "worker", nil, "buildfarm-worker `[ARCH=]binary` for the machine of this host's architecture, or of ARCH (repeatable; default: beside buildfarm, then in PATH)")
+		f.StringArrayVar(&o.workers, "worker", nil, "the buildfarm-worker `[ARCH=]FILE` for the machine of this host's architecture, or of ARCH (repeatable; default: beside buildfarm, then in PATH)")
 		f.BoolVar(&o.demo, "demo", false, "submit examples/hello and examples/hello-broken (and hello-aarch64 with aarch64), wait for their results, and exit")
 		f.StringVar(&o.examples, "examples", "examples", "`directory` holding hello, hello-broken and hello-aarch64 (--demo)")
 		f.DurationVar(&o.demoTimeout, "demo-timeout", o.demoTimeout, "how long --demo waits for its results")

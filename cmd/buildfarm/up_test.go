@@ -154,6 +154,8 @@ func TestUpBadOptions(t *testing.T) {
 		{[]string{"--instances", "-1"}, "--instances -1"},
 		{[]string{"--build-timeout", "0s"}, "--build-timeout 0s"},
 		{[]string{"--demo", "--examples", "/nonexistent"}, "--demo: examples"},
+		{[]string{"--arch", "x86_64,sparc"}, `--arch: architecture "sparc"`},
+		{[]string{"--arch", "x86_64", "--worker", "aarch64=/w"}, "which --arch does not offer"},
 	} {
 		var stdout, stderr bytes.Buffer
 		err := run(context.Background(), append([]string{"up", "--state", t.TempDir()}, tc.args...), nil, &stdout, &stderr)
