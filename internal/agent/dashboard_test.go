@@ -243,7 +243,15 @@ func TestDashboardLive(t *testing.T) {
 	if !strings.Contains(f.log.String(), "task cancelled: its VM was stopped and its snapshot deleted") {
 		t.Errorf("the agent did not log the cancel")
 	}
+	// Between tasks the agent enumerates its machines before each task
+	// request, and an enumeration holds a snapshot of the machine's
+	// current revision (busybox-default-XXXXXXXX, like a task's) while it
+	// reads the manifest in it. Look while none runs: with the agent's
+	// enumeration lock held, and no task queued, a snapshot seen is one
+	// the cancelled task left.
+	a.enumMu.Lock()
 	checkNothingLeft(t, f)
+	a.enumMu.Unlock()
 
 	// 3. Metrics moved.
 	_, cm := httpGet(t, base+"/metrics")
