@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"time"
 )
@@ -29,11 +30,15 @@ type Options struct {
 	// TransferSize asks for tsize (RFC 2349): a Get learns the size and
 	// checks that it got it all; a Put tells the size.
 	TransferSize bool
-	// Dedicated has no effect: transfers wait in Go's network poller
-	// (see bench/README's TFTP section for the measurement that removed
-	// the raw system calls it chose).
-	//
-	// Deprecated: kept until internal/worker stops setting it.
+	// Dedicated says the transfer is all the process does meanwhile (the
+	// worker in a guest): the client then uses its socket's descriptor
+	// directly, in blocking mode, and on a single CPU waits for packets
+	// in the kernel without handing the Go scheduler's P over, which
+	// wakes a thread a packet and, in a guest under TCG, costs about as
+	// much as the transfer itself (bench/README, TFTP). Other goroutines
+	// run only when the runtime preempts the wait (every 10 ms or so):
+	// never in a process that serves anything (the server never does
+	// this; TestResponsive).
 	Dedicated bool
 }
 
@@ -98,9 +103,12 @@ func get(ctx context.Context, addr, remote string, w io.Writer, opt Options) (in
 	if err := opt.check(); err != nil {
 		return 0, err
 	}
-	l, server, err := dial(ctx, addr)
+	l, server, err := dial(ctx, addr, opt.Dedicated)
 	if err != nil {
 		return 0, err
+	}
+	if f, ok := w.(*os.File); ok && l.holdP {
+		w = rawWriter{f}
 	}
 	tsize := int64(-1)
 	if opt.TransferSize {
@@ -162,7 +170,7 @@ func put(ctx context.Context, addr, remote string, src io.Reader, size int64, op
 	if err := opt.check(); err != nil {
 		return err
 	}
-	l, server, err := dial(ctx, addr)
+	l, server, err := dial(ctx, addr, opt.Dedicated)
 	if err != nil {
 		return err
 	}
@@ -209,7 +217,7 @@ func unexpected(pkt []byte, want string) error {
 }
 
 // dial opens the client's socket for a transfer with addr.
-func dial(ctx context.Context, addr string) (*link, netip.AddrPort, error) {
+func dial(ctx context.Context, addr string, dedicated bool) (*link, netip.AddrPort, error) {
 	server, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		host, port, err := net.SplitHostPort(addr)
@@ -237,7 +245,8 @@ func dial(ctx context.Context, addr string) (*link, netip.AddrPort, error) {
 	}
 	conn.SetReadBuffer(socketBuffer)
 	conn.SetWriteBuffer(socketBuffer)
-	l := newLink(ctx, conn, netip.AddrPortFrom(server.Addr(), 0))
+	l := newLink(ctx, conn, netip.AddrPortFrom(server.Addr(), 0), dedicated)
+	l.holdP = dedicated && !spin
 	return l, server, nil
 }
 

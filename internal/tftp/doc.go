@@ -21,10 +21,13 @@
 // listening socket itself: Serve and ServeIdle take the caller's, so the
 // agent can open it inside a VM's network namespace.
 //
-// Transfers read and write their sockets through package net, so they
-// wait in Go's network poller like the rest of the process: the agent's
-// server shares its process with the agent's HTTP, signals and other
-// VMs' transfers (TestResponsive).
+// The server's transfers read and write their sockets through package
+// net, so they wait in Go's network poller like the rest of the process:
+// the agent's server shares its process with the agent's HTTP, signals
+// and other VMs' transfers (TestResponsive). A Dedicated client (the
+// worker, alone in its guest) uses its socket's descriptor directly in
+// blocking mode, connected to the server, and sends a window as one UDP
+// GSO send and takes it as one GRO receive where the kernel allows.
 //
 // The package needs nothing beyond the standard library, so the static
 // worker binary that uses the client (Get, Put) stays small.

@@ -363,7 +363,7 @@ func (v *serving) transfer(ctx context.Context, sl *slot, req *RequestPacket, pe
 		err = fmt.Errorf("open a transfer socket: %w", err)
 		v.conn.WriteTo(appendError(nil, ErrUndefined, "server cannot open a transfer socket"), from)
 	} else {
-		l := newLink(ctx, conn, peer)
+		l := newLink(ctx, conn, peer, false)
 		l.heard = &sl.heard
 		defer l.close()
 		if req.Op == OpRead {

@@ -104,11 +104,16 @@ func (s *sender) run(ctx context.Context) (sent int64, err error) {
 		if s.last != 0 && top > s.last {
 			top = s.last
 		}
+		// The window is one or two runs of consecutive slots of the ring.
+		size := int64(4 + s.p.blksize)
 		n := int64(len(s.lens))
-		for b := base; b <= top; b++ {
-			if err := s.l.send(s.slot(b)[:s.lens[b%n]]); err != nil {
+		for b := base; b <= top; {
+			end := min(top, b+n-1-b%n) // the last block before the ring wraps
+			run := s.ring[b%n*size : end%n*size+int64(s.lens[end%n])]
+			if err := s.l.sendRun(run, int(size)); err != nil {
 				return sent, err
 			}
+			b = end + 1
 		}
 		// Read ahead the next window while the peer takes this one.
 		for s.last == 0 && s.filled < top+int64(s.p.window) {
