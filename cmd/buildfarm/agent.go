@@ -131,7 +131,7 @@ minutes.`,
 		f.DurationVar(&o.BuildStartup, "build-startup", o.BuildStartup, "build VM's time to its first TFTP request")
 		f.DurationVar(&o.BuildTimeout, "build-timeout", o.BuildTimeout, "build's time to upload its result")
 		f.IntVar(&o.BuildRetries, "build-retries", o.BuildRetries, "retries of a build VM that mis-booted")
-		f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "VM's time to power off after its job")
+		f.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "bootstrap VM's time to power off after its job (a build's VM is forced down once its result is in)")
 		f.DurationVar(&o.RequestTimeout, "request-timeout", o.RequestTimeout, "time for one exchange with a controller, beyond the long poll")
 		f.DurationVar(&o.RequestInterval, "request-interval", o.RequestInterval, "longest pause between rounds of task requests (the back-off's cap)")
 		f.DurationVar(&o.LongPoll, "long-poll", o.LongPoll, "how long a controller may hold a task request waiting for a task (0: no long polling)")

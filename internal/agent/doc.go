@@ -44,9 +44,10 @@
 //     in the VM's TFTP get/ directory, boot the VM in its own network
 //     namespace (or restore it from the warm state, falling back to a
 //     boot when that does not fit or fails), wait for the result with the
-//     startup, build and shutdown deadlines, and parse it. An abnormal end
+//     startup and build deadlines, and parse it. An abnormal end
 //     suspends the VM for investigation; otherwise the VM is forced down
-//     and the snapshot deleted. Every VM has a console (package console)
+//     as soon as the result is in (the guest's own power-off would only
+//     sync a disk about to be discarded) and the snapshot deleted. Every VM has a console (package console)
 //     and a record (package vmrecord) while it lives.
 //     Meanwhile the worker's progress and its operations' output, as it
 //     is written, go to the controller's live endpoints (livelog.go); a

@@ -25,12 +25,17 @@ import (
 // host's time and random bytes: the worker's fresh identity (see Start).
 const StartFile = "start"
 
-// startPoll is the pause between requests for StartFile, and startTimeout
-// the TFTP timeout of one request: short, since a request in flight when
-// the guest's state was saved is never answered after the restore.
+// startPoll is the pause between requests for StartFile. startTimeout is
+// the TFTP retransmission timeout of one request: short, since a request
+// in flight when the guest's state was saved is never answered after the
+// restore, and is sent again then. startRetries keeps one request's
+// socket open for about a second meanwhile, so that an answer slower than
+// startTimeout (a loaded host) is still taken rather than given up on,
+// which made each later request late too.
 const (
 	startPoll    = 5 * time.Millisecond
 	startTimeout = 30 * time.Millisecond
+	startRetries = 33
 )
 
 // Start is the contents of StartFile: what a restored guest must not share
@@ -111,7 +116,7 @@ func ParseStart(r io.Reader, file string) (*Start, error) {
 // startup deadline bounds the wait.
 func (w *Worker) awaitStart(ctx context.Context) error {
 	opts := w.opts
-	opts.Timeout, opts.Retries = startTimeout, 1
+	opts.Timeout, opts.Retries = startTimeout, startRetries
 	polls := 0
 	for {
 		var b bytes.Buffer
