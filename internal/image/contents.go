@@ -102,7 +102,8 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 		check(a.AddFileFrom(WorkerPath, 0o755, c.worker))
 	}
 
-	// The modules, and the list init loads them from.
+	// The modules, the list init loads them from, and the modules.dep
+	// its modprobe reads.
 	idx, err := initramfs.LoadModules(c.kernel.Modules)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kernel modules: %w", err)
@@ -115,12 +116,17 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 	base := path.Join("lib/modules", filepath.Base(c.kernel.Modules))
 	for _, m := range mods {
 		if !strings.HasSuffix(m.Path, ".ko") {
-			return nil, nil, fmt.Errorf("kernel module %s: %s is compressed; busybox insmod needs plain .ko files", m.Name, m.Path)
+			return nil, nil, fmt.Errorf("kernel module %s: %s is compressed; busybox modprobe needs plain .ko files", m.Name, m.Path)
 		}
 		check(a.AddFileFrom(path.Join(base, m.Path), 0o644, filepath.Join(c.kernel.Modules, filepath.FromSlash(m.Path))))
 		fmt.Fprintf(&list, "/%s/%s\n", base, m.Path)
 	}
 	check(a.AddFile("etc/buildfarm/modules", 0o644, list.Bytes()))
+	dep, err := modulesDep(idx, mods)
+	if err != nil {
+		return nil, nil, err
+	}
+	check(a.AddFile(path.Join(base, "modules.dep"), 0o644, dep))
 
 	// The caller's changes.
 	if c.sshKey != "" {
@@ -143,6 +149,25 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 		return nil, nil, fmt.Errorf("initramfs: %w", errs[0])
 	}
 	return &a, mods, nil
+}
+
+// modulesDep is depmod's modules.dep for mods: a line a module, its path
+// and then every module it needs, directly or not, the one to load first
+// last (busybox modprobe loads them from the end, and reads no further).
+func modulesDep(idx *initramfs.Modules, mods []initramfs.Module) ([]byte, error) {
+	var b bytes.Buffer
+	for _, m := range mods {
+		cl, err := idx.Closure(m.Name)
+		if err != nil {
+			return nil, fmt.Errorf("kernel modules: %w", err)
+		}
+		b.WriteString(m.Path + ":")
+		for i := len(cl) - 2; i >= 0; i-- { // cl ends with m itself
+			b.WriteString(" " + cl[i].Path)
+		}
+		b.WriteString("\n")
+	}
+	return b.Bytes(), nil
 }
 
 // shellQuote quotes s for /bin/sh.

@@ -2,11 +2,10 @@
 # buildfarm guest init: the first process of a one-shot build VM.
 #
 # 1. Mount /proc, /sys and /dev (devtmpfs).
-# 2. Load the kernel modules listed in /etc/buildfarm/modules, in that order
-#    (the image builder wrote them in dependency order), link each
-#    virtio-serial port as /dev/virtio-ports/NAME (as udev would: the
-#    management console's channels), and start acpid so that the ACPI power
-#    button powers the guest off (x86_64), or watch the GPIO power button
+# 2. Load the kernel modules listed in /etc/buildfarm/modules (the image
+#    builder wrote them in dependency order, and a modules.dep for them)
+#    with one modprobe, and start acpid so that the ACPI power button
+#    powers the guest off (x86_64), or watch the GPIO power button
 #    (aarch64).
 # 3. Mount the build disk, /dev/vda (ext4): on /build (the worker's root is
 #    this initramfs), or as the root to chroot into (the rootfs preset).
@@ -18,10 +17,16 @@
 #    would hand out that address: the agent says so, and the guest saves
 #    the 0.15-0.2 s a DHCP exchange takes under TCG), DHCP (udhcpc)
 #    otherwise.
-# 5. Run the hooks in /etc/buildfarm/rc.d, in name order, with
+# 5. Link each virtio-serial port as /dev/virtio-ports/NAME (as udev would:
+#    the management console's channels), and make sure acpid has the power
+#    button open: both were left to come up during 3 and 4.
+# 6. Run the hooks in /etc/buildfarm/rc.d, in name order, with
 #    BUILDFARM_ROOT set to the worker's root.
-# 6. Start buildfarm-worker in /build with stdio on the console, and power
+# 7. Start buildfarm-worker in /build with stdio on the console, and power
 #    the guest off when it exits, whatever happened before.
+#
+# Under TCG a process costs the guest about 4 ms, so what the init does
+# often (checks, waits, reading a file) it does with the shell's builtins.
 #
 # /etc/buildfarm/config sets ROOT=initramfs or ROOT=disk and NAME.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -36,60 +41,82 @@ halt() {
 	poweroff -f
 	sleep 10
 }
+# up sets $up to the seconds since boot.
+up() { read -r up _ </proc/uptime; }
+# exists reports whether one of the paths (a glob's expansion) exists.
+exists() {
+	for f; do [ -e "$f" ] && return 0; done
+	return 1
+}
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
-say "buildfarm guest $NAME, kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime)s"
-hostname "$NAME"
+up
+read -r release </proc/sys/kernel/osrelease
+say "buildfarm guest $NAME, kernel $release, up ${up}s"
+echo "$NAME" >/proc/sys/kernel/hostname
 
-loaded=""
-failed=""
+# The modules, all in one modprobe (-a), which loads each after what it
+# depends on; then see which are there.
+names=""
 while read -r ko; do
 	[ -n "$ko" ] || continue
 	m=${ko##*/}
-	m=${m%.ko}
-	if insmod "$ko"; then
+	names="$names ${m%.ko}"
+done </etc/buildfarm/modules
+[ -z "$names" ] || modprobe -a $names
+loaded=""
+failed=""
+for m in $names; do
+	if [ -d "/sys/module/$m" ]; then
 		loaded="$loaded $m"
 	else
 		failed="$failed $m"
 	fi
-done </etc/buildfarm/modules
+done
 say "modules loaded:$loaded"
 [ -z "$failed" ] || say "modules FAILED:$failed"
 
-# virtio-serial ports by name: guest programs write notifications to
-# /dev/virtio-ports/org.buildfarm.notify. The host announces the ports
-# after the driver has bound: wait for them briefly.
-n=0
-while ls /sys/bus/virtio/drivers/virtio_console 2>/dev/null | grep -q virtio && [ -z "$(ls /sys/class/virtio-ports 2>/dev/null)" ] && [ $n -lt 50 ]; do
-	usleep 20000
-	n=$((n + 1))
-done
-for p in /sys/class/virtio-ports/*; do
-	[ -e "$p/name" ] || continue
-	mkdir -p /dev/virtio-ports
-	ln -sf "../${p##*/}" "/dev/virtio-ports/$(cat "$p/name")"
-	# Build steps run unprivileged and may write notifications.
-	[ "$(cat "$p/name")" != org.buildfarm.notify ] || chmod 0666 "/dev/${p##*/}"
-done
-
 # The ACPI power button (QMP system_powerdown) powers the guest off: busybox
 # acpid runs /etc/acpi/PWRF/00000080. acpid opens the event devices once,
-# so wait for devtmpfs to make them, and then until it has them open: a
-# power-down pressed before that would be lost.
-n=0
-while [ "$(ls /sys/class/input | grep -c event)" != "$(ls /dev/input 2>/dev/null | grep -c event)" ] && [ $n -lt 200 ]; do
-	usleep 10000
-	n=$((n + 1))
-done
-acpid -d -c /etc/acpi </dev/null >/dev/null 2>&1 &
-n=0
-while [ "$(ls -l /proc/$!/fd 2>/dev/null | grep -c /dev/input/)" != "$(ls /dev/input 2>/dev/null | grep -c event)" ] && [ $n -lt 200 ]; do
-	usleep 10000
-	n=$((n + 1))
-done
+# so wait for devtmpfs to make them; it opens them while the disk and the
+# network are set up, and step 5 waits until it has: a power-down pressed
+# before that would be lost.
+# events_made reports whether each input event device has its node.
+events_made() {
+	for e in /sys/class/input/event*; do
+		[ -e "$e" ] || continue
+		[ -e "/dev/input/${e##*/}" ] || return 1
+	done
+}
+acpid=""
+if exists /sys/class/input/event*; then
+	n=0
+	while ! events_made && [ $n -lt 200 ]; do
+		usleep 10000
+		n=$((n + 1))
+	done
+	acpid -d -c /etc/acpi </dev/null >/dev/null 2>&1 &
+	acpid=$!
+fi
+# opened PID FILE... reports whether process PID has each FILE open.
+opened() {
+	pid=$1
+	shift
+	for want; do
+		[ -e "$want" ] || continue
+		found=""
+		for fd in /proc/$pid/fd/*; do
+			if [ "$fd" -ef "$want" ]; then
+				found=1
+				break
+			fi
+		done
+		[ -n "$found" ] || return 1
+	done
+}
 
 # aarch64: QEMU's virt machine without firmware has no ACPI; QMP
 # system_powerdown pulses pin 3 of its PL061 GPIO for 100 ms, and Debian's
@@ -97,8 +124,11 @@ done
 # line from here every 50 ms, without forking: read is a shell builtin, and
 # a read that times out on a fifo nobody writes is the sleep.
 for c in /sys/class/gpio/gpiochip*; do
-	[ "$(cat "$c/label" 2>/dev/null)" = 9030000.pl061 ] || continue
-	pin=$(($(cat "$c/base") + 3))
+	[ -e "$c/label" ] || continue
+	read -r label <"$c/label"
+	[ "$label" = 9030000.pl061 ] || continue
+	read -r base <"$c/base"
+	pin=$((base + 3))
 	echo "$pin" >/sys/class/gpio/export 2>/dev/null
 	[ -r "/sys/class/gpio/gpio$pin/value" ] || break
 	mkfifo /run/powerbutton.tick
@@ -117,7 +147,7 @@ done
 
 # The disk: wait briefly for devtmpfs to make the node once the driver has
 # seen the device.
-mkdir -p /build
+[ -d /build ] || mkdir -p /build
 disk=""
 if [ -e /sys/block/vda ]; then
 	n=0
@@ -161,9 +191,10 @@ if [ -z "$nic" ]; then
 	say "no network interface"
 else
 	ip link set "$nic" up
-	mac=$(cat "/sys/class/net/$nic/address")
+	read -r mac <"/sys/class/net/$nic/address"
+	read -r cmdline </proc/cmdline
 	user=""
-	for a in $(cat /proc/cmdline); do
+	for a in $cmdline; do
 		[ "$a" != buildfarm.net=user ] || user=1
 	done
 	if [ "$mac" = 00:01:02:03:04:0b ] || [ -n "$user" ]; then
@@ -179,14 +210,45 @@ else
 	[ "$ROOT" != disk ] || cp /etc/resolv.conf /mnt/root/etc/resolv.conf 2>/dev/null
 fi
 
+# virtio-serial ports by name: guest programs write notifications to
+# /dev/virtio-ports/org.buildfarm.notify. The host announces the ports
+# after the driver has bound: wait for them briefly.
+n=0
+while exists /sys/bus/virtio/drivers/virtio_console/virtio* && ! exists /sys/class/virtio-ports/* && [ $n -lt 50 ]; do
+	usleep 20000
+	n=$((n + 1))
+done
+for p in /sys/class/virtio-ports/*; do
+	[ -e "$p/name" ] || continue
+	[ -d /dev/virtio-ports ] || mkdir -p /dev/virtio-ports
+	read -r port <"$p/name"
+	ln -sf "../${p##*/}" "/dev/virtio-ports/$port"
+	# Build steps run unprivileged and may write notifications.
+	[ "$port" != org.buildfarm.notify ] || chmod 0666 "/dev/${p##*/}"
+done
+
+# acpid has the power button open before anyone is told the guest is up.
+if [ -n "$acpid" ]; then
+	n=0
+	while [ -d "/proc/$acpid" ] && ! opened "$acpid" /dev/input/event* && [ $n -lt 200 ]; do
+		usleep 10000
+		n=$((n + 1))
+	done
+fi
+
 for hook in /etc/buildfarm/rc.d/*; do
 	[ -x "$hook" ] || continue
 	say "running $hook"
 	(cd "${BUILDFARM_ROOT%/}/build" && "$hook") || say "$hook failed: status $?"
 done
 
-say "starting buildfarm-worker (up $(cut -d' ' -f1 /proc/uptime)s)"
-$run /bin/sh -c 'cd /build && exec buildfarm-worker'
+up
+say "starting buildfarm-worker (up ${up}s)"
+if [ -n "$run" ]; then
+	$run /bin/sh -c 'cd /build && exec buildfarm-worker'
+else
+	(cd /build && exec buildfarm-worker)
+fi
 say "buildfarm-worker exited: status $?"
 [ -z "$disk" ] || {
 	sync
