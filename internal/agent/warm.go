@@ -351,6 +351,9 @@ func (a *Agent) warmSession(s *session, m *machineState, w *warmState) {
 		s.port = p
 	}
 	s.startup = min(s.startup, warmStartup)
+	// The saved key names a QEMU program (path, size, time) and its
+	// version: that program, unchanged, need not be asked again.
+	a.knownQEMUVersion(w.get("qemu"), w.get("qemu-version"))
 	var t0 time.Time
 	s.configure = func(ctx context.Context, cfg *qemu.Config) error {
 		cfg.Append = strings.TrimSpace(cfg.Append + " " + worker.StartWaitArg)
@@ -511,6 +514,22 @@ func (a *Agent) warmKey(ctx context.Context, m *machineState, port int, cfg *qem
 	}, nil
 }
 
+// knownQEMUVersion records version as that of the QEMU program file id
+// (path, size and time), unless one is known already.
+func (a *Agent) knownQEMUVersion(id, version string) {
+	if id == "" || version == "" {
+		return
+	}
+	a.warm.mu.Lock()
+	defer a.warm.mu.Unlock()
+	if a.warm.versions == nil {
+		a.warm.versions = map[string]string{}
+	}
+	if _, ok := a.warm.versions[id]; !ok {
+		a.warm.versions[id] = version
+	}
+}
+
 // qemuVersion returns the first line of prog --version, asked once per
 // program file (id: path, size and time).
 func (a *Agent) qemuVersion(ctx context.Context, prog, id string) (string, error) {
@@ -526,12 +545,7 @@ func (a *Agent) qemuVersion(ctx context.Context, prog, id string) (string, error
 	}
 	line, _, _ := strings.Cut(string(out), "\n")
 	v = strings.TrimSpace(line)
-	a.warm.mu.Lock()
-	if a.warm.versions == nil {
-		a.warm.versions = map[string]string{}
-	}
-	a.warm.versions[id] = v
-	a.warm.mu.Unlock()
+	a.knownQEMUVersion(id, v)
 	return v, nil
 }
 
