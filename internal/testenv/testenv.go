@@ -1,7 +1,10 @@
 // Package testenv tells tests what this machine offers and skips, with the
 // reason, those that cannot run here. Costly tests are marked, not hidden:
 // VM tests (real QEMU, btrfs on loop devices, network namespaces) run only
-// when BUILDFARM_VM_TESTS=1, which scripts/test and CI always set.
+// when BUILDFARM_VM_TESTS=1, which scripts/test and CI always set. It also
+// holds what tests and the bench/ harnesses share: building buildfarm and
+// the worker (GoBuild, BuildWorker, Worker) and a btrfs file system on a
+// loop device (MountBtrfs, Btrfs).
 //
 // Environment:
 //
