@@ -493,7 +493,7 @@ func (f *farm) measure(ctx context.Context, c config, sum, tmpl string) (Run, er
 	if t.Status != manifest.StatusSuccess.String() || t.Finished == nil {
 		return r, fmt.Errorf("task %d ended %s (%s), want success", id, t.Status, t.Reason)
 	}
-	res, err := result(ctx, f.api, id)
+	res, err := f.api.ParsedResult(ctx, id)
 	if err != nil {
 		return r, err
 	}
@@ -572,23 +572,6 @@ func liveLog(ctx context.Context, base string, id, after int64) (*controller.Liv
 		return nil, fmt.Errorf("live log of task %d: %w", id, err)
 	}
 	return &l, nil
-}
-
-// result fetches and parses task id's result manifest.
-func result(ctx context.Context, api *controller.APIClient, id int64) (*manifest.Result, error) {
-	text, err := api.Result(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	name := fmt.Sprintf("task %d result", id)
-	ms, err := manifest.Parse(bytes.NewReader(text), name)
-	if err != nil {
-		return nil, err
-	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("%s: %d manifests, want 1", name, len(ms))
-	}
-	return manifest.ParseResult(ms[0], name, manifest.Lenient)
 }
 
 // serialWatch reads the serial logs of the VMs under an agent's TFTP

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -580,23 +579,12 @@ func upDemo(ctx context.Context, e *env, url string, o upOptions, demoTasks []de
 // it has none (a task that ended without a result, for example abnormal
 // after its leases ran out).
 func demoResult(ctx context.Context, c *controller.APIClient, t controller.Task) (*manifest.Result, error) {
-	text, err := c.Result(ctx, t.ID)
+	res, err := c.ParsedResult(ctx, t.ID)
 	var ae *controller.APIError
 	if errors.As(err, &ae) && ae.StatusCode == 404 {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	name := fmt.Sprintf("task %d result", t.ID)
-	ms, err := manifest.Parse(bytes.NewReader(text), name)
-	if err != nil {
-		return nil, err
-	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("%s: %d manifests, want 1", name, len(ms))
-	}
-	return manifest.ParseResult(ms[0], name, manifest.Lenient)
+	return res, err
 }
 
 // lastLines returns the last n non-empty lines of s.

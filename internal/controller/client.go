@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/buildfarm/buildfarm/internal/manifest"
 )
 
 // APIClient calls a controller's submit API (see the package
@@ -155,6 +157,24 @@ func (c *APIClient) Task(ctx context.Context, id int64) (*Task, error) {
 // Result returns a done task's result manifest.
 func (c *APIClient) Result(ctx context.Context, id int64) ([]byte, error) {
 	return c.do(ctx, http.MethodGet, fmt.Sprintf("/api/v1/tasks/%d/result", id), "", nil, nil)
+}
+
+// ParsedResult returns a done task's result manifest, parsed (leniently,
+// so that fields of newer agents pass).
+func (c *APIClient) ParsedResult(ctx context.Context, id int64) (*manifest.Result, error) {
+	text, err := c.Result(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	name := fmt.Sprintf("task %d result", id)
+	ms, err := manifest.Limits{Manifests: 1}.Parse(bytes.NewReader(text), name)
+	if err != nil {
+		return nil, err
+	}
+	if len(ms) != 1 {
+		return nil, fmt.Errorf("%s: %d manifests, want 1", name, len(ms))
+	}
+	return manifest.ParseResult(ms[0], name, manifest.Lenient)
 }
 
 // Queue returns the queue's depth and oldest task.
