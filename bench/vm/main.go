@@ -115,8 +115,9 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("kernel %s, accel %s, RAM %d MiB, buildfarm-worker %.1f MiB (-ldflags %q), %d runs each, alternating\n",
-		k.Version, c.accel, c.ram, float64(fi.Size())/(1<<20), c.workerLDFlags, c.runs)
+	fmt.Printf("kernel %s, accel %s, RAM %d MiB, buildfarm-worker %.1f MiB (-ldflags %q), %d runs each, alternating; load average %s\n",
+		k.Version, c.accel, c.ram, float64(fi.Size())/(1<<20), c.workerLDFlags, c.runs, loadAverage())
+	defer func() { fmt.Printf("load average at the end: %s\n", loadAverage()) }()
 	raw := filepath.Join(tmp, "raw.initrd")
 	if err := guesttest.Write(ctx, raw, k, "#!/bin/busybox sh\n/bin/busybox poweroff -f\n"); err != nil {
 		return err
@@ -155,6 +156,16 @@ func run(ctx context.Context, c config) error {
 		}
 	}
 	return nil
+}
+
+// loadAverage is the host's load averages over 1, 5 and 15 minutes: other
+// processes on the host slow the guests, which run under TCG.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "unknown"
 }
 
 // timing is one run: the whole of it, and its VM's start to the worker's
