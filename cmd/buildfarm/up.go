@@ -27,6 +27,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/store"
+	"github.com/buildfarm/buildfarm/internal/worker"
 )
 
 // upOptions are up's command-line options.
@@ -52,7 +53,9 @@ one state directory:
   1. It makes the busybox machine of each architecture --arch names
      (image build --preset busybox --arch ARCH; default this host's) and
      adds it to the state's machine volume, unless it is there already:
-     busybox for x86_64, busybox-aarch64 for aarch64.
+     busybox for x86_64, busybox-aarch64 for aarch64. A machine that an
+     older buildfarm made, whose worker speaks an older protocol than
+     this agent's, is made again and upgraded (machine upgrade).
   2. It writes the state's buildtab if it is missing, and adds the lines
      of an architecture it lacks (see below).
   3. It starts a controller on SQLite (state/controller.db) listening on
@@ -346,13 +349,22 @@ func upMakeMachine(ctx context.Context, e *env, machines, state string, ua upArc
 		return err
 	}
 	_, _, err = v.Current(ua.machine)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, machine.ErrRemoved) && !errors.Is(err, machine.ErrNotFound) && !errors.Is(err, fs.ErrNotExist) {
+	upgrade := false
+	switch {
+	case err == nil:
+		old, ok := olderWorker(machines, ua.machine, upToolchain)
+		if !ok {
+			return nil
+		}
+		// Its image holds that worker, which this agent's protocol has
+		// left behind: bootstrapping it again would not help.
+		fmt.Fprintf(e.stderr, "up: the %s machine was bootstrapped by worker protocol %d, this buildfarm's is %d: making it again\n", ua.machine, old, worker.Version)
+		upgrade = true
+	case !errors.Is(err, machine.ErrRemoved) && !errors.Is(err, machine.ErrNotFound) && !errors.Is(err, fs.ErrNotExist):
 		return err
+	default:
+		fmt.Fprintf(e.stderr, "up: making the %s machine\n", ua.machine)
 	}
-	fmt.Fprintf(e.stderr, "up: making the %s machine\n", ua.machine)
 	tmp, err := os.MkdirTemp(state, ".image-")
 	if err != nil {
 		return err
@@ -365,11 +377,41 @@ func upMakeMachine(ctx context.Context, e *env, machines, state string, ua upArc
 	if _, err := image.Build(ctx, opts); err != nil {
 		return err
 	}
+	if upgrade {
+		if _, err := v.Upgrade(ctx, ua.machine, machine.Source{Dir: opts.Out}); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stderr, "up: machine %s upgraded in %s\n", ua.machine, v.Dir)
+		return nil
+	}
 	if _, err := v.Add(ctx, ua.machine, machine.Source{Dir: opts.Out}); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stderr, "up: machine %s added to %s\n", ua.machine, v.Dir)
 	return nil
+}
+
+// olderWorker reports the worker protocol version that name's bootstrapped
+// copy for toolchain in the default volume records, when it is older than
+// this buildfarm's worker.Version. A machine image made by an older
+// buildfarm holds that older worker (up makes its machine only once), and
+// the agent cannot run tasks on it.
+func olderWorker(machines, name, toolchain string) (uint64, bool) {
+	path := filepath.Join(machines, machine.DefaultVolume, name, name+"-"+toolchain, machine.BootstrappedFile)
+	ms, err := manifest.Limits{Manifests: 1}.ReadFile(path)
+	if err != nil || len(ms) != 1 {
+		return 0, false
+	}
+	bm, err := manifest.ParseBootstrappedMachine(ms[0], path, manifest.Lenient)
+	if err != nil {
+		return 0, false
+	}
+	for _, tv := range bm.Bootstrap.Versions {
+		if tv.Tool == worker.VersionTool && tv.Version < worker.Version {
+			return tv.Version, true
+		}
+	}
+	return 0, false
 }
 
 // bootstrapped reports whether name looks bootstrapped for toolchain in

@@ -14,8 +14,10 @@ import (
 
 	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/controller"
+	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/testenv"
+	"github.com/buildfarm/buildfarm/internal/worker"
 )
 
 // TestUp runs the README's first command, `buildfarm up --demo`, for real
@@ -284,5 +286,38 @@ func TestUpBuildtabArches(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(file); !bytes.Equal(before, after) {
 		t.Errorf("upBuildtab again changed the file:\n%s", after)
+	}
+}
+
+// TestUpOlderWorker checks how up tells that a machine it made earlier
+// holds a worker of an older protocol (so that it makes the machine again):
+// by the version its bootstrapped copy records.
+func TestUpOlderWorker(t *testing.T) {
+	machines := t.TempDir()
+	dir := filepath.Join(machines, machine.DefaultVolume, "busybox", "busybox-"+upToolchain)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(v uint64) {
+		t.Helper()
+		bm := &manifest.BootstrappedMachine{
+			Machine:   manifest.Machine{ID: "busybox-1.0", Name: "busybox", Summary: "busybox", Type: "kvm"},
+			Toolchain: manifest.Toolchain{ID: "t"},
+			Bootstrap: manifest.Bootstrap{Versions: []manifest.ToolVersion{{Tool: worker.VersionTool, Version: v}}},
+		}
+		if err := manifest.WriteFile(filepath.Join(dir, machine.BootstrappedFile), []manifest.Manifest{bm.Manifest()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, ok := olderWorker(machines, "busybox", upToolchain); ok {
+		t.Errorf("olderWorker(not bootstrapped) = %d, true; want false", v)
+	}
+	write(worker.Version - 1)
+	if v, ok := olderWorker(machines, "busybox", upToolchain); !ok || v != worker.Version-1 {
+		t.Errorf("olderWorker(bootstrapped by protocol %d) = %d, %v; want %d, true", worker.Version-1, v, ok, worker.Version-1)
+	}
+	write(worker.Version)
+	if v, ok := olderWorker(machines, "busybox", upToolchain); ok {
+		t.Errorf("olderWorker(bootstrapped by this protocol) = %d, true; want false", v)
 	}
 }
