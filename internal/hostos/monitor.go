@@ -1,7 +1,6 @@
 package hostos
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -349,7 +348,7 @@ func (m *Monitor) supervise(ctx context.Context, in *instance, t *DerivedToolcha
 	log := m.Log.With("toolchain", in.tc, "instance", in.num)
 	pause := time.Duration(0)
 	for ctx.Err() == nil {
-		tail := &tailWriter{max: 8 << 10}
+		tail := &proc.Tail{Max: 8 << 10}
 		out := io.Writer(tail)
 		if m.AgentOutput != nil {
 			out = io.MultiWriter(m.AgentOutput, tail)
@@ -484,25 +483,3 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// tailWriter keeps the last max bytes written to it.
-type tailWriter struct {
-	mu  sync.Mutex
-	max int
-	buf bytes.Buffer
-}
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf.Write(p)
-	if over := t.buf.Len() - t.max; over > 0 {
-		t.buf.Next(over)
-	}
-	return len(p), nil
-}
-
-func (t *tailWriter) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.buf.String()
-}

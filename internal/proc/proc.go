@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -79,19 +80,31 @@ func KillGroup(cmd *exec.Cmd, sig syscall.Signal) error {
 	return err
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	max int
+// Tail is an io.Writer that keeps the last Max bytes written to it, for
+// the end of a program's output in an error message. It is safe for
+// concurrent writers (a command's stdout and stderr).
+type Tail struct {
+	Max int
+
+	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	n := len(p)
+func (t *Tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.buf.Write(p)
-	if over := t.buf.Len() - t.max; over > 0 {
+	if over := t.buf.Len() - t.Max; over > 0 {
 		t.buf.Next(over)
 	}
-	return n, nil
+	return len(p), nil
+}
+
+// String returns what the tail holds.
+func (t *Tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.buf.String()
 }
 
 const stderrTail = 4096
@@ -115,7 +128,7 @@ func Output(ctx context.Context, name string, args ...string) ([]byte, error) {
 // in *Error with the tail of its standard error. If cmd.Stderr is already
 // set, the tail is captured as well as written there.
 func Wait(cmd *exec.Cmd) error {
-	tail := &tailBuffer{max: stderrTail}
+	tail := &Tail{Max: stderrTail}
 	if cmd.Process == nil {
 		if cmd.Stderr == nil {
 			cmd.Stderr = tail
@@ -127,7 +140,7 @@ func Wait(cmd *exec.Cmd) error {
 		}
 	}
 	if err := cmd.Wait(); err != nil {
-		return &Error{Args: cmd.Args, Err: err, Stderr: tail.buf.String()}
+		return &Error{Args: cmd.Args, Err: err, Stderr: tail.String()}
 	}
 	return nil
 }

@@ -63,11 +63,11 @@ func TestCancelKillsGroup(t *testing.T) {
 	}
 }
 
-func TestTailBuffer(t *testing.T) {
-	tb := &tailBuffer{max: 4}
+func TestTail(t *testing.T) {
+	tb := &Tail{Max: 4}
 	tb.Write([]byte("abcdef"))
 	tb.Write([]byte("gh"))
-	if got := tb.buf.String(); got != "efgh" {
+	if got := tb.String(); got != "efgh" {
 		t.Errorf("tail = %q, want %q", got, "efgh")
 	}
 }
