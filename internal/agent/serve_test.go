@@ -324,20 +324,8 @@ func TestControllerProtocol(t *testing.T) {
 // bbot does (openssl rsautl -sign: PKCS#1 v1.5 over the challenge's bytes,
 // no digest), which openssl itself verifies.
 func TestRSASignatureAsBbot(t *testing.T) {
-	openssl, err := exec.LookPath("openssl")
-	if err != nil {
-		if testenv.VMTests() {
-			t.Fatalf("openssl is not installed (scripts/deps installs it): %v", err)
-		}
-		t.Skipf("openssl is not installed (scripts/deps installs it): %v", err)
-	}
 	dir := t.TempDir()
-	keyFile, pubFile := filepath.Join(dir, "key.pem"), filepath.Join(dir, "pub.pem")
-	for _, args := range [][]string{{"genrsa", "-out", keyFile, "2048"}, {"rsa", "-in", keyFile, "-pubout", "-out", pubFile}} {
-		if out, err := exec.Command(openssl, args...).CombinedOutput(); err != nil {
-			t.Fatalf("openssl %v: %v\n%s", args, err, out)
-		}
-	}
+	keyFile, pubFile := testenv.RSAKeyPair(t, dir)
 	c := newTestController(t)
 	c.challenge = bytes.Repeat([]byte{0x5a, 0xa5}, 32)
 	c.give(helloTask("busybox"))
@@ -351,7 +339,7 @@ func TestRSASignatureAsBbot(t *testing.T) {
 	}
 	sigFile := filepath.Join(dir, "sig")
 	os.WriteFile(sigFile, sig, 0o644)
-	out, err := exec.Command(openssl, "rsautl", "-verify", "-pubin", "-inkey", pubFile, "-in", sigFile).Output()
+	out, err := exec.Command(testenv.NeedProgram(t, "openssl"), "rsautl", "-verify", "-pubin", "-inkey", pubFile, "-in", sigFile).Output()
 	if err != nil || !bytes.Equal(out, c.challenge) {
 		t.Errorf("openssl rsautl -verify of the agent's signature: %v, recovered %x; want the challenge %x", err, out, c.challenge)
 	}

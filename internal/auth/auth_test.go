@@ -8,41 +8,16 @@ import (
 	"encoding/base64"
 	"errors"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
-)
 
-// openssl runs the openssl command with stdin and returns its stdout.
-func openssl(t *testing.T, stdin []byte, args ...string) []byte {
-	t.Helper()
-	path, err := exec.LookPath("openssl")
-	if err != nil {
-		if os.Getenv("BUILDFARM_VM_TESTS") == "1" {
-			t.Fatalf("openssl is not installed (scripts/deps installs it): %v", err)
-		}
-		t.Skipf("openssl is not installed (scripts/deps installs it): %v", err)
-	}
-	cmd := exec.Command(path, args...)
-	cmd.Stdin = bytes.NewReader(stdin)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("openssl %v: %v: %s", args, err, stderr.Bytes())
-	}
-	return out
-}
+	"github.com/buildfarm/buildfarm/internal/testenv"
+)
 
 // TestRSAInteropOpenSSL proves our RSA signatures are bbot's: openssl
 // rsautl -sign signs a challenge that we verify, and openssl rsautl
 // -verify recovers the challenge from our signature.
 func TestRSAInteropOpenSSL(t *testing.T) {
-	dir := t.TempDir()
-	keyFile := filepath.Join(dir, "key.pem")
-	pubFile := filepath.Join(dir, "pub.pem")
-	openssl(t, nil, "genrsa", "-out", keyFile, "2048")
-	openssl(t, nil, "rsa", "-in", keyFile, "-pubout", "-out", pubFile)
+	keyFile, pubFile := testenv.RSAKeyPair(t, t.TempDir())
 
 	key, err := ReadPrivateKey(keyFile)
 	if err != nil {
@@ -63,7 +38,7 @@ func TestRSAInteropOpenSSL(t *testing.T) {
 	raw, _ := base64.StdEncoding.DecodeString(challenge)
 
 	// openssl signs as bbot does; we verify.
-	sig := openssl(t, raw, "rsautl", "-sign", "-inkey", keyFile)
+	sig := testenv.OpenSSL(t, raw, "rsautl", "-sign", "-inkey", keyFile)
 	if err := Verify(pub, challenge, base64.StdEncoding.EncodeToString(sig)); err != nil {
 		t.Errorf("Verify(openssl's signature) = %v, want nil", err)
 	}
@@ -73,7 +48,7 @@ func TestRSAInteropOpenSSL(t *testing.T) {
 		t.Fatal(err)
 	}
 	oursRaw, _ := base64.StdEncoding.DecodeString(ours)
-	got := openssl(t, oursRaw, "rsautl", "-verify", "-pubin", "-inkey", pubFile)
+	got := testenv.OpenSSL(t, oursRaw, "rsautl", "-verify", "-pubin", "-inkey", pubFile)
 	if !bytes.Equal(got, raw) {
 		t.Errorf("openssl rsautl -verify of our signature = %x, want the challenge %x", got, raw)
 	}

@@ -1,13 +1,10 @@
 package controller
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -114,23 +111,7 @@ func TestAuthOptional(t *testing.T) {
 // TestAuthRSAOpenSSL: a bbot agent's RSA key, its challenge signed with
 // openssl rsautl -sign, is accepted.
 func TestAuthRSAOpenSSL(t *testing.T) {
-	openssl := testenv.NeedProgram(t, "openssl")
-	dir := t.TempDir()
-	keyFile, pubFile := filepath.Join(dir, "key.pem"), filepath.Join(dir, "pub.pem")
-	run := func(stdin []byte, args ...string) []byte {
-		t.Helper()
-		cmd := exec.Command(openssl, args...)
-		cmd.Stdin = bytes.NewReader(stdin)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("openssl %v: %v: %s", args, err, stderr.Bytes())
-		}
-		return out
-	}
-	run(nil, "genrsa", "-out", keyFile, "2048")
-	run(nil, "rsa", "-in", keyFile, "-pubout", "-out", pubFile)
+	keyFile, pubFile := testenv.RSAKeyPair(t, t.TempDir())
 	pub, err := os.ReadFile(pubFile)
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +125,7 @@ func TestAuthRSAOpenSSL(t *testing.T) {
 		t.Fatalf("task response %+v: no challenge", resp)
 	}
 	raw, _ := base64.StdEncoding.DecodeString(resp.Challenge)
-	sig := base64.StdEncoding.EncodeToString(run(raw, "rsautl", "-sign", "-inkey", keyFile))
+	sig := base64.StdEncoding.EncodeToString(testenv.OpenSSL(t, raw, "rsautl", "-sign", "-inkey", keyFile))
 	if code, body := post(t, s.URL()+"/?build-result", resultFor(resp, manifest.StatusSuccess, sig), nil); code != 200 {
 		t.Fatalf("result signed by openssl rsautl = %d %s, want 200", code, body)
 	}

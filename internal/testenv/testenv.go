@@ -14,6 +14,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -183,4 +184,31 @@ func MountBtrfs(ctx context.Context, dir string, size int64) (mnt string, unmoun
 		}
 		return errors.Join(err, os.Remove(img))
 	}, nil
+}
+
+// OpenSSL runs the openssl command with stdin and returns its standard
+// output; it fails the test, with what openssl printed, when openssl does.
+// Without openssl it fails (VM tests) or skips, as NeedProgram does.
+func OpenSSL(t testing.TB, stdin []byte, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(NeedProgram(t, "openssl"), args...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("openssl %v: %v: %s", args, err, stderr.Bytes())
+	}
+	return out
+}
+
+// RSAKeyPair makes a 2048-bit RSA key with openssl, as a bbot agent's key
+// is made (openssl genrsa), in dir: the private key (PKCS#1 PEM) and its
+// public key (openssl rsa -pubout). It returns both files.
+func RSAKeyPair(t testing.TB, dir string) (keyFile, pubFile string) {
+	t.Helper()
+	keyFile, pubFile = filepath.Join(dir, "key.pem"), filepath.Join(dir, "pub.pem")
+	OpenSSL(t, nil, "genrsa", "-out", keyFile, "2048")
+	OpenSSL(t, nil, "rsa", "-in", keyFile, "-pubout", "-out", pubFile)
+	return keyFile, pubFile
 }
