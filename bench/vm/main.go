@@ -40,7 +40,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -49,6 +48,7 @@ import (
 
 	"github.com/buildfarm/buildfarm/internal/accel"
 	"github.com/buildfarm/buildfarm/internal/agent"
+	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/cache"
 	"github.com/buildfarm/buildfarm/internal/image"
 	"github.com/buildfarm/buildfarm/internal/machine"
@@ -56,6 +56,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/qemu/guesttest"
+	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
 type config struct {
@@ -106,10 +107,12 @@ func run(ctx context.Context, c config) error {
 		defer os.RemoveAll(tmp)
 	}
 	workerBin := filepath.Join(tmp, "buildfarm-worker")
-	cmd := exec.Command("go", "build", "-ldflags", c.workerLDFlags, "-o", workerBin, "./cmd/buildfarm-worker")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build buildfarm-worker: %v: %s", err, out)
+	var ldflags []string
+	if c.workerLDFlags != "" {
+		ldflags = []string{c.workerLDFlags}
+	}
+	if err := testenv.BuildWorker(ctx, workerBin, arch.Host(), ldflags...); err != nil {
+		return err
 	}
 	fi, err := os.Stat(workerBin)
 	if err != nil {

@@ -51,8 +51,8 @@ func TestFarm(t *testing.T) {
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "buildfarm")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build buildfarm: %v\n%s", err, out)
+	if err := testenv.GoBuild(ctx, bin, "./cmd/buildfarm", ""); err != nil {
+		t.Fatal(err)
 	}
 	const token = "farm-test-token"
 	t.Setenv(tokenEnv, token) // the controllers' admin token (they have a public URL)
