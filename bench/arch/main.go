@@ -16,15 +16,19 @@
 //
 // Runs alternate between the architectures so that load on the machine
 // hits both alike; it prints each run, the medians and the ratio of
-// aarch64 to x86_64. Run as root from the repository (it builds buildfarm
-// and both workers with go build):
+// aarch64 to x86_64, and writes the same figures (each run, the medians
+// and ranges, the ratios, the load average, the date, the commit and the
+// kernels) to -results, bench/arch/results.json. The workers are built as
+// scripts/up builds the shipped one (-worker-ldflags "-s -w"). Run as
+// root from the repository (it builds buildfarm and both workers with go
+// build):
 //
-//	go run ./bench/arch [-runs 5] [-accel tcg] [-hello-c]
+//	go run ./bench/arch [-runs 5] [-accel tcg] [-hello-c] [-results FILE]
 package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -36,17 +40,34 @@ import (
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/arch"
+	"github.com/buildfarm/buildfarm/internal/cache"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
+// config is the command line.
+type config struct {
+	runs          int
+	accel         string
+	helloC        bool
+	workerLDFlags string
+	results       string
+}
+
 func main() {
-	runs := flag.Int("runs", 5, "runs of each measurement and architecture")
-	accelSet := flag.String("accel", "tcg", "accelerator: auto, kvm or tcg")
-	helloC := flag.Bool("hello-c", false, "also build examples/hello-c-aarch64 on the aarch64 debian machine, once")
+	var c config
+	flag.IntVar(&c.runs, "runs", 5, "runs of each measurement and architecture")
+	flag.StringVar(&c.accel, "accel", "tcg", "accelerator: auto, kvm or tcg")
+	flag.BoolVar(&c.helloC, "hello-c", false, "also build examples/hello-c-aarch64 on the aarch64 debian machine, once")
+	flag.StringVar(&c.workerLDFlags, "worker-ldflags", "-s -w", "go build -ldflags of both buildfarm-workers (scripts/up's)")
+	flag.StringVar(&c.results, "results", filepath.Join("bench", "arch", "results.json"), "JSON `file` to write the figures to (empty: none)")
 	flag.Parse()
-	if err := run(context.Background(), *runs, *accelSet, *helloC); err != nil {
+	if c.runs < 1 {
+		fmt.Fprintf(os.Stderr, "bench/arch: -runs %d: want at least 1\n", c.runs)
+		os.Exit(2)
+	}
+	if err := run(context.Background(), c); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/arch:", err)
 		os.Exit(1)
 	}
@@ -62,7 +83,21 @@ type guest struct {
 	hello   []time.Duration
 }
 
-func run(ctx context.Context, runs int, accelSet string, helloC bool) error {
+func run(ctx context.Context, c config) error {
+	res := results{Measured: time.Now().UTC().Format(time.RFC3339), Accel: c.accel, Runs: c.runs,
+		RAM: guestRAM, CPUs: 1, WorkerLDFlags: c.workerLDFlags, GuestKernel: map[arch.Arch]string{}}
+	var err error
+	if res.Commit, err = commit(ctx); err != nil {
+		return err
+	}
+	res.HostKernel, res.QEMU = hostKernel(), qemuVersion(ctx)
+	for _, a := range arch.All {
+		k, err := cache.GuestKernelFor(a)
+		if err != nil {
+			return err
+		}
+		res.GuestKernel[a] = k.Version
+	}
 	tmp, err := os.MkdirTemp("", "bench-arch-")
 	if err != nil {
 		return err
@@ -73,11 +108,15 @@ func run(ctx context.Context, runs int, accelSet string, helloC bool) error {
 		{arch: arch.X8664, machine: "busybox", example: "hello", worker: filepath.Join(tmp, "buildfarm-worker")},
 		{arch: arch.AArch64, machine: "busybox-aarch64", example: "hello-aarch64", worker: filepath.Join(tmp, "buildfarm-worker-arm64")},
 	}
-	builds := []struct{ out, pkg, goarch string }{
-		{bf, "./cmd/buildfarm", ""}, {gs[0].worker, "./cmd/buildfarm-worker", "amd64"}, {gs[1].worker, "./cmd/buildfarm-worker", "arm64"},
+	if err := testenv.GoBuild(ctx, bf, "./cmd/buildfarm", ""); err != nil {
+		return err
 	}
-	for _, b := range builds {
-		if err := testenv.GoBuild(ctx, b.out, b.pkg, b.goarch); err != nil {
+	var ldflags []string
+	if c.workerLDFlags != "" {
+		ldflags = []string{c.workerLDFlags}
+	}
+	for _, g := range gs {
+		if err := testenv.BuildWorker(ctx, g.worker, g.arch, ldflags...); err != nil {
 			return err
 		}
 	}
@@ -92,10 +131,13 @@ func run(ctx context.Context, runs int, accelSet string, helloC bool) error {
 			return err
 		}
 	}
-	fmt.Printf("accel %s, %d runs, alternating x86_64 and aarch64\n", accelSet, runs)
-	for i := range runs {
+	res.LoadBefore = loadAverage()
+	fmt.Printf("accel %s, %d runs, alternating x86_64 and aarch64, commit %s, load average %s\n",
+		c.accel, c.runs, res.Commit, res.LoadBefore)
+	for i := range c.runs {
+		res.RunLoad = append(res.RunLoad, loadAverage())
 		for _, g := range gs {
-			d, err := bootTest(ctx, bf, filepath.Join(tmp, g.machine), accelSet)
+			d, err := bootTest(ctx, bf, filepath.Join(tmp, g.machine), c.accel)
 			if err != nil {
 				return fmt.Errorf("boot %s: %w", g.arch, err)
 			}
@@ -103,7 +145,7 @@ func run(ctx context.Context, runs int, accelSet string, helloC bool) error {
 			fmt.Printf("run %d %-7s boot to the worker %6.2fs\n", i+1, g.arch, d.Seconds())
 		}
 		for _, g := range gs {
-			d, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), accelSet, g.example, g.arch)
+			d, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), c.accel, g.example, g.arch)
 			if err != nil {
 				return fmt.Errorf("hello %s: %w", g.arch, err)
 			}
@@ -111,19 +153,149 @@ func run(ctx context.Context, runs int, accelSet string, helloC bool) error {
 			fmt.Printf("run %d %-7s hello task       %6.2fs\n", i+1, g.arch, d.Seconds())
 		}
 	}
-	fmt.Println()
-	fmt.Printf("%-22s %10s %10s %8s\n", "median", "x86_64", "aarch64", "ratio")
-	for _, row := range []struct {
-		name string
-		x, a []time.Duration
-	}{{"boot to the worker", gs[0].boot, gs[1].boot}, {"whole hello task", gs[0].hello, gs[1].hello}} {
-		x, a := median(row.x), median(row.a)
-		fmt.Printf("%-22s %9.2fs %9.2fs %7.2fx\n", row.name, x.Seconds(), a.Seconds(), a.Seconds()/x.Seconds())
+	res.LoadAfter = loadAverage()
+	fmt.Printf("\nload average %s\n", res.LoadAfter)
+	fmt.Printf("%-22s %22s %22s %8s %18s\n", "median (range)", "x86_64", "aarch64", "ratio", "ratio by run")
+	res.Rows = []row{
+		newRow("boot to the worker", "vm boot-test: QEMU start to the worker's first sign of life", gs[0].boot, gs[1].boot),
+		newRow("whole hello task", "agent --fake-request examples/hello[-aarch64]/task.manifest, whole process", gs[0].hello, gs[1].hello),
 	}
-	if helloC {
-		return debianHelloC(ctx, bf, tmp, gs[1].worker, machines, accelSet)
+	for _, r := range res.Rows {
+		fmt.Printf("%-22s %22s %22s %7.2fx %18s\n", r.Name, r.X8664.String(), r.AArch64.String(),
+			r.Ratio, fmt.Sprintf("%.2f (%.2f-%.2f)", r.RatioByRun.Median, r.RatioByRun.Min, r.RatioByRun.Max))
 	}
+	if c.helloC {
+		hc, err := debianHelloC(ctx, bf, tmp, gs[1].worker, machines, c.accel)
+		if err != nil {
+			return err
+		}
+		res.HelloC = hc
+	}
+	if c.results == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(c.results, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("results: %w", err)
+	}
+	fmt.Printf("wrote %s\n", c.results)
 	return nil
+}
+
+// guestRAM is the guest RAM, MiB, of every VM of the bench.
+const guestRAM = 256
+
+// results is what -results holds: the figures of the last run.
+type results struct {
+	Measured      string               `json:"measured"`
+	Commit        string               `json:"commit"`
+	HostKernel    string               `json:"host_kernel"`
+	GuestKernel   map[arch.Arch]string `json:"guest_kernel"`
+	QEMU          string               `json:"qemu"`
+	Accel         string               `json:"accel"`
+	Runs          int                  `json:"runs"`
+	RAM           int                  `json:"ram_mib"`
+	CPUs          int                  `json:"cpus"`
+	WorkerLDFlags string               `json:"worker_ldflags"`
+	LoadBefore    string               `json:"load_average_before"`
+	LoadAfter     string               `json:"load_average_after"`
+	RunLoad       []string             `json:"load_average_each_run"`
+	Rows          []row                `json:"rows"`
+	HelloC        *helloCResult        `json:"hello_c_aarch64,omitempty"`
+}
+
+// row is one measurement of both architectures.
+type row struct {
+	Name    string `json:"name"`
+	What    string `json:"what"`
+	X8664   series `json:"x86_64"`
+	AArch64 series `json:"aarch64"`
+	// Ratio is aarch64's median over x86_64's.
+	Ratio float64 `json:"aarch64_over_x86_64"`
+	// RatioByRun is aarch64 over x86_64 run by run (the two ran back to
+	// back in each run).
+	RatioByRun spread `json:"aarch64_over_x86_64_by_run"`
+}
+
+// series is one architecture's times of one measurement.
+type series struct {
+	RunsNS   []int64 `json:"runs_ns"`
+	MedianNS int64   `json:"median_ns"`
+	MinNS    int64   `json:"min_ns"`
+	MaxNS    int64   `json:"max_ns"`
+}
+
+func (s series) String() string {
+	sec := func(ns int64) float64 { return time.Duration(ns).Seconds() }
+	return fmt.Sprintf("%.2fs (%.2f-%.2f)", sec(s.MedianNS), sec(s.MinNS), sec(s.MaxNS))
+}
+
+// spread is the median and range of a few ratios.
+type spread struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+}
+
+// helloCResult is -hello-c's figures.
+type helloCResult struct {
+	ImageBuildNS int64 `json:"image_build_ns"`
+	TaskNS       int64 `json:"task_ns"`
+}
+
+func newRow(name, what string, x, a []time.Duration) row {
+	r := row{Name: name, What: what, X8664: newSeries(x), AArch64: newSeries(a)}
+	r.Ratio = float64(r.AArch64.MedianNS) / float64(r.X8664.MedianNS)
+	ratios := make([]float64, len(x))
+	for i := range x {
+		ratios[i] = a[i].Seconds() / x[i].Seconds()
+	}
+	slices.Sort(ratios)
+	r.RatioByRun = spread{Median: ratios[len(ratios)/2], Min: ratios[0], Max: ratios[len(ratios)-1]}
+	return r
+}
+
+func newSeries(ds []time.Duration) series {
+	s := series{RunsNS: make([]int64, len(ds))}
+	for i, d := range ds {
+		s.RunsNS[i] = int64(d)
+	}
+	sorted := slices.Clone(s.RunsNS)
+	slices.Sort(sorted)
+	s.MedianNS, s.MinNS, s.MaxNS = sorted[len(sorted)/2], sorted[0], sorted[len(sorted)-1]
+	return s
+}
+
+// commit returns the repository's commit (HEAD), abbreviated.
+func commit(ctx context.Context) (string, error) {
+	out, err := proc.Output(ctx, "git", "rev-parse", "--short", "HEAD")
+	if err != nil {
+		return "", fmt.Errorf("the commit: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// hostKernel returns the host's kernel release.
+func hostKernel() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return strings.TrimSpace(string(b))
+}
+
+// qemuVersion returns qemu-system-x86_64's first line of --version.
+func qemuVersion(ctx context.Context) string {
+	out, _ := proc.Output(ctx, "qemu-system-x86_64", "--version")
+	first, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(first)
+}
+
+// loadAverage returns /proc/loadavg's first three figures.
+func loadAverage() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 // firstSign is boot-test's line for the worker's first sign of life.
@@ -132,7 +304,7 @@ var firstSign = regexp.MustCompile(`(?m)^(start|first sign of life): +([0-9.]+)s
 // bootTest runs `buildfarm vm boot-test` on machine dir m and returns the
 // time from QEMU's start to the worker's first sign of life.
 func bootTest(ctx context.Context, bf, m, accelSet string) (time.Duration, error) {
-	out, err := proc.Output(ctx, bf, "vm", "boot-test", "--accel", accelSet, "--memory", "256", m)
+	out, err := proc.Output(ctx, bf, "vm", "boot-test", "--accel", accelSet, "--memory", strconv.Itoa(guestRAM), m)
 	if err != nil {
 		return 0, err
 	}
@@ -154,7 +326,7 @@ func bootTest(ctx context.Context, bf, m, accelSet string) (time.Duration, error
 func task(ctx context.Context, bf, machines, tftp, accelSet, example string, a arch.Arch) (time.Duration, error) {
 	t0 := time.Now()
 	out, err := proc.Output(ctx, bf, "agent", "--machines", machines, "--tftp", tftp, "--accel", accelSet,
-		"--ram", "256", "--fake-bootstrap", "--build-timeout", "30m",
+		"--ram", strconv.Itoa(guestRAM), "--fake-bootstrap", "--build-timeout", "30m",
 		"--fake-request", filepath.Join("examples", example, "task.manifest"), "--dump-result")
 	took := time.Since(t0)
 	if err != nil {
@@ -181,33 +353,23 @@ func task(ctx context.Context, bf, machines, tftp, accelSet, example string, a a
 
 // debianHelloC makes the aarch64 debian machine and builds
 // examples/hello-c-aarch64 on it, once, timing both.
-func debianHelloC(ctx context.Context, bf, tmp, worker, machines, accelSet string) error {
+func debianHelloC(ctx context.Context, bf, tmp, worker, machines, accelSet string) (*helloCResult, error) {
 	const name = "debian-aarch64"
 	m := filepath.Join(tmp, name)
 	t0 := time.Now()
 	if _, err := proc.Output(ctx, bf, "image", "build", "--preset", "debian", "--arch", "aarch64",
 		"--name", name, "--out", m, "--worker", worker); err != nil {
-		return err
+		return nil, err
 	}
 	built := time.Since(t0)
 	if _, err := proc.Output(ctx, bf, "machine", "add", "--machines", machines, "--name", name, m); err != nil {
-		return err
+		return nil, err
 	}
 	d, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), accelSet, "hello-c-aarch64", arch.AArch64)
 	if err != nil {
-		var pe *proc.Error
-		if errors.As(err, &pe) {
-			return fmt.Errorf("hello-c-aarch64: %w", err)
-		}
-		return err
+		return nil, fmt.Errorf("hello-c-aarch64: %w", err)
 	}
 	fmt.Printf("\nhello-c-aarch64 on %s: image build %.1fs (debootstrap cached or not: see the cache), task %.2fs, success, uname -m: aarch64\n",
 		name, built.Seconds(), d.Seconds())
-	return nil
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
+	return &helloCResult{ImageBuildNS: int64(built), TaskNS: int64(d)}, nil
 }
