@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
 // alive reports whether pid is a process that has not ended (a zombie has).
@@ -80,5 +81,51 @@ func TestStepKillsItsBackground(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// TestStepKillsItsSession runs a step as a user of its own, as the guest
+// does, whose background child leaves its process group and session
+// (setsid) and forks again: once the step ends, both must be gone.
+func TestStepKillsItsSession(t *testing.T) {
+	testenv.NeedRoot(t)
+	session := t.TempDir()
+	w := testWorker(t, agentSide(t, session), ModeBuild)
+	// A user no other process here runs as (pgtest's PostgreSQL runs as
+	// nobody, in another test binary).
+	w.cfg.StepUID, w.cfg.StepGID = 64931, 64931
+	dir := t.TempDir()
+	// The test's own temporary directories are the test's alone.
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	task := &manifest.Task{Target: "x86_64-linux-gnu"}
+	cmd := "setsid sh -c 'sleep 1000 & echo $! > grandchild; exec sleep 1000' & echo $! > pid; sleep 0.5; echo started"
+	r := w.runStep(t.Context(), manifest.Step{Operation: "test", Command: cmd}, dir, task, nil)
+	if r.Status != manifest.StatusSuccess {
+		t.Fatalf("status %v, want success; log:\n%s", r.Status, r.Log)
+	}
+	pids := map[string]int{}
+	for _, f := range []string{"pid", "grandchild"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatalf("the step wrote no %s: %v; log:\n%s", f, err, r.Log)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer syscall.Kill(pid, syscall.SIGKILL) // Should the test fail.
+		pids[f] = pid
+	}
+	for f, pid := range pids {
+		for i := 0; alive(pid); i++ {
+			if i == 50 {
+				t.Fatalf("the step's %s %d, in a session of its own, is still running after the step", f, pid)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
