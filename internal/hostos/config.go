@@ -50,6 +50,10 @@ type Toolchain struct {
 	Bridge          string   `json:"bridge"`          // br0 or br1
 	Controllers     []string `json:"controllers"`
 	ControllerTrust []string `json:"controller_trust"` // repository certificate fingerprints
+	// BridgeSet says the configuration names the bridge rather than
+	// leaving it br1 by default: on an ordinary host only then do the
+	// agents get --bridge (see Monitor.agentArgs).
+	BridgeSet bool `json:"-"`
 }
 
 // Ratio is an overcommit ratio such as 3/2.
@@ -222,7 +226,7 @@ func (t *Toolchain) set(name, v string) error {
 		if !slices.Contains(Bridges, v) {
 			err = fmt.Errorf("%q is neither br0 (public) nor br1 (private, the default)", v)
 		}
-		t.Bridge = v
+		t.Bridge, t.BridgeSet = v, true
 	case "controller_url":
 		if err = checkURL(v); err == nil {
 			t.Controllers = append(t.Controllers, v)

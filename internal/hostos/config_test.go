@@ -61,7 +61,7 @@ func TestParseCmdline(t *testing.T) {
 			{Name: "default", URL: "https://example.org/toolchain.sha256", Trust: fp1, Instances: 1, Bridge: "br1",
 				Controllers:     []string{"https://ci.example.org/?build-task", "https://ci2.example.org/?build-task"},
 				ControllerTrust: []string{fp1}},
-			{Name: "stage", URL: "file:///srv/stage.sha512", Instances: 2, Nice: -5, Bridge: "br0",
+			{Name: "stage", URL: "file:///srv/stage.sha512", Instances: 2, Nice: -5, Bridge: "br0", BridgeSet: true,
 				Controllers: []string{"http://stage.example.org/"}, ControllerTrust: []string{}},
 		},
 		Warnings: []string{"kernel command line: unknown parameter buildos.frobnicate ignored"},

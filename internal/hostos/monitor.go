@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"runtime"
 	"strconv"
@@ -28,6 +29,7 @@ const (
 	EventToolchainDisabled = "toolchain disabled"
 	EventOSChanged         = "host OS changed upstream"
 	EventAgentsStarted     = "agents started"
+	EventHostKey           = "agents' key made"
 )
 
 // Monitor supervises a host's agents: it fetches each toolchain, runs its
@@ -38,9 +40,12 @@ type Monitor struct {
 	// Agent is the command that runs an agent ("buildfarm", "agent");
 	// the monitor appends each instance's options and the controllers.
 	Agent []string
-	// AgentArgs are more options for every agent (for example --auth-key,
-	// --accel, --fake-build).
+	// AgentArgs are more options for every agent (for example --accel,
+	// --fake-build).
 	AgentArgs []string
+	// HostKey, when set, is every agent's --auth-key; when it was made
+	// just now, the admin gets its public key by mail to register it.
+	HostKey *HostKey
 	// Wrap, when set, returns a command prefix for instance num of
 	// toolchain t (ScopeCommand under systemd).
 	Wrap     func(t *DerivedToolchain, num int) []string
@@ -49,7 +54,11 @@ type Monitor struct {
 	// HostOS says the host runs the host OS image: a change upstream
 	// (build id or toolchain) reboots it with Reboot. Otherwise a changed
 	// toolchain's agents are drained and restarted on it, and a changed
-	// build id is only reported.
+	// build id is only reported. It also says that the set-up made the
+	// bridges br0 and br1, so every agent gets its toolchain's --bridge;
+	// on an ordinary host only a toolchain whose configuration names a
+	// bridge gets it (the admin makes that bridge, with DHCP for the
+	// guests), the others' VMs have user-mode networking.
 	HostOS bool
 	Reboot func(ctx context.Context) error
 	// Poll is the pause between two looks upstream (default 5 minutes).
@@ -102,6 +111,13 @@ func (m *Monitor) Run(ctx context.Context) error {
 	m.defaults()
 	m.running = map[string][]*instance{}
 	defer m.stopAll()
+	if k := m.HostKey; k != nil {
+		m.Log.Info("agents' key", "file", k.Path, "fingerprint", k.Fingerprint, "made", k.Created)
+		if k.Created {
+			host, _ := os.Hostname()
+			m.notify(EventHostKey, "", k.Register(host))
+		}
+	}
 	if m.Config.BuildIDURL != "" { // 1
 		for {
 			id, err := m.fetchBuildID(ctx)
@@ -298,6 +314,12 @@ func (m *Monitor) agentArgs(t *DerivedToolchain, cur *Installed, num int) []stri
 	for _, fp := range t.ControllerTrust {
 		args = append(args, "--trust", fp)
 	}
+	if br := m.bridge(t); br != "" {
+		args = append(args, "--bridge", br)
+	}
+	if m.HostKey != nil {
+		args = append(args, "--auth-key", m.HostKey.Path)
+	}
 	if c := m.Config.Config; c.SMTPRelay != "" && c.AdminEmail != "" {
 		relay := c.SMTPRelay
 		if !strings.Contains(relay, ":") {
@@ -307,6 +329,15 @@ func (m *Monitor) agentArgs(t *DerivedToolchain, cur *Installed, num int) []stri
 	}
 	args = append(args, m.AgentArgs...)
 	return append(args, t.Controllers...)
+}
+
+// bridge returns the bridge toolchain t's agents put their VMs on, or ""
+// for user-mode networking (see HostOS).
+func (m *Monitor) bridge(t *DerivedToolchain) string {
+	if m.HostOS || t.BridgeSet {
+		return t.Bridge
+	}
+	return ""
 }
 
 // start runs toolchain t's instances.

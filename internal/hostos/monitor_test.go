@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime/quotedprintable"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -237,5 +238,97 @@ func TestMonitorBuildIDReboots(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Error("Run did not return after the reboot")
+	}
+}
+
+// TestAgentArgsBridgeAndKey: on the host OS every agent gets its
+// toolchain's bridge (br1 by default); on an ordinary host only a
+// toolchain whose configuration names a bridge does; the agents' key is
+// every agent's --auth-key.
+func TestAgentArgsBridgeAndKey(t *testing.T) {
+	line := "buildos.toolchain_url=http://h/t.sha256 buildos.controller_url=http://c/ " +
+		"buildos.toolchain_url.pub=http://h/p.sha256 buildos.controller_url.pub=http://c/ buildos.bridge.pub=br0 " +
+		"buildos.toolchain_url.priv=http://h/q.sha256 buildos.controller_url.priv=http://c/ buildos.bridge.priv=br1"
+	cur := &Installed{Version: "1.0", ID: "id", Dir: "/t/toolchains/x"}
+	for _, tc := range []struct {
+		hostOS bool
+		key    *HostKey
+		want   map[string]string // toolchain -> its --bridge ("" none)
+	}{
+		{true, nil, map[string]string{"default": "br1", "pub": "br0", "priv": "br1"}},
+		{false, &HostKey{Path: "/etc/buildfarm/host-key.pem"}, map[string]string{"default": "", "pub": "br0", "priv": "br1"}},
+	} {
+		m, _ := newMonitor(t, line)
+		m.HostOS, m.HostKey = tc.hostOS, tc.key
+		for _, dt := range m.Config.Toolchains {
+			args := m.agentArgs(dt, cur, 1)
+			got := ""
+			for i, a := range args {
+				if a == "--bridge" && i+1 < len(args) {
+					if got != "" {
+						t.Errorf("host OS %v, toolchain %s: --bridge twice: %q", tc.hostOS, dt.Name, args)
+					}
+					got = args[i+1]
+				}
+			}
+			if got != tc.want[dt.Name] {
+				t.Errorf("host OS %v, toolchain %s: --bridge %q, want %q (args %q)", tc.hostOS, dt.Name, got, tc.want[dt.Name], args)
+			}
+			joined := " " + strings.Join(args, " ") + " "
+			if wantKey := tc.key != nil; strings.Contains(joined, " --auth-key ") != wantKey ||
+				wantKey && !strings.Contains(joined, " --auth-key "+tc.key.Path+" ") {
+				t.Errorf("host OS %v, toolchain %s: args %q; want --auth-key only with a key (%v)", tc.hostOS, dt.Name, args, tc.key)
+			}
+			// The controllers come last, after every option.
+			if args[len(args)-1] != "http://c/" {
+				t.Errorf("toolchain %s: args end with %q, want the controller", dt.Name, args[len(args)-1])
+			}
+		}
+	}
+}
+
+// TestMonitorMailsNewKey: an agents' key made at this start is mailed to
+// the admin with what registering it takes; the agents get it.
+func TestMonitorMailsNewKey(t *testing.T) {
+	up := newUpstream(t)
+	mb, relay := notifytest.Start(t)
+	url := up.publish(t, "toolchain.sha256", v017, nil)
+	m, fa := newMonitor(t, "buildos.toolchain_url="+url+" buildos.controller_url=http://c/")
+	k, err := EnsureHostKey(filepath.Join(t.TempDir(), StateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.HostKey = k
+	mail, err := notify.New(notify.Config{Relay: relay, To: "admin@example.org", Interval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	mailed := make(chan struct{})
+	go func() { defer close(mailed); mail.Run(ctx) }()
+	defer func() { cancel(); <-mailed }()
+	m.Mail = mail
+	runMonitor(t, m)
+	f := fa.wait(t, "*.args", 1, 30*time.Second)
+	if a := fa.args(t, f[0]); !strings.Contains(a, " --auth-key "+k.Path+" ") {
+		t.Errorf("agent arguments%slack --auth-key %s", a, k.Path)
+	}
+	mb.Wait(t, 20*time.Second, "key mail")
+	var all string
+	for _, ml := range mb.All() {
+		// The body is quoted-printable: decode it (long lines fold).
+		_, body, _ := strings.Cut(ml.Data, "\r\n\r\n")
+		dec, err := io.ReadAll(quotedprintable.NewReader(strings.NewReader(body)))
+		if err != nil {
+			t.Fatalf("mail body: %v\n%s", err, ml.Data)
+		}
+		all += string(dec)
+	}
+	// The mail indents the lines of its Why: each of the key's is there.
+	wants := append([]string{EventHostKey, k.Fingerprint, "buildfarm controller key add"}, strings.Fields(string(k.PublicPEM))...)
+	for _, want := range wants {
+		if !strings.Contains(all, want) {
+			t.Errorf("mail lacks %q:\n%s", want, all)
+		}
 	}
 }
