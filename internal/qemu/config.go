@@ -76,12 +76,19 @@ type Drive struct {
 const (
 	NetNone = "none"
 	NetUser = "user" // slirp: the guest is 10.0.2.15, the host 10.0.2.2
+	// NetTap is a tap device the caller made (package tap), on a bridge:
+	// the guest is on the bridge's network. A guest restored from a saved
+	// state announces nothing (-global migration.announce-rounds=0: no
+	// RARP from QEMU, no gratuitous ARP asked of the guest), since the
+	// MAC the state holds is no longer that VM's.
+	NetTap = "tap"
 )
 
 // Net is the guest's one network interface, a virtio-net device.
 type Net struct {
-	Mode string // NetUser (default) or NetNone
+	Mode string // NetUser (default), NetTap or NetNone
 	MAC  string // optional, for example 00:01:02:03:04:0b
+	Tap  string // NetTap: the tap device's name
 }
 
 // Port is a virtio-serial port: the guest sees a character device named
@@ -261,9 +268,15 @@ func (c *Config) Args() ([]string, error) {
 	switch c.Net.Mode {
 	case "", NetUser:
 		netdev = "user,id=net0"
+	case NetTap:
+		if c.Net.Tap == "" || strings.ContainsAny(c.Net.Tap, ", ") {
+			return nil, fmt.Errorf("vm %s: tap device %q: want a name without commas or blanks", c.Name, c.Net.Tap)
+		}
+		netdev = "tap,id=net0,ifname=" + c.Net.Tap + ",script=no,downscript=no"
+		a = append(a, "-global", "migration.announce-rounds=0")
 	case NetNone:
 	default:
-		return nil, fmt.Errorf("vm %s: network mode %q, want user or none", c.Name, c.Net.Mode)
+		return nil, fmt.Errorf("vm %s: network mode %q, want user, tap or none", c.Name, c.Net.Mode)
 	}
 	if netdev != "" {
 		dev := "virtio-net-pci,netdev=net0"

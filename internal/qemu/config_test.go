@@ -74,6 +74,10 @@ func TestArgsGolden(t *testing.T) {
 			c.SerialSocket = "/vm/serial.sock"
 			c.Ports = []Port{{Name: "org.buildfarm.console", Socket: "/vm/guest.sock"}, {Name: "org.buildfarm.notify", Socket: "/vm/notify.sock"}}
 		}},
+		{"tap", func(c *Config) {
+			c.Kernel = "/m/kernel"
+			c.Net = Net{Mode: NetTap, Tap: "bft123-1", MAC: "02:12:34:56:78:9a"}
+		}},
 		{"explicit-firmware", func(c *Config) {
 			c.Kernel = "/m/kernel"
 			c.Firmware = "default"
@@ -127,6 +131,7 @@ func TestArgsErrors(t *testing.T) {
 		{"drive comma", func(c *Config) { c.Drives = []Drive{{Path: "/a,b"}} }, "comma"},
 		{"drive format", func(c *Config) { c.Drives = []Drive{{Path: "/d", Format: "vmdk"}} }, "format"},
 		{"net mode", func(c *Config) { c.Net.Mode = "bridge" }, "network mode"},
+		{"tap without a name", func(c *Config) { c.Net.Mode = NetTap }, "tap device"},
 		{"port name", func(c *Config) { c.Ports = []Port{{Name: "a,b", Socket: "/p"}} }, "virtio-serial port"},
 		{"port socket comma", func(c *Config) { c.Ports = []Port{{Name: "a", Socket: "/p,q"}} }, "comma"},
 	}
