@@ -7,8 +7,12 @@
 //   - hello: `buildfarm agent --fake-request` of examples/hello on the
 //     x86_64 machine and examples/hello-aarch64 on the aarch64 one, the
 //     whole agent process timed (snapshot, VM, configure, build, test,
-//     install, result); each must end in success, and the aarch64 test log
-//     must say uname -m: aarch64.
+//     install, result) at the agent's defaults (--start auto: the task's VM
+//     restored from the machine's warm state); each must end in success,
+//     and the aarch64 test log must say uname -m: aarch64. A first,
+//     untimed task of each architecture lets the agent bootstrap both
+//     machines and save their warm states; each timed run's result says
+//     how its VM started (warm or cold), and results.json keeps it.
 //
 // With -hello-c it also builds examples/hello-c-aarch64 once on the debian
 // preset for aarch64 (debootstrap --arch=arm64 through qemu-user's binfmt,
@@ -81,6 +85,7 @@ type guest struct {
 	worker  string
 	boot    []time.Duration
 	hello   []time.Duration
+	starts  []string // how each timed hello task's VM started
 }
 
 func run(ctx context.Context, c config) error {
@@ -134,6 +139,13 @@ func run(ctx context.Context, c config) error {
 	res.LoadBefore = loadAverage()
 	fmt.Printf("accel %s, %d runs, alternating x86_64 and aarch64, commit %s, load average %s\n",
 		c.accel, c.runs, res.Commit, res.LoadBefore)
+	for _, g := range gs {
+		d, start, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), c.accel, g.example, g.arch)
+		if err != nil {
+			return fmt.Errorf("hello %s, untimed: %w", g.arch, err)
+		}
+		fmt.Printf("untimed %-7s hello task, bootstrap and warm states %6.2fs (%s)\n", g.arch, d.Seconds(), start)
+	}
 	for i := range c.runs {
 		res.RunLoad = append(res.RunLoad, loadAverage())
 		for _, g := range gs {
@@ -145,12 +157,12 @@ func run(ctx context.Context, c config) error {
 			fmt.Printf("run %d %-7s boot to the worker %6.2fs\n", i+1, g.arch, d.Seconds())
 		}
 		for _, g := range gs {
-			d, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), c.accel, g.example, g.arch)
+			d, start, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), c.accel, g.example, g.arch)
 			if err != nil {
 				return fmt.Errorf("hello %s: %w", g.arch, err)
 			}
-			g.hello = append(g.hello, d)
-			fmt.Printf("run %d %-7s hello task       %6.2fs\n", i+1, g.arch, d.Seconds())
+			g.hello, g.starts = append(g.hello, d), append(g.starts, start)
+			fmt.Printf("run %d %-7s hello task       %6.2fs (%s)\n", i+1, g.arch, d.Seconds(), start)
 		}
 	}
 	res.LoadAfter = loadAverage()
@@ -160,6 +172,7 @@ func run(ctx context.Context, c config) error {
 		newRow("boot to the worker", "vm boot-test: QEMU start to the worker's first sign of life", gs[0].boot, gs[1].boot),
 		newRow("whole hello task", "agent --fake-request examples/hello[-aarch64]/task.manifest, whole process", gs[0].hello, gs[1].hello),
 	}
+	res.Rows[1].X8664.Starts, res.Rows[1].AArch64.Starts = gs[0].starts, gs[1].starts
 	for _, r := range res.Rows {
 		fmt.Printf("%-22s %22s %22s %7.2fx %18s\n", r.Name, r.X8664.String(), r.AArch64.String(),
 			r.Ratio, fmt.Sprintf("%.2f (%.2f-%.2f)", r.RatioByRun.Median, r.RatioByRun.Min, r.RatioByRun.Max))
@@ -226,6 +239,8 @@ type series struct {
 	MedianNS int64   `json:"median_ns"`
 	MinNS    int64   `json:"min_ns"`
 	MaxNS    int64   `json:"max_ns"`
+	// Starts says how each run's task VM started (warm or cold).
+	Starts []string `json:"start_each_run,omitempty"`
 }
 
 func (s series) String() string {
@@ -242,8 +257,9 @@ type spread struct {
 
 // helloCResult is -hello-c's figures.
 type helloCResult struct {
-	ImageBuildNS int64 `json:"image_build_ns"`
-	TaskNS       int64 `json:"task_ns"`
+	ImageBuildNS int64  `json:"image_build_ns"`
+	TaskNS       int64  `json:"task_ns"`
+	Start        string `json:"start"`
 }
 
 func newRow(name, what string, x, a []time.Duration) row {
@@ -321,34 +337,35 @@ func bootTest(ctx context.Context, bf, m, accelSet string) (time.Duration, error
 }
 
 // task runs examples/EXAMPLE through the agent's --fake-request and
-// returns the whole agent process's time; the result must be a success,
-// and the test log must name the guest's architecture when it prints it.
-func task(ctx context.Context, bf, machines, tftp, accelSet, example string, a arch.Arch) (time.Duration, error) {
+// returns the whole agent process's time and how the task's VM started
+// (the result's buildfarm-start); the result must be a success, and the
+// test log must name the guest's architecture when it prints it.
+func task(ctx context.Context, bf, machines, tftp, accelSet, example string, a arch.Arch) (time.Duration, string, error) {
 	t0 := time.Now()
 	out, err := proc.Output(ctx, bf, "agent", "--machines", machines, "--tftp", tftp, "--accel", accelSet,
 		"--ram", strconv.Itoa(guestRAM), "--fake-bootstrap", "--build-timeout", "30m",
 		"--fake-request", filepath.Join("examples", example, "task.manifest"), "--dump-result")
 	took := time.Since(t0)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	ms, err := manifest.Parse(strings.NewReader(string(out)), "result")
 	if err != nil || len(ms) != 1 {
-		return 0, fmt.Errorf("agent printed %q: want one result manifest (%v)", out, err)
+		return 0, "", fmt.Errorf("agent printed %q: want one result manifest (%v)", out, err)
 	}
 	r, err := manifest.ParseResult(ms[0], "result", manifest.Lenient)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	if r.Status != manifest.StatusSuccess {
-		return 0, fmt.Errorf("%s: status %s:\n%s", example, r.Status, out)
+		return 0, "", fmt.Errorf("%s: status %s:\n%s", example, r.Status, out)
 	}
 	for _, op := range r.Results {
 		if op.Operation == "test" && strings.Contains(op.Log, "uname -m:") && !strings.Contains(op.Log, "uname -m: "+string(a)) {
-			return 0, fmt.Errorf("%s: the test log does not say uname -m: %s:\n%s", example, a, op.Log)
+			return 0, "", fmt.Errorf("%s: the test log does not say uname -m: %s:\n%s", example, a, op.Log)
 		}
 	}
-	return took, nil
+	return took, r.Start, nil
 }
 
 // debianHelloC makes the aarch64 debian machine and builds
@@ -365,11 +382,11 @@ func debianHelloC(ctx context.Context, bf, tmp, worker, machines, accelSet strin
 	if _, err := proc.Output(ctx, bf, "machine", "add", "--machines", machines, "--name", name, m); err != nil {
 		return nil, err
 	}
-	d, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), accelSet, "hello-c-aarch64", arch.AArch64)
+	d, start, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), accelSet, "hello-c-aarch64", arch.AArch64)
 	if err != nil {
 		return nil, fmt.Errorf("hello-c-aarch64: %w", err)
 	}
-	fmt.Printf("\nhello-c-aarch64 on %s: image build %.1fs (debootstrap cached or not: see the cache), task %.2fs, success, uname -m: aarch64\n",
-		name, built.Seconds(), d.Seconds())
-	return &helloCResult{ImageBuildNS: int64(built), TaskNS: int64(d)}, nil
+	fmt.Printf("\nhello-c-aarch64 on %s: image build %.1fs (debootstrap cached or not: see the cache), task %.2fs (%s), success, uname -m: aarch64\n",
+		name, built.Seconds(), d.Seconds(), start)
+	return &helloCResult{ImageBuildNS: int64(built), TaskNS: int64(d), Start: start}, nil
 }
