@@ -52,11 +52,24 @@ func hostosMonitorCmd(e *env) *cobra.Command {
      OS, reboot; on an ordinary host, start the changed toolchain's agents
      again on the new toolchain. Mail the admin about each.
 
+The agents' key (their --auth-key, for controllers that require
+authentication) is --auth-key FILE, made (Ed25519) when there is none; with
+--host-os it is /state/etc/host-key.pem by default, on the state volume so
+that it lasts (without one it is made again at each boot). Its public half
+is written beside it (.pub.pem); when the key is new, the monitor prints it
+with its fingerprint and mails it to the admin, to be registered with
+"buildfarm controller key add".
+
+Bridges: with --host-os, where the set-up made br0 and br1, each agent gets
+--bridge with its toolchain's buildos.bridge (br1, the private NAT bridge
+with DHCP, by default). On an ordinary host an agent gets --bridge only
+when the configuration names its toolchain's bridge (the admin makes that
+bridge, with DHCP for the guests on it); otherwise its VMs have user-mode
+networking.
+
 With --systemd (what "hostos install" writes), each agent instance runs in
 a transient scope buildfarm-agent-TOOLCHAIN-N.scope in buildfarm.slice,
-limited to its slice (systemd-run --scope). The toolchain bridge setting
-(br0 or br1) is shown by "hostos config" but not applied: the agent runs
-its VMs with user-mode networking in network namespaces of their own.`,
+limited to its slice (systemd-run --scope).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -76,6 +89,14 @@ its VMs with user-mode networking in network namespaces of their own.`,
 				}
 				if machines == "" {
 					machines = res.Storage.Machines
+				}
+				if key == "" {
+					state := res.Storage.State
+					if state == "" {
+						state = "/state"
+						e.log.Warn("no state volume (buildos.state): the agents' key is made again at each boot, and must be registered again")
+					}
+					key = filepath.Join(state, hostos.StateKey)
 				}
 			}
 			if machines == "" {
@@ -102,7 +123,13 @@ its VMs with user-mode networking in network namespaces of their own.`,
 				HostOS: hostOS, Log: e.log, AgentOutput: e.stderr,
 			}
 			if key != "" {
-				m.AgentArgs = append([]string{"--auth-key", key}, m.AgentArgs...)
+				if m.HostKey, err = hostos.EnsureHostKey(key); err != nil {
+					return err
+				}
+				if m.HostKey.Created {
+					host, _ := os.Hostname()
+					fmt.Fprintf(e.stderr, "\n%s\n", m.HostKey.Register(host))
+				}
 			}
 			if poll, _ := cmd.Flags().GetDuration("poll"); poll > 0 {
 				m.Poll = poll
@@ -129,7 +156,7 @@ its VMs with user-mode networking in network namespaces of their own.`,
 	f.BoolVar(&systemd, "systemd", false, "run each agent instance in a systemd scope limited to its slice")
 	f.StringVar(&machines, "machines", "", "the agents' machines `directory` (default /build/machines)")
 	f.StringVar(&tftpDir, "tftp", "", "the agents' TFTP `directory`; the toolchains go in its toolchains/ (default /build/tftp)")
-	f.StringVar(&key, "auth-key", "", "the agents' private key `file` (--auth-key of the agent)")
+	f.StringVar(&key, "auth-key", "", "the agents' private key `file`, made if missing (--host-os: /state/etc/host-key.pem)")
 	f.StringArrayVar(&agentArgs, "agent-arg", nil, "one more `option` for every agent (repeatable; for tests and debugging, e.g. --fake-build)")
 	f.Duration("poll", 0, "pause between looks upstream (default 5m)")
 	f.IntVar(&cpus, "cpus", 0, "slice as if the host had `N` CPUs (default: its own)")
@@ -154,6 +181,11 @@ OS would, from the configuration file (NAME=VALUE lines, see "hostos"):
       agents, and creates the state, machines and TFTP directories
   /etc/systemd/system/buildfarm.slice
       the agents' slice, limited to the sum of their slices
+  /etc/buildfarm/host-key.pem (--auth-key)
+      the agents' key, made (Ed25519) when there is none, and its public
+      half host-key.pub.pem, printed with its fingerprint: register it
+      with "buildfarm controller key add" at controllers that require
+      authentication (--auth-key= for none)
 
 Each agent instance runs in a scope of its own, buildfarm-agent-TOOLCHAIN-N
 .scope, limited to its slice (CPUQuota and MemoryMax), so that
@@ -183,6 +215,10 @@ Each agent instance runs in a scope of its own, buildfarm-agent-TOOLCHAIN-N
 			for _, p := range wrote {
 				fmt.Fprintln(e.stdout, p)
 			}
+			if err == nil && in.Key != nil {
+				host, _ := os.Hostname()
+				fmt.Fprintf(e.stderr, "\n%s\n", in.Key.Register(host))
+			}
 			return err
 		},
 	}
@@ -193,7 +229,7 @@ Each agent instance runs in a scope of its own, buildfarm-agent-TOOLCHAIN-N
 	f.StringVar(&in.State, "state", "", "state `directory` (default /var/lib/buildfarm)")
 	f.StringVar(&in.Machines, "machines", "", "machines `directory` (default <state>/machines)")
 	f.StringVar(&in.TFTP, "tftp", "", "TFTP `directory` (default <state>/tftp)")
-	f.StringVar(&in.AuthKey, "auth-key", "", "the agents' private key `file`")
+	f.StringVar(&in.AuthKey, "auth-key", hostos.InstallKey, "the agents' private key `file`, made if missing (\"\": none)")
 	cmd.MarkFlagRequired("config")
 	return cmd
 }

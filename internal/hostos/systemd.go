@@ -48,8 +48,11 @@ type Install struct {
 	State    string // state directory (default /var/lib/buildfarm)
 	Machines string // machines directory (default <State>/machines)
 	TFTP     string // TFTP directory (default <State>/tftp)
-	AuthKey  string // the agents' --auth-key ("" none)
-	Derived  *Derived
+	// AuthKey is the agents' key (their --auth-key; "" none): Write makes
+	// it (EnsureHostKey) under Root when there is none, and sets Key.
+	AuthKey string
+	Derived *Derived
+	Key     *HostKey
 }
 
 // ConfigPath is where Install puts the configuration.
@@ -66,7 +69,11 @@ func (in *Install) Files() (map[string][]byte, error) {
 	if in.TFTP == "" {
 		in.TFTP = filepath.Join(in.State, "tftp")
 	}
-	for _, p := range []string{in.Program, in.State, in.Machines, in.TFTP} {
+	paths := []string{in.Program, in.State, in.Machines, in.TFTP}
+	if in.AuthKey != "" {
+		paths = append(paths, in.AuthKey)
+	}
+	for _, p := range paths {
 		if !filepath.IsAbs(p) || strings.ContainsAny(p, " \t\n\"'\\%$") {
 			return nil, fmt.Errorf("%q: the units need an absolute path without spaces, quotes, %% or $", p)
 		}
@@ -126,8 +133,8 @@ WantedBy=multi-user.target
 	}, nil
 }
 
-// Write writes the files under Root and enables the monitor (the link
-// systemctl enable makes).
+// Write writes the files under Root, makes the agents' key if there is
+// none, and enables the monitor (the link systemctl enable makes).
 func (in *Install) Write() ([]string, error) {
 	files, err := in.Files()
 	if err != nil {
@@ -136,6 +143,11 @@ func (in *Install) Write() ([]string, error) {
 	root := in.Root
 	if root == "" {
 		root = "/"
+	}
+	if in.AuthKey != "" {
+		if in.Key, err = EnsureHostKey(filepath.Join(root, in.AuthKey)); err != nil {
+			return nil, fmt.Errorf("install: %w", err)
+		}
 	}
 	var wrote []string
 	for p, b := range files {

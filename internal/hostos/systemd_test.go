@@ -31,9 +31,16 @@ func TestInstallVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := &Install{Root: root, Program: prog, Config: conf, Derived: d}
+	in := &Install{Root: root, Program: prog, Config: conf, Derived: d, AuthKey: InstallKey}
 	if _, err := in.Write(); err != nil {
 		t.Fatal(err)
+	}
+	// The agents' key is made under the root, and the monitor passes it on.
+	if in.Key == nil || !in.Key.Created || in.Key.Path != filepath.Join(root, InstallKey) {
+		t.Fatalf("install's key: %+v, want one made at %s under the root", in.Key, InstallKey)
+	}
+	if _, err := EnsureHostKey(in.Key.Path); err != nil {
+		t.Errorf("the key install made: %v", err)
 	}
 	unitDir := filepath.Join(root, "etc/systemd/system")
 	// The units under the root first, then the system's (targets and
@@ -48,13 +55,18 @@ func TestInstallVerify(t *testing.T) {
 	slice, _ := os.ReadFile(filepath.Join(unitDir, AgentSlice))
 	// 6 CPUs, 8 GiB after the reserve, two instances: 3 CPUs and 4 GiB
 	// (+ margin) each.
-	for _, want := range []string{"ExecStart=" + prog + " hostos monitor --config /etc/buildfarm/hostos.conf --machines /var/lib/buildfarm/machines --tftp /var/lib/buildfarm/tftp --systemd"} {
+	for _, want := range []string{"ExecStart=" + prog + " hostos monitor --config /etc/buildfarm/hostos.conf --machines /var/lib/buildfarm/machines --tftp /var/lib/buildfarm/tftp --systemd --auth-key " + InstallKey + "\n"} {
 		if !strings.Contains(string(svc), want) {
 			t.Errorf("%s lacks %q:\n%s", MonitorUnit, want, svc)
 		}
 	}
 	if want := "CPUQuota=600%\nMemoryMax=9437184K\n"; !strings.Contains(string(slice), want) {
 		t.Errorf("%s lacks %q:\n%s", AgentSlice, want, slice)
+	}
+	// Installing again keeps the key.
+	fp := in.Key.Fingerprint
+	if _, err := in.Write(); err != nil || in.Key.Created || in.Key.Fingerprint != fp {
+		t.Errorf("second install: %v, key %+v; want the first key (%s) kept", err, in.Key, fp)
 	}
 	if l, err := os.Readlink(filepath.Join(unitDir, "multi-user.target.wants", MonitorUnit)); err != nil || l != "/etc/systemd/system/"+MonitorUnit {
 		t.Errorf("not enabled: %q, %v", l, err)
