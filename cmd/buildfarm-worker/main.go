@@ -85,7 +85,7 @@ buildfarm.mode, buildfarm.dir, buildfarm.blksize); flags override it.
 	if ch, err := worker.OpenChannel(log); err == nil {
 		go ch.Serve(ctx)
 		ch.Notify("boot", fmt.Sprintf("buildfarm-worker %s: started (%s)", buildinfo.String(), cfg.Mode))
-		cfg.Notify = ch
+		cfg.Notify, cfg.Channel = ch, ch
 	}
 	return worker.New(cfg, log).Run(ctx)
 }

@@ -31,6 +31,11 @@ type Config struct {
 	// AwaitStart makes a build wait for StartFile before its task
 	// (buildfarm.start=wait): the point a warm image is saved at.
 	AwaitStart bool
+	// StartChannel makes it await the start on the guest channel instead
+	// (buildfarm.start=channel, with tap networking: see awaitStart), and
+	// Channel is that channel.
+	StartChannel bool
+	Channel      *Channel
 	// StepUID and StepGID are the unprivileged user the steps run as
 	// (StepUser in the images); the worker, root, makes its directory
 	// theirs. StepUID 0 runs the steps as the worker's own user.
@@ -90,10 +95,10 @@ func (c *Config) ParseCmdline(cmdline string) error {
 				return fmt.Errorf("kernel parameter %s: mode must be build or bootstrap", f)
 			}
 		case startWaitParam:
-			if value != "wait" {
-				return fmt.Errorf("kernel parameter %s: the only value is wait", f)
+			if value != "wait" && value != "channel" {
+				return fmt.Errorf("kernel parameter %s: want wait or channel", f)
 			}
-			c.AwaitStart = true
+			c.AwaitStart, c.StartChannel = true, value == "channel"
 		case "buildfarm.dir":
 			if !strings.HasPrefix(value, "/") {
 				return fmt.Errorf("kernel parameter %s: not an absolute path", f)

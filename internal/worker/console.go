@@ -36,6 +36,9 @@ const (
 //	freeze     sync, then freeze every file system on a block device
 //	           (FIFREEZE), until thaw or for at most FreezeLimit
 //	thaw       thaw what freeze froze
+//	start M    the worker's start, the StartFile manifest M, for a worker
+//	           that awaits it here (Config.StartChannel); answered once
+//	           the worker has applied it
 type ChannelRequest struct {
 	ID  uint64 `json:"id"`
 	Op  string `json:"op"`
@@ -86,6 +89,8 @@ type Channel struct {
 	events chan []byte
 	reply  chan []byte
 
+	starts chan startRequest // to awaitChannelStart
+
 	mu     sync.Mutex
 	frozen []string
 	thawAt *time.Timer
@@ -101,7 +106,7 @@ func OpenChannel(log *slog.Logger) (*Channel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("virtio-serial port %s: %w", ConsolePort, err)
 	}
-	return &Channel{f: f, log: log, events: make(chan []byte, 256), reply: make(chan []byte, 4)}, nil
+	return &Channel{f: f, log: log, events: make(chan []byte, 256), reply: make(chan []byte, 4), starts: make(chan startRequest)}, nil
 }
 
 // Notify queues an event for the console. When the queue is full (nobody
@@ -201,6 +206,8 @@ func (c *Channel) do(req ChannelRequest) (string, error) {
 		return c.freeze()
 	case "thaw":
 		return c.thaw(), nil
+	case "start":
+		return "", c.start(req.Arg)
 	}
 	return "", fmt.Errorf("unknown request %q", req.Op)
 }

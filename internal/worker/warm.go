@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"time"
 	"unsafe"
@@ -43,6 +44,11 @@ const (
 type Start struct {
 	Time   time.Time // the host's clock when the agent wrote the file
 	Random []byte    // seed for the kernel's random pool, credited in full
+
+	// With tap networking (a start over the guest channel): the VM's
+	// fresh MAC, which the worker gives its interface before it asks
+	// DHCP for a new lease, and the agent's TFTP server (HOST:PORT).
+	MAC, TFTP string
 }
 
 // MinRandom and MaxRandom bound Start.Random, in bytes.
@@ -52,13 +58,20 @@ const (
 )
 
 // Manifest returns s as a manifest: format version 1, time (RFC 3339 with
-// nanoseconds) and random (hex).
+// nanoseconds), random (hex), and mac and tftp when set.
 func (s *Start) Manifest() manifest.Manifest {
-	return manifest.Manifest{
+	m := manifest.Manifest{
 		{Name: "", Value: "1"},
 		{Name: "time", Value: s.Time.UTC().Format(time.RFC3339Nano)},
 		{Name: "random", Value: hex.EncodeToString(s.Random)},
 	}
+	if s.MAC != "" {
+		m = append(m, manifest.Pair{Name: "mac", Value: s.MAC})
+	}
+	if s.TFTP != "" {
+		m = append(m, manifest.Pair{Name: "tftp", Value: s.TFTP})
+	}
+	return m
 }
 
 // ParseStart reads a StartFile manifest from r; file names it in errors.
@@ -99,6 +112,17 @@ func ParseStart(r io.Reader, file string) (*Start, error) {
 				return nil, fmt.Errorf("%s: random: %d bytes, want %d to %d", file, len(b), MinRandom, MaxRandom)
 			}
 			s.Random = b
+		case "mac":
+			hw, err := net.ParseMAC(p.Value)
+			if err != nil || len(hw) != 6 || hw[0]&1 != 0 || s.MAC != "" {
+				return nil, fmt.Errorf("%s: mac %q: want one unicast Ethernet address", file, p.Value)
+			}
+			s.MAC = hw.String()
+		case "tftp":
+			if _, _, err := net.SplitHostPort(p.Value); err != nil || s.TFTP != "" {
+				return nil, fmt.Errorf("%s: tftp %q: want one HOST:PORT", file, p.Value)
+			}
+			s.TFTP = p.Value
 		default:
 			return nil, fmt.Errorf("%s: unknown field %q", file, p.Name)
 		}
@@ -115,6 +139,9 @@ func ParseStart(r io.Reader, file string) (*Start, error) {
 // answer was lost) are repeated every startPoll, without end: the agent's
 // startup deadline bounds the wait.
 func (w *Worker) awaitStart(ctx context.Context) error {
+	if w.cfg.StartChannel {
+		return w.awaitChannelStart(ctx)
+	}
 	opts := w.opts
 	opts.Timeout, opts.Retries = startTimeout, startRetries
 	polls := 0
@@ -198,3 +225,7 @@ const startWaitParam = "buildfarm.start"
 // StartWaitArg is the kernel command line argument that makes the worker
 // of a build VM await StartFile before its task (see Config.AwaitStart).
 const StartWaitArg = startWaitParam + "=wait"
+
+// StartChannelArg makes it await its start on the guest channel instead
+// (see Config.StartChannel).
+const StartChannelArg = startWaitParam + "=channel"

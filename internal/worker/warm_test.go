@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,17 +16,43 @@ import (
 )
 
 func TestStartRoundTrip(t *testing.T) {
-	s := &Start{Time: time.Date(2026, 12, 2, 7, 0, 0, 123456789, time.UTC), Random: bytes.Repeat([]byte{0xab}, 64)}
+	for _, s := range []*Start{
+		{Time: time.Date(2026, 12, 2, 7, 0, 0, 123456789, time.UTC), Random: bytes.Repeat([]byte{0xab}, 64)},
+		{Time: time.Date(2026, 12, 2, 7, 0, 0, 0, time.UTC), Random: bytes.Repeat([]byte{1}, 32), MAC: "02:12:34:56:78:9a", TFTP: "10.0.3.1:23401"},
+	} {
+		var b bytes.Buffer
+		if err := manifest.Serialize(&b, []manifest.Manifest{s.Manifest()}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ParseStart(&b, "start")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.Time.Equal(s.Time) || !bytes.Equal(got.Random, s.Random) || got.MAC != s.MAC || got.TFTP != s.TFTP {
+			t.Errorf("ParseStart = %+v, want %+v", got, s)
+		}
+	}
+}
+
+// TestChannelStart hands a start request to a worker that awaits one:
+// the request's answer is what applying it gave; a bad manifest is
+// refused before.
+func TestChannelStart(t *testing.T) {
+	c := &Channel{starts: make(chan startRequest)}
+	s := &Start{Time: time.Now(), Random: bytes.Repeat([]byte{1}, 32), MAC: "02:00:00:00:00:01", TFTP: "10.0.3.1:23401"}
 	var b bytes.Buffer
 	if err := manifest.Serialize(&b, []manifest.Manifest{s.Manifest()}); err != nil {
 		t.Fatal(err)
 	}
-	got, err := ParseStart(&b, "start")
-	if err != nil {
-		t.Fatal(err)
+	go func() {
+		r := <-c.starts
+		r.done <- fmt.Errorf("no lease for %s", r.start.MAC)
+	}()
+	if _, err := c.do(ChannelRequest{ID: 1, Op: "start", Arg: b.String()}); err == nil || err.Error() != "no lease for 02:00:00:00:00:01" {
+		t.Errorf("start request: %v, want the worker's error", err)
 	}
-	if !got.Time.Equal(s.Time) || !bytes.Equal(got.Random, s.Random) {
-		t.Errorf("ParseStart = %+v, want %+v", got, s)
+	if _, err := c.do(ChannelRequest{ID: 2, Op: "start", Arg: ": 1\n"}); err == nil || !strings.Contains(err.Error(), "start request") {
+		t.Errorf("start request without time and random: %v, want an error naming it", err)
 	}
 }
 
@@ -37,7 +64,10 @@ func TestParseStartErrors(t *testing.T) {
 		{": 1\ntime: 2026-12-02T07:00:00Z\nrandom: abc\n", "random"},
 		{": 1\ntime: 2026-12-02T07:00:00Z\nrandom: abcd\n", "2 bytes, want 32 to 512"},
 		{": 1\ntime: 2026-12-02T07:00:00Z\n", "want the fields time and random"},
-		{": 1\ntime: 2026-12-02T07:00:00Z\nrandom: " + rnd + "\nmac: x\n", "unknown field \"mac\""},
+		{": 1\ntime: 2026-12-02T07:00:00Z\nrandom: " + rnd + "\nmask: x\n", "unknown field \"mask\""},
+		{": 1\ntime: 2026-12-02T07:00:00Z\nrandom: " + rnd + "\nmac: x\n", "mac \"x\""},
+		{": 1\ntime: 2026-12-02T07:00:00Z\nrandom: " + rnd + "\nmac: 01:00:5e:00:00:01\n", "unicast"},
+		{": 1\ntime: 2026-12-02T07:00:00Z\nrandom: " + rnd + "\ntftp: 10.0.3.1\n", "HOST:PORT"},
 		{": 1\ntime: 2026-12-02T07:00:00Z\ntime: 2026-12-02T07:00:00Z\nrandom: " + rnd + "\n", "time given twice"},
 	} {
 		_, err := ParseStart(strings.NewReader(tc.in), "start")
@@ -107,6 +137,9 @@ func TestParseCmdlineStart(t *testing.T) {
 	c := DefaultConfig()
 	if err := c.ParseCmdline("quiet " + StartWaitArg); err != nil || !c.AwaitStart {
 		t.Errorf("ParseCmdline(%s) = %v, AwaitStart %v", StartWaitArg, err, c.AwaitStart)
+	}
+	if err := c.ParseCmdline(StartChannelArg); err != nil || !c.AwaitStart || !c.StartChannel {
+		t.Errorf("ParseCmdline(%s) = %v, AwaitStart %v, StartChannel %v", StartChannelArg, err, c.AwaitStart, c.StartChannel)
 	}
 	if err := c.ParseCmdline("buildfarm.start=now"); err == nil || !strings.Contains(err.Error(), "buildfarm.start=now") {
 		t.Errorf("ParseCmdline(buildfarm.start=now) = %v, want an error naming it", err)

@@ -1,0 +1,141 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// The start over the guest channel, for guests on tap networking
+// (buildfarm.start=channel, buildfarm.net=dhcp).
+//
+// A guest restored from a saved state holds the network identity of the
+// guest that was saved: its MAC (virtio-net migrates it) and, had it kept
+// one, its DHCP lease, which may belong to another VM by now. So the
+// restored worker must not learn its start over the network. Before the
+// save it takes its interface down and drops its addresses (the saved
+// guest has nothing to say on the network, and answers no ARP), and tells
+// the console it awaits its start (event AwaitStartEvent, where the agent
+// saves it). The agent sends the start as a channel request (op start);
+// the worker sets the clock and the random pool as for StartFile, gives
+// the interface the start's fresh MAC, brings it up, asks DHCP for a new
+// lease (udhcpc with DHCPScript), takes the start's TFTP server, answers
+// the request, and asks for its task as a cold-booted worker does.
+
+// AwaitStartEvent is the channel event of a worker that awaits its start
+// on the channel; its text names the network interface.
+const AwaitStartEvent = "await-start"
+
+// DHCPScript is udhcpc's event script in the guest images.
+const DHCPScript = "/etc/buildfarm/udhcpc.script"
+
+// startHandoff bounds the wait of a start request for a worker that
+// takes it: a worker that awaits none fails the request.
+const startHandoff = 5 * time.Second
+
+// startRequest is a start from the channel, handed to awaitChannelStart,
+// which says on done how applying it went.
+type startRequest struct {
+	start *Start
+	done  chan error
+}
+
+// start hands a start request's manifest to the worker and returns what
+// applying it gave.
+func (c *Channel) start(arg string) error {
+	s, err := ParseStart(strings.NewReader(arg), "start request")
+	if err != nil {
+		return err
+	}
+	r := startRequest{start: s, done: make(chan error, 1)}
+	t := time.NewTimer(startHandoff)
+	defer t.Stop()
+	select {
+	case c.starts <- r:
+	case <-t.C:
+		return errors.New("start: the worker awaits no start on the channel")
+	}
+	return <-r.done
+}
+
+// awaitChannelStart is awaitStart over the guest channel (see the top of
+// this file).
+func (w *Worker) awaitChannelStart(ctx context.Context) error {
+	c := w.cfg.Channel
+	if c == nil {
+		return fmt.Errorf("%s: no guest channel (virtio-serial port %s) to await the start on", StartChannelArg, ConsolePort)
+	}
+	nic, err := firstNIC()
+	if err != nil {
+		return err
+	}
+	if err := run(ctx, "ip", "-4", "addr", "flush", "dev", nic); err != nil {
+		return err
+	}
+	if err := run(ctx, "ip", "link", "set", "dev", nic, "down"); err != nil {
+		return err
+	}
+	w.log.Info("awaiting the start on the guest channel", "nic", nic)
+	c.Notify(AwaitStartEvent, nic)
+	select {
+	case r := <-c.starts:
+		t0 := time.Now()
+		w.applyStart(r.start)
+		err := w.renewNetwork(ctx, nic, r.start)
+		if err == nil && r.start.TFTP != "" {
+			w.cfg.TFTP = r.start.TFTP
+		}
+		w.log.Info("start", "from", "channel", "host-time", r.start.Time.Format(time.RFC3339Nano),
+			"mac", r.start.MAC, "tftp", w.cfg.TFTP, "took", time.Since(t0).Round(time.Millisecond), "err", err)
+		r.done <- err
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// renewNetwork gives nic the start's MAC, brings it up and asks DHCP for
+// a lease. A start without a MAC leaves the network down.
+func (w *Worker) renewNetwork(ctx context.Context, nic string, s *Start) error {
+	if s.MAC == "" {
+		return nil
+	}
+	if err := run(ctx, "ip", "link", "set", "dev", nic, "address", s.MAC); err != nil {
+		return err
+	}
+	if err := run(ctx, "ip", "link", "set", "dev", nic, "up"); err != nil {
+		return err
+	}
+	if _, err := os.Stat(DHCPScript); err != nil {
+		return fmt.Errorf("network %s: DHCP: %w", nic, err)
+	}
+	return run(ctx, "udhcpc", "-i", nic, "-f", "-q", "-n", "-t", "10", "-T", "1", "-s", DHCPScript)
+}
+
+// firstNIC returns the guest's network interface: the first in
+// /sys/class/net other than lo, as the guest's init takes it.
+func firstNIC() (string, error) {
+	es, err := os.ReadDir("/sys/class/net")
+	if err != nil {
+		return "", fmt.Errorf("network: %w", err)
+	}
+	for _, e := range es {
+		if e.Name() != "lo" {
+			return e.Name(), nil
+		}
+	}
+	return "", errors.New("network: no interface besides lo")
+}
+
+// run runs a program to its end; its error carries the output.
+func run(ctx context.Context, name string, args ...string) error {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
