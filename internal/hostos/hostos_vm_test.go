@@ -1,6 +1,7 @@
 package hostos
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -26,16 +27,27 @@ import (
 // host OS image boots from kernel and initrd with a command line naming a
 // toolchain URL and a controller on the host; it finds its machines disk
 // by label, fetches the toolchain over HTTP, starts an agent, and that
-// agent appears at the controller. A new build id upstream then makes the
-// monitor drain the agent and reboot (QEMU runs with -no-reboot, so the
-// reboot ends it). QEMU, the HTTP server and the controller share a
-// network namespace of their own: the guest reaches them as 10.0.2.2 and
-// nothing else.
+// agent appears at the controller. The controller requires
+// authentication: the agents' key, made at this first boot on the state
+// disk (labelled buildos.state), is printed on the console; the test
+// registers it (controller key add), and the agent then appears under its
+// fingerprint. The set-up is looked at over SSH, logging in as user build
+// with the key given in buildos.ssh_key (dropbear's client, dbclient): the
+// private bridge br1 has its address, udhcpd listens on it (port 67),
+// forwarding is on, and the console shows the NAT rule read back from the
+// kernel; a login as root, or as build with another key, is refused. A new
+// build id upstream then makes the monitor drain the agent and reboot
+// (QEMU runs with -no-reboot, so the reboot ends it). QEMU, the HTTP
+// server and the controller share a network namespace of their own: the
+// guest reaches them as 10.0.2.2 and nothing else, and the test reaches
+// the guest's SSH server through QEMU's forward of 127.0.0.1:18022 there.
 func TestHostOSBoots(t *testing.T) {
 	testenv.NeedVM(t)
 	testenv.NeedRoot(t)
 	qemu := testenv.NeedProgram(t, "qemu-system-x86_64")
 	mkfs := testenv.NeedProgram(t, "mkfs.ext4")
+	dropbearkey := testenv.NeedProgram(t, "dropbearkey")
+	dbclient := testenv.NeedProgram(t, "dbclient")
 	k := testenv.NeedKernel(t)
 	testenv.NeedBusybox(t, arch.X8664)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -69,6 +81,34 @@ func TestHostOSBoots(t *testing.T) {
 	if out, err := exec.Command(mkfs, "-q", "-L", MachinesLabel, "-d", filepath.Join(mroot, "default"), disk).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
 	}
+	// The state disk, empty: the agents' key is made on it.
+	stateDisk := filepath.Join(dir, "state.img")
+	os.WriteFile(stateDisk, nil, 0o644)
+	os.Truncate(stateDisk, 16<<20)
+	if out, err := exec.Command(mkfs, "-q", "-L", StateLabel, stateDisk).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+
+	// SSH: the key that may log in as build, and one that may not.
+	sshKey, otherKey := filepath.Join(dir, "id_build"), filepath.Join(dir, "id_other")
+	var sshPub string
+	for _, k := range []string{sshKey, otherKey} {
+		out, err := exec.Command(dropbearkey, "-t", "ed25519", "-f", k).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dropbearkey: %v\n%s", err, out)
+		}
+		if k == sshKey {
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.HasPrefix(l, "ssh-ed25519 ") {
+					f := strings.Fields(l)
+					sshPub = f[0] + " " + f[1] + " test"
+				}
+			}
+		}
+	}
+	if sshPub == "" {
+		t.Fatal("dropbearkey printed no ssh-ed25519 public key")
+	}
 
 	// Upstream: the toolchain and the build id.
 	up := filepath.Join(dir, "up")
@@ -92,17 +132,20 @@ func TestHostOSBoots(t *testing.T) {
 	hs := &http.Server{Handler: http.FileServer(http.Dir(up))}
 	go hs.Serve(ln)
 	defer hs.Close()
-	ctl := startInNS(t, ns, filepath.Join(dir, "controller.log"), bf, "controller", "--listen", "127.0.0.1:18081", "--db", filepath.Join(dir, "c.db"))
+	db := filepath.Join(dir, "c.db")
+	ctl := startInNS(t, ns, filepath.Join(dir, "controller.log"), bf, "controller", "--listen", "127.0.0.1:18081", "--db", db, "--auth", "required")
 	defer ctl()
 
 	// The host: QEMU with -no-reboot, its serial console in a file.
 	serial := filepath.Join(dir, "serial.log")
 	cmdline := "console=ttyS0 buildos.ram_reserved=0 buildos.toolchain_url=http://10.0.2.2:18080/toolchain.sha256 " +
 		"buildos.controller_url=http://10.0.2.2:18081/task buildos.buildid_url=http://10.0.2.2:18080/buildos-buildid " +
+		`buildos.ssh_key="` + sshPub + `" ` +
 		"buildfarm.agent_arg=--fake-bootstrap buildfarm.agent_arg=--fake-build buildfarm.monitor_arg=--poll=3s"
 	qargs := []string{qemu, "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2",
 		"-kernel", filepath.Join(img, image.HostOSKernel), "-initrd", filepath.Join(img, image.HostOSInitrd), "-append", cmdline,
-		"-drive", "file=" + disk + ",format=raw,if=virtio", "-netdev", "user,id=n", "-device", "virtio-net-pci,netdev=n",
+		"-drive", "file=" + disk + ",format=raw,if=virtio", "-drive", "file=" + stateDisk + ",format=raw,if=virtio",
+		"-netdev", "user,id=n,hostfwd=tcp:127.0.0.1:18022-:22", "-device", "virtio-net-pci,netdev=n",
 		"-display", "none", "-monitor", "none", "-serial", "file:" + serial, "-no-reboot"}
 	qemuDone := make(chan error, 1)
 	stopQEMU := startInNSWait(t, ns, os.DevNull, qemuDone, qargs...)
@@ -125,11 +168,27 @@ func TestHostOSBoots(t *testing.T) {
 		})
 		return c, err
 	}}}
+	// The agents' key, once on the console, is registered; only then is
+	// the agent served (--auth required).
+	fingerprint := ""
 	deadline := time.Now().Add(10 * time.Minute)
 	for {
+		if fingerprint == "" {
+			if pub := consoleKey(serial); pub != nil {
+				pubFile := filepath.Join(dir, "host-key.pub.pem")
+				os.WriteFile(pubFile, pub, 0o644)
+				out, err := exec.Command(bf, "controller", "key", "add", "--db", db, "--name", "hostos-test", pubFile).Output()
+				if err != nil {
+					fail("controller key add of the console's key: %v\n%s", err, pub)
+				}
+				fingerprint = strings.TrimSpace(string(out))
+				t.Logf("registered the agents' key %s", fingerprint)
+			}
+		}
 		var agents []struct {
 			Name, Toolchain  string
 			ToolchainVersion string `json:"toolchain_version"`
+			Fingerprint      string
 			Machines         []string
 		}
 		if resp, err := client.Get("http://127.0.0.1:18081/api/v1/agents"); err == nil {
@@ -140,6 +199,9 @@ func TestHostOSBoots(t *testing.T) {
 			a := agents[0]
 			if a.Toolchain != "default" || a.ToolchainVersion != "1.2.0" || len(a.Machines) != 1 || a.Machines[0] != "busybox" {
 				fail("agent at the controller: %+v, want toolchain default 1.2.0 offering busybox", a)
+			}
+			if fingerprint == "" || a.Fingerprint != fingerprint {
+				fail("agent at the controller with key %q; want the key registered from the console (%q)", a.Fingerprint, fingerprint)
 			}
 			t.Logf("agent %s at the controller", a.Name)
 			break
@@ -154,6 +216,43 @@ func TestHostOSBoots(t *testing.T) {
 		}
 	}
 
+	// The set-up, over SSH as build.
+	ssh := func(user, key string, command string) (string, error) {
+		cmd := exec.Command("ip", "netns", "exec", ns.Name, dbclient, "-y", "-y", "-i", key, "-p", "18022", user+"@127.0.0.1", command)
+		cmd.Env = append(os.Environ(), "HOME="+dir)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	checks := []struct{ command, want string }{
+		{"id -un", "build\n"},
+		{"ip -4 -o addr show dev br1", " inet " + PrivateAddr + " "},
+		{"cat /proc/sys/net/ipv4/ip_forward", "1\n"},
+		// udhcpd runs with br1's configuration and listens on port 67
+		// (0043 in /proc/net/udp).
+		{"tr '\\0' ' ' </proc/$(pidof udhcpd)/cmdline", "udhcpd /run/udhcpd.br1.conf"},
+		{"grep interface /run/udhcpd.br1.conf; grep -c ':0043 ' /proc/net/udp", "interface br1\n1\n"},
+	}
+	for _, c := range checks {
+		out, err := ssh("build", sshKey, c.command)
+		if err != nil || !strings.Contains(out, c.want) {
+			fail("ssh build@ %q: %v\n%s\nwant %q in it", c.command, err, out, c.want)
+		}
+	}
+	for _, who := range []struct{ user, key string }{{"root", sshKey}, {"build", otherKey}} {
+		if out, err := ssh(who.user, who.key, "id -un"); err == nil || strings.Contains(out, who.user+"\n") {
+			fail("ssh %s@ with %s logged in (%v):\n%s", who.user, filepath.Base(who.key), err, out)
+		}
+	}
+	b, _ := os.ReadFile(serial)
+	for _, want := range []string{
+		`rule="-A POSTROUTING -s 172.31.0.0/16 ! -o br1 -j MASQUERADE"`,
+		"/state/etc/host-key.pem, made just now",
+	} {
+		if !strings.Contains(string(b), want) {
+			fail("the serial console lacks %q", want)
+		}
+	}
+
 	// A new build id: the monitor drains and reboots.
 	os.WriteFile(filepath.Join(up, "buildos-buildid"), []byte("build-2\n"), 0o644)
 	select {
@@ -161,12 +260,29 @@ func TestHostOSBoots(t *testing.T) {
 	case <-time.After(5 * time.Minute):
 		fail("no reboot within 5 minutes of a new build id")
 	}
-	b, _ := os.ReadFile(serial)
+	b, _ = os.ReadFile(serial)
 	for _, want := range []string{"build id changed from build-1 to build-2", "agents drained", "rebooting", "reboot: Restarting system"} {
 		if !strings.Contains(string(b), want) {
 			fail("the serial console lacks %q", want)
 		}
 	}
+}
+
+// consoleKey returns the public key the monitor printed on the serial
+// console (in file serial) for the admin to register, or nil before then.
+func consoleKey(serial string) []byte {
+	b, _ := os.ReadFile(serial)
+	_, rest, ok := bytes.Cut(b, []byte("register its public key"))
+	if !ok {
+		return nil
+	}
+	begin := bytes.Index(rest, []byte("-----BEGIN PUBLIC KEY-----"))
+	end := bytes.Index(rest, []byte("-----END PUBLIC KEY-----"))
+	if begin < 0 || end < begin {
+		return nil
+	}
+	// The serial console ends its lines with \r\n.
+	return bytes.ReplaceAll(rest[begin:end+len("-----END PUBLIC KEY-----")], []byte("\r"), nil)
 }
 
 // startInNS starts a program in ns, its output into logFile; the function

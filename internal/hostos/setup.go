@@ -160,6 +160,15 @@ func (s *Setup) network(ctx context.Context) (string, string, error) {
 	if _, err := exec.LookPath("iptables"); err == nil {
 		if err := run("iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "172.31.0.0/16", "!", "-o", "br1", "-j", "MASQUERADE"); err != nil {
 			s.Log.Warn("NAT for br1", "err", err)
+		} else if out, err := proc.Output(ctx, "iptables", "-t", "nat", "-S", "POSTROUTING"); err != nil {
+			s.Log.Warn("NAT for br1: listing the rules", "err", err)
+		} else {
+			// What the kernel holds, read back, for the boot log.
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.Contains(l, "MASQUERADE") {
+					s.Log.Info("NAT for br1", "rule", l)
+				}
+			}
 		}
 	} else {
 		s.Log.Warn("no iptables: guests on br1 get no NAT")

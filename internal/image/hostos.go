@@ -40,11 +40,13 @@ var hostOSInit []byte
 
 // HostOSModules are the modules the host OS loads (those the kernel has),
 // in order: virtio and common NICs and disk controllers, filesystems,
-// bridges, tun and loop.
+// bridges, tun and loop, and netfilter for br1's NAT (iptables-nft's
+// tables, its MASQUERADE through nft_compat, and the legacy tables).
 var HostOSModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_console",
 	"e1000", "e1000e", "igb", "ixgbe", "r8169", "ahci", "nvme", "sd_mod",
 	"ext4", "btrfs", "xfs", "bridge", "tun", "loop", "button", "evdev",
+	"nf_tables", "nft_chain_nat", "nft_compat", "nft_masq", "xt_MASQUERADE", "iptable_nat",
 }
 
 // hostOSPrograms are the programs copied into the initrd with their
@@ -55,8 +57,9 @@ var hostOSPrograms = []string{
 }
 
 // hostOSData are the directories of firmware and ROMs QEMU needs (x86's
-// only are taken from /usr/share/qemu).
-var hostOSData = []string{"/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu"}
+// only are taken from /usr/share/qemu), and iptables' extensions (its
+// MASQUERADE target for br1's NAT is one).
+var hostOSData = []string{"/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu", "/usr/lib/x86_64-linux-gnu/xtables"}
 
 var notX86Data = regexp.MustCompile(`^(openbios|slof|skiboot|s390|hppa|opensbi|palcode|QEMU,|npcm|u-boot|vof|petalogix|canyonlands|bamboo|keymaps|trace-events|edk2-(aarch64|arm|riscv|loongarch))`)
 
