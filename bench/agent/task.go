@@ -356,8 +356,8 @@ func newFarm(ctx context.Context, c config, dir, imgDir, workerBin string) (*far
 	if _, err := os.Stat(filepath.Join(f.bootDir, "kernel")); err != nil {
 		return nil, fmt.Errorf("bootstrapped machine: %w", err)
 	}
-	if ms, err := manifest.ReadFile(filepath.Join(f.bootDir, "manifest")); err == nil && len(ms) > 0 {
-		for _, p := range ms[0] {
+	if ms, err := manifest.ReadFile(filepath.Join(f.bootDir, "manifest")); err == nil && ms.Len() > 0 {
+		for _, p := range ms.Manifest(0) {
 			if p.Name == "mac" {
 				f.mac = p.Value
 			}
@@ -407,10 +407,10 @@ func checkResult(b []byte, what string) error {
 	if err != nil {
 		return err
 	}
-	if len(ms) != 1 {
-		return fmt.Errorf("%s: %d manifests, want one", what, len(ms))
+	if ms.Len() != 1 {
+		return fmt.Errorf("%s: %d manifests, want one", what, ms.Len())
 	}
-	res, err := manifest.ParseResult(ms[0], what, manifest.Lenient)
+	res, err := manifest.ParseResult(ms.Manifest(0), what, manifest.Lenient)
 	if err != nil {
 		return err
 	}

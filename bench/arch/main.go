@@ -350,10 +350,10 @@ func task(ctx context.Context, bf, machines, tftp, accelSet, example string, a a
 		return 0, "", err
 	}
 	ms, err := manifest.Parse(strings.NewReader(string(out)), "result")
-	if err != nil || len(ms) != 1 {
+	if err != nil || ms.Len() != 1 {
 		return 0, "", fmt.Errorf("agent printed %q: want one result manifest (%v)", out, err)
 	}
-	r, err := manifest.ParseResult(ms[0], "result", manifest.Lenient)
+	r, err := manifest.ParseResult(ms.Manifest(0), "result", manifest.Lenient)
 	if err != nil {
 		return 0, "", err
 	}

@@ -338,15 +338,15 @@ func build(ctx context.Context, c config, bf, tmp, machines, tftp, orig string, 
 		return r, fmt.Errorf("agent: %w (log: %s)", err, logf.Name())
 	}
 	ms, err := manifest.Parse(strings.NewReader(out.String()), "dumped result")
-	if err != nil || len(ms) != 1 {
+	if err != nil || ms.Len() != 1 {
 		return r, fmt.Errorf("agent's result: %v:\n%s", err, out.String())
 	}
-	res, err := manifest.ParseResult(ms[0], "dumped result", manifest.Lenient)
+	res, err := manifest.ParseResult(ms.Manifest(0), "dumped result", manifest.Lenient)
 	if err != nil {
 		return r, err
 	}
 	r.Status = res.Status.String()
-	for _, p := range ms[0] {
+	for _, p := range ms.Manifest(0) {
 		if p.Name == "buildfarm-start" {
 			r.Start = p.Value
 		}

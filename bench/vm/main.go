@@ -291,10 +291,10 @@ func (f *farm) task(ctx context.Context, start string) (timing, error) {
 		return timing{}, err
 	}
 	ms, err := manifest.Parse(&out, "dumped result")
-	if err != nil || len(ms) != 1 {
+	if err != nil || ms.Len() != 1 {
 		return timing{}, fmt.Errorf("dumped result %q: %v", out.String(), err)
 	}
-	res, err := manifest.ParseResult(ms[0], "dumped result", manifest.Lenient)
+	res, err := manifest.ParseResult(ms.Manifest(0), "dumped result", manifest.Lenient)
 	if err != nil {
 		return timing{}, err
 	}

@@ -43,7 +43,7 @@ func TestMachineListArch(t *testing.T) {
 		t.Fatalf("machine list printed %q: %v", out, err)
 	}
 	got := map[string]string{}
-	for _, m := range ms {
+	for _, m := range ms.Manifests() {
 		h, err := manifest.ParseMachineHeader(m, "list", manifest.Strict)
 		if err != nil {
 			t.Fatal(err)
@@ -97,10 +97,10 @@ func TestDoctorArch(t *testing.T) {
 func dumpedResult(t *testing.T, out string) *manifest.Result {
 	t.Helper()
 	ms, err := manifest.Parse(strings.NewReader(out), "result")
-	if err != nil || len(ms) != 1 {
+	if err != nil || ms.Len() != 1 {
 		t.Fatalf("agent printed %q, want one result manifest: %v", out, err)
 	}
-	r, err := manifest.ParseResult(ms[0], "result", manifest.Lenient)
+	r, err := manifest.ParseResult(ms.Manifest(0), "result", manifest.Lenient)
 	if err != nil {
 		t.Fatalf("agent printed %q: %v", out, err)
 	}

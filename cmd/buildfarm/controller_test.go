@@ -71,7 +71,7 @@ func agentDo(t *testing.T, url string, status manifest.Status) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := manifest.ParseTaskResponse(ms, "task response", manifest.Lenient)
+	resp, err := manifest.ParseTaskResponse(ms.Manifests(), "task response", manifest.Lenient)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ func listedIDs(t *testing.T, machines string) []string {
 		t.Fatalf("machine list printed %q: %v", out, err)
 	}
 	var ids []string
-	for _, m := range ms {
+	for _, m := range ms.Manifests() {
 		h, err := manifest.ParseMachineHeader(m, "list", manifest.Strict)
 		if err != nil {
 			t.Fatal(err)

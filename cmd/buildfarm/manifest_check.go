@@ -64,9 +64,10 @@ the description naming the manifest type and the field.`,
 			if lenient {
 				mode = manifest.Lenient
 			}
-			ms, err := manifest.Parse(bytes.NewReader(data), name)
+			st, err := manifest.Parse(bytes.NewReader(data), name)
+			var ms []manifest.Manifest
 			if err == nil {
-				ms, err = manifest.Check(kind, ms, name, mode)
+				ms, err = manifest.Check(kind, st.Manifests(), name, mode)
 			}
 			if err != nil {
 				return err

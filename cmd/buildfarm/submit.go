@@ -113,8 +113,8 @@ func submitWork(ctx context.Context, c *controller.APIClient, req controller.Sub
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("template %s: %d manifests, want one task manifest", tmplFile, len(ms))
+	if ms.Len() != 1 {
+		return nil, fmt.Errorf("template %s: %d manifests, want one task manifest", tmplFile, ms.Len())
 	}
 	req.Template = string(tmpl)
 	sources := 0
@@ -127,7 +127,7 @@ func submitWork(ctx context.Context, c *controller.APIClient, req controller.Sub
 		return nil, fmt.Errorf("give the sources as one of --dir, --archive, --git")
 	}
 	if req.Git == nil {
-		data, err := sourcesArchive(dir, archiveFile, ms[0])
+		data, err := sourcesArchive(dir, archiveFile, ms.Manifest(0))
 		if err != nil {
 			return nil, err
 		}

@@ -399,10 +399,10 @@ func upMakeMachine(ctx context.Context, e *env, machines, state string, ua upArc
 func olderWorker(machines, name, toolchain string) (uint64, bool) {
 	path := filepath.Join(machines, machine.DefaultVolume, name, name+"-"+toolchain, machine.BootstrappedFile)
 	ms, err := manifest.Limits{Manifests: 1}.ReadFile(path)
-	if err != nil || len(ms) != 1 {
+	if err != nil || ms.Len() != 1 {
 		return 0, false
 	}
-	bm, err := manifest.ParseBootstrappedMachine(ms[0], path, manifest.Lenient)
+	bm, err := manifest.ParseBootstrappedMachine(ms.Manifest(0), path, manifest.Lenient)
 	if err != nil {
 		return 0, false
 	}

@@ -70,10 +70,10 @@ func machineConfig(dir string) (qemu.Config, error) {
 	if err != nil {
 		return cfg, err
 	}
-	if len(ms) != 1 {
-		return cfg, fmt.Errorf("machine %s: manifest holds %d manifests, want 1", dir, len(ms))
+	if ms.Len() != 1 {
+		return cfg, fmt.Errorf("machine %s: manifest holds %d manifests, want 1", dir, ms.Len())
 	}
-	m, err := manifest.ParseMachine(ms[0], filepath.Join(dir, "manifest"), manifest.Lenient)
+	m, err := manifest.ParseMachine(ms.Manifest(0), filepath.Join(dir, "manifest"), manifest.Lenient)
 	if err != nil {
 		return cfg, err
 	}

@@ -167,10 +167,10 @@ func ReadTaskFile(path string) (*manifest.Task, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	if len(ms) != 1 {
-		return nil, "", fmt.Errorf("%s: %d manifests, want one task manifest", path, len(ms))
+	if ms.Len() != 1 {
+		return nil, "", fmt.Errorf("%s: %d manifests, want one task manifest", path, ms.Len())
 	}
-	task, err := manifest.ParseTask(ms[0], path, manifest.Strict)
+	task, err := manifest.ParseTask(ms.Manifest(0), path, manifest.Strict)
 	if err != nil {
 		return nil, "", err
 	}
@@ -281,8 +281,8 @@ func (a *Agent) fakeBuild(ctx context.Context, m *machineState, task *manifest.T
 	defer snap.delete(context.WithoutCancel(ctx))
 	id := "unknown"
 	f := filepath.Join(snap.dir, machine.BootstrappedFile)
-	if ms, err := manifest.ReadFile(f); err == nil && len(ms) == 1 {
-		if bm, err := manifest.ParseBootstrappedMachine(ms[0], f, manifest.Lenient); err == nil {
+	if ms, err := manifest.ReadFile(f); err == nil && ms.Len() == 1 {
+		if bm, err := manifest.ParseBootstrappedMachine(ms.Manifest(0), f, manifest.Lenient); err == nil {
 			id = bm.Machine.ID
 		}
 	}
@@ -607,10 +607,10 @@ func readResult(path string, task *manifest.Task) (*manifest.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("%s: %d manifests, want one result manifest", path, len(ms))
+	if ms.Len() != 1 {
+		return nil, fmt.Errorf("%s: %d manifests, want one result manifest", path, ms.Len())
 	}
-	res, err := manifest.ParseResult(ms[0], path, manifest.Lenient)
+	res, err := manifest.ParseResult(ms.Manifest(0), path, manifest.Lenient)
 	if err != nil {
 		return nil, err
 	}

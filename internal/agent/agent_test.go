@@ -166,10 +166,10 @@ func (f *farm) buildAll(t *testing.T, o Options) *manifest.Result {
 func parseResult(t *testing.T, out string) *manifest.Result {
 	t.Helper()
 	ms, err := manifest.Parse(strings.NewReader(out), "dumped result")
-	if err != nil || len(ms) != 1 {
+	if err != nil || ms.Len() != 1 {
 		t.Fatalf("dumped result %q: %v", out, err)
 	}
-	res, err := manifest.ParseResult(ms[0], "dumped result", manifest.Strict)
+	res, err := manifest.ParseResult(ms.Manifest(0), "dumped result", manifest.Strict)
 	if err != nil {
 		t.Fatal(err)
 	}

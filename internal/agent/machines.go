@@ -155,7 +155,7 @@ func (a *Agent) machines(ctx context.Context, slot int) ([]*machineState, error)
 			return nil, err
 		}
 		var out []*machineState
-		for _, m := range ms {
+		for _, m := range ms.Manifests() {
 			h, err := manifest.ParseMachineHeader(m, a.opts.FakeMachine, manifest.Lenient)
 			if err != nil {
 				return nil, err
@@ -270,11 +270,11 @@ func (a *Agent) bootstrap(ctx context.Context, slot int, c *machine.Candidate) e
 	r.Shutdown(ctx)
 	ms, err := resultLimits.ReadFile(filepath.Join(s.putDir(), worker.BootstrapFile))
 	var bs *manifest.Bootstrap
-	if err == nil && len(ms) != 1 {
-		err = fmt.Errorf("%s: %d manifests, want one", worker.BootstrapFile, len(ms))
+	if err == nil && ms.Len() != 1 {
+		err = fmt.Errorf("%s: %d manifests, want one", worker.BootstrapFile, ms.Len())
 	}
 	if err == nil {
-		bs, err = manifest.ParseBootstrap(ms[0], worker.BootstrapFile, manifest.Lenient)
+		bs, err = manifest.ParseBootstrap(ms.Manifest(0), worker.BootstrapFile, manifest.Lenient)
 	}
 	if err != nil {
 		b.Abort(context.WithoutCancel(ctx))

@@ -98,7 +98,7 @@ func (c *testController) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch r.URL.Path {
 	case "/task":
-		req, err := manifest.ParseTaskRequest(ms, "task request", manifest.Strict)
+		req, err := manifest.ParseTaskRequest(ms.Manifests(), "task request", manifest.Strict)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
@@ -124,7 +124,7 @@ func (c *testController) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.mu.Unlock()
 		manifest.Serialize(w, resp.Manifests())
 	case "/result":
-		rr, err := manifest.ParseResultRequest(ms, "result request", manifest.Strict)
+		rr, err := manifest.ParseResultRequest(ms.Manifests(), "result request", manifest.Strict)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return

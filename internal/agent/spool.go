@@ -141,11 +141,11 @@ func readSpooled(path string) (*spooled, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) < 2 {
-		return nil, fmt.Errorf("%s: %d manifests, want a header and a result request", path, len(ms))
+	if ms.Len() < 2 {
+		return nil, fmt.Errorf("%s: %d manifests, want a header and a result request", path, ms.Len())
 	}
 	e := &spooled{path: path}
-	for _, p := range ms[0] {
+	for _, p := range ms.Manifest(0) {
 		if p.Name == resultURLName {
 			e.url = p.Value
 		}
@@ -153,7 +153,7 @@ func readSpooled(path string) (*spooled, error) {
 	if e.url == "" {
 		return nil, fmt.Errorf("%s: no %s in the header", path, resultURLName)
 	}
-	if e.req, err = manifest.ParseResultRequest(ms[1:], path, manifest.Lenient); err != nil {
+	if e.req, err = manifest.ParseResultRequest(ms.Manifests()[1:], path, manifest.Lenient); err != nil {
 		return nil, err
 	}
 	return e, nil

@@ -123,10 +123,10 @@ func readProgress(path string) (*progress, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("%s: %d manifests, want one progress report", path, len(ms))
+	if ms.Len() != 1 {
+		return nil, fmt.Errorf("%s: %d manifests, want one progress report", path, ms.Len())
 	}
-	return &progress{pairs: ms[0][1:]}, nil
+	return &progress{pairs: ms.Manifest(0)[1:]}, nil
 }
 
 // logArgs are p's pairs for a log record, each value a bounded excerpt.

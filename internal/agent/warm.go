@@ -152,13 +152,13 @@ func (a *Agent) readWarm(m *machineState) (*warmState, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
-	if err == nil && len(ms) != 1 {
-		err = fmt.Errorf("%s: %d manifests, want 1", f.key, len(ms))
+	if err == nil && ms.Len() != 1 {
+		err = fmt.Errorf("%s: %d manifests, want 1", f.key, ms.Len())
 	}
 	if err != nil {
 		return nil, err
 	}
-	return &warmState{files: f, key: ms[0]}, nil
+	return &warmState{files: f, key: ms.Manifest(0)}, nil
 }
 
 // warmStarts reports whether task VMs may start warm: not with --start

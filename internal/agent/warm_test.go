@@ -166,12 +166,13 @@ func TestWarmStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, p := range ms[0] {
+	m := ms.Manifest(0)
+	for i, p := range m {
 		if p.Name == "id" {
-			ms[0][i].Value += "-r2"
+			m[i].Value += "-r2"
 		}
 	}
-	if err := manifest.WriteFile(filepath.Join(r2, machine.ManifestFile), ms); err != nil {
+	if err := manifest.WriteFile(filepath.Join(r2, machine.ManifestFile), []manifest.Manifest{m}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := v.Upgrade(context.Background(), "busybox", machine.Source{Dir: r2}); err != nil {

@@ -171,10 +171,10 @@ func (c *APIClient) ParsedResult(ctx context.Context, id int64) (*manifest.Resul
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("%s: %d manifests, want 1", name, len(ms))
+	if ms.Len() != 1 {
+		return nil, fmt.Errorf("%s: %d manifests, want 1", name, ms.Len())
 	}
-	return manifest.ParseResult(ms[0], name, manifest.Lenient)
+	return manifest.ParseResult(ms.Manifest(0), name, manifest.Lenient)
 }
 
 // Queue returns the queue's depth and oldest task.

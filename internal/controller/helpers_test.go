@@ -179,7 +179,7 @@ func askTask(t *testing.T, url string, req *manifest.TaskRequest, header http.He
 	if err != nil {
 		t.Fatalf("task response %q: %v", body, err)
 	}
-	resp, err := manifest.ParseTaskResponse(ms, "task response", manifest.Strict)
+	resp, err := manifest.ParseTaskResponse(ms.Manifests(), "task response", manifest.Strict)
 	if err != nil {
 		t.Fatalf("task response %q: %v", body, err)
 	}

@@ -66,7 +66,11 @@ func readManifests(w http.ResponseWriter, r *http.Request, limit int64, name str
 	if err != nil {
 		return nil, err
 	}
-	return manifest.Parse(bytes.NewReader(data), name)
+	st, err := manifest.Parse(bytes.NewReader(data), name)
+	if err != nil {
+		return nil, err
+	}
+	return st.Manifests(), nil
 }
 
 func writeManifests(w http.ResponseWriter, ms []manifest.Manifest) error {
@@ -254,10 +258,10 @@ func (s *Server) taskManifest(t *store.Task, base string) (*manifest.Task, error
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("stored manifest: %d manifests, want 1", len(ms))
+	if ms.Len() != 1 {
+		return nil, fmt.Errorf("stored manifest: %d manifests, want 1", ms.Len())
 	}
-	task, err := manifest.ParseTask(ms[0], fmt.Sprintf("task %d", t.ID), manifest.Lenient)
+	task, err := manifest.ParseTask(ms.Manifest(0), fmt.Sprintf("task %d", t.ID), manifest.Lenient)
 	if err != nil {
 		return nil, err
 	}

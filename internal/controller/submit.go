@@ -156,10 +156,10 @@ func (s *Server) submit(r *http.Request, req *SubmitRequest) (*store.Submission,
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(ms) != 1 {
-		return nil, nil, badf("template: %d manifests, want one task manifest", len(ms))
+	if ms.Len() != 1 {
+		return nil, nil, badf("template: %d manifests, want one task manifest", ms.Len())
 	}
-	tmpl := ms[0]
+	tmpl := ms.Manifest(0)
 	if req.Name == "" {
 		req.Name, _ = tmpl.Get("name")
 	}

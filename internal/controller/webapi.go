@@ -231,10 +231,10 @@ func (s *Server) readResult(r *http.Request, id int64) (*manifest.Result, error)
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("result of task %d: %d manifests, want 1", id, len(ms))
+	if ms.Len() != 1 {
+		return nil, fmt.Errorf("result of task %d: %d manifests, want 1", id, ms.Len())
 	}
-	return manifest.ParseResult(ms[0], fmt.Sprintf("result of task %d", id), manifest.Lenient)
+	return manifest.ParseResult(ms.Manifest(0), fmt.Sprintf("result of task %d", id), manifest.Lenient)
 }
 
 // liveLog reads the live log of t's last session after chunk id after.

@@ -227,7 +227,7 @@ func (c *Client) post(ctx context.Context, url string, ms []manifest.Manifest, h
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrGarbled, err)
 	}
-	return out, nil
+	return out.Manifests(), nil
 }
 
 func (c *Client) timeout() time.Duration {

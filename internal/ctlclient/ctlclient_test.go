@@ -36,7 +36,7 @@ func TestRequestTask(t *testing.T) {
 		gotWait, gotType = r.Header.Get(WaitHeader), r.Header.Get("Content-Type")
 		ms, err := manifest.Parse(r.Body, "request")
 		if err == nil {
-			got, err = manifest.ParseTaskRequest(ms, "request", manifest.Strict)
+			got, err = manifest.ParseTaskRequest(ms.Manifests(), "request", manifest.Strict)
 		}
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)

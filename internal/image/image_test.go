@@ -324,10 +324,10 @@ tftp -g -r greeting -l /tmp/greeting 10.0.2.2 "$port" && echo "hook: tftp says $
 		t.Fatal(err)
 	}
 	ms, err := manifest.ReadFile(filepath.Join(out, ManifestFile))
-	if err != nil || len(ms) != 1 {
-		t.Fatalf("manifest: %v, %d manifests", err, len(ms))
+	if err != nil || ms.Len() != 1 {
+		t.Fatalf("manifest: %v, %d manifests", err, ms.Len())
 	}
-	mm, err := manifest.ParseMachine(ms[0], ManifestFile, manifest.Strict)
+	mm, err := manifest.ParseMachine(ms.Manifest(0), ManifestFile, manifest.Strict)
 	if err != nil {
 		t.Fatal(err)
 	}

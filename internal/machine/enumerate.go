@@ -290,10 +290,10 @@ func readMachine(path string) (*manifest.Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("%s: %d manifests, want one machine manifest", path, len(ms))
+	if ms.Len() != 1 {
+		return nil, fmt.Errorf("%s: %d manifests, want one machine manifest", path, ms.Len())
 	}
-	return manifest.ParseMachine(ms[0], path, manifest.Lenient)
+	return manifest.ParseMachine(ms.Manifest(0), path, manifest.Lenient)
 }
 
 func readBootstrapped(path string) (*manifest.BootstrappedMachine, error) {
@@ -301,10 +301,10 @@ func readBootstrapped(path string) (*manifest.BootstrappedMachine, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("%s: %d manifests, want one bootstrapped machine manifest", path, len(ms))
+	if ms.Len() != 1 {
+		return nil, fmt.Errorf("%s: %d manifests, want one bootstrapped machine manifest", path, ms.Len())
 	}
-	return manifest.ParseBootstrappedMachine(ms[0], path, manifest.Lenient)
+	return manifest.ParseBootstrappedMachine(ms.Manifest(0), path, manifest.Lenient)
 }
 
 // Bootstrapping is a machine being bootstrapped: a writable snapshot of

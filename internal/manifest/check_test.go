@@ -16,7 +16,7 @@ var updateGolden = flag.Bool("update", false, "rewrite the golden files of testd
 
 // checkString parses text and checks it as kind.
 func checkString(kind, text string, mode Mode) ([]Manifest, error) {
-	ms, err := Parse(strings.NewReader(text), "test.manifest")
+	ms, err := parseAll(strings.NewReader(text), "test.manifest")
 	if err != nil {
 		return nil, err
 	}
@@ -40,7 +40,7 @@ func TestGolden(t *testing.T) {
 	for _, kind := range Kinds {
 		t.Run(kind, func(t *testing.T) {
 			in := filepath.Join("testdata", "golden", kind+".manifest")
-			ms, err := ReadFile(in)
+			ms, err := readAll(in)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -87,7 +87,7 @@ func TestBbotExamples(t *testing.T) {
 	for _, path := range paths {
 		kind, _, _ := strings.Cut(filepath.Base(path), ".")
 		t.Run(filepath.Base(path), func(t *testing.T) {
-			ms, err := ReadFile(path)
+			ms, err := readAll(path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -98,7 +98,7 @@ func TestBbotExamples(t *testing.T) {
 			if diff := cmp.Diff(pairsOf(ms), pairsOf(out)); diff != "" {
 				t.Errorf("Check(%s, %s) pairs differ (-read +checked):\n%s", kind, path, diff)
 			}
-			back, err := Parse(strings.NewReader(serialized(t, out)), path)
+			back, err := parseAll(strings.NewReader(serialized(t, out)), path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -139,7 +139,7 @@ func FuzzCheck(f *testing.F) {
 	f.Fuzz(func(t *testing.T, k uint8, data []byte) {
 		kind := Kinds[int(k)%len(Kinds)]
 		for _, mode := range []Mode{Strict, Lenient} {
-			ms, err := Parse(bytes.NewReader(data), "f")
+			ms, err := parseAll(bytes.NewReader(data), "f")
 			if err != nil {
 				return
 			}
@@ -155,7 +155,7 @@ func FuzzCheck(f *testing.F) {
 			if err := Serialize(&b, out); err != nil {
 				t.Fatalf("Serialize(Check(%s, %q)): %v", kind, data, err)
 			}
-			ms2, err := Parse(bytes.NewReader(b.Bytes()), "f")
+			ms2, err := parseAll(bytes.NewReader(b.Bytes()), "f")
 			if err != nil {
 				t.Fatalf("Parse(Serialize(Check(%s, %q))) = %v\nserialized:\n%s", kind, data, err, b.Bytes())
 			}

@@ -11,13 +11,13 @@ import (
 
 // ReadFile parses the manifest stream in the file at path with
 // DefaultLimits; errors name the file as path.
-func ReadFile(path string) ([]Manifest, error) {
+func ReadFile(path string) (*Stream, error) {
 	return DefaultLimits.ReadFile(path)
 }
 
 // ReadFile parses the manifest stream in the file at path with l's limits;
 // errors name the file as path.
-func (l Limits) ReadFile(path string) ([]Manifest, error) {
+func (l Limits) ReadFile(path string) (*Stream, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read manifest: %w", err)

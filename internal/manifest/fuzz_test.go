@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -48,7 +49,15 @@ func FuzzParse(f *testing.F) {
 	}
 	addFormatSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ms, err := Parse(bytes.NewReader(data), "f")
+		st, err := Parse(bytes.NewReader(data), "f")
+		ms := st.Manifests()
+		// Each manifest read on its own, from where the Stream says it
+		// starts, is the one read in sequence, positions included.
+		for i := range st.Len() {
+			if got := st.Manifest(i); !slices.Equal(got, ms[i]) {
+				t.Fatalf("Parse(%q).Manifest(%d) = %+v, in sequence %+v", data, i, got, ms[i])
+			}
+		}
 		// Count, the first pass, reads the stream as Parse does.
 		nm, np, cerr := (Limits{}).Count(string(data), "f")
 		if fmt.Sprint(cerr) != fmt.Sprint(err) {
@@ -68,7 +77,7 @@ func FuzzParse(f *testing.F) {
 		if err := Serialize(&b, ms); err != nil {
 			t.Fatalf("Serialize(Parse(%q)) error: %v", data, err)
 		}
-		back, err := Parse(bytes.NewReader(b.Bytes()), "f")
+		back, err := parseAll(bytes.NewReader(b.Bytes()), "f")
 		if err != nil {
 			t.Fatalf("Parse(%q) (serialized from %q) error: %v", b.Bytes(), data, err)
 		}
@@ -120,7 +129,7 @@ func FuzzSerialize(f *testing.F) {
 			}
 			return
 		}
-		back, err := Parse(bytes.NewReader(b.Bytes()), "f")
+		back, err := parseAll(bytes.NewReader(b.Bytes()), "f")
 		if err != nil {
 			t.Fatalf("Parse(Serialize(%q)) = Parse(%q) error: %v", pairsOf(ms), b.Bytes(), err)
 		}

@@ -241,6 +241,7 @@ type parser struct {
 	state   int
 	version string // the stream's current format version
 	count   bool   // values that are copies are not needed (Count)
+	at      int    // the byte offset of the name of the pair last read
 }
 
 // Parse reads a stream of manifests from r with DefaultLimits. file names
@@ -249,43 +250,51 @@ type parser struct {
 // omits it. An empty stream, or one with only comments and blank lines,
 // holds no manifests. A malformed stream is an *Error with the 1-based line
 // and column.
-func Parse(r io.Reader, file string) ([]Manifest, error) {
+func Parse(r io.Reader, file string) (*Stream, error) {
 	return DefaultLimits.Parse(r, file)
 }
 
-// Limits bound what one parse of a stream may build, beside its bytes
-// (which the caller bounds): a manifest costs 24 bytes and a pair 48 bytes
-// of memory beyond its text, and a pair can be as short as 2 bytes, so a
-// caller that knows what it expects (one task manifest, a few results)
-// says so. A zero field takes the DefaultLimits value.
+// Limits bound what one parse of a stream may hold, beside its bytes (which
+// the caller bounds). A Stream costs 4 bytes a manifest, but a caller that
+// builds Manifests from it pays 24 bytes a manifest and 48 a pair, and a
+// pair can be as short as 3 bytes, so a caller that knows what it expects
+// (one task manifest, a few results) says so. A zero field takes the
+// DefaultLimits value.
 type Limits struct {
 	Manifests int // the most manifests in the stream
 	Pairs     int // the most pairs in the stream, version pairs included
 }
 
 // DefaultLimits are the limits of Parse and ReadFile: enough for any
-// manifest stream of build2's protocol, and at most 48 MB of pairs.
+// manifest stream of build2's protocol, and at most 48 MB of pairs built.
 var DefaultLimits = Limits{Manifests: 100_000, Pairs: 1_000_000}
 
-// maxStream is the largest stream a parse reads: positions are int32.
+// maxStream is the largest stream a parse reads: positions are int32 and
+// offsets uint32.
 const maxStream = 1<<31 - 1
 
 // Parse reads a stream of manifests from r as the package's Parse does,
 // with l's limits. A stream past a limit is an *Error at the manifest or
-// pair that passes it.
-func (l Limits) Parse(r io.Reader, file string) ([]Manifest, error) {
-	var b strings.Builder
-	if _, err := io.Copy(&b, io.LimitReader(r, maxStream+1)); err != nil {
-		return nil, fmt.Errorf("read manifest %s: %w", file, err)
+// pair that passes it. The text is read into one string of its size (from
+// a reader that does not tell its length, in pieces copied once at the
+// end), which the Stream keeps.
+func (l Limits) Parse(r io.Reader, file string) (*Stream, error) {
+	text, err := readText(r, file)
+	if err != nil {
+		return nil, err
 	}
-	return l.parse(b.String(), file)
+	return l.parse(text, file)
+}
+
+// ParseString parses the stream text as Parse does; the Stream keeps text.
+func (l Limits) ParseString(text, file string) (*Stream, error) {
+	return l.parse(text, file)
 }
 
 // parse reads data in two passes: the first checks the stream and counts its
-// manifests and pairs, so that the second makes each slice once, at its size.
-// Names and values are substrings of data unless escapes or "\r\n" made
-// them differ from the text, so the pairs cost their 48 bytes and no copy.
-func (l Limits) parse(data, file string) ([]Manifest, error) {
+// manifests and pairs, the second notes where each manifest starts in a
+// slice made once, at its size. Neither copies a name or value.
+func (l Limits) parse(data, file string) (*Stream, error) {
 	if l.Manifests <= 0 {
 		l.Manifests = DefaultLimits.Manifests
 	}
@@ -299,25 +308,23 @@ func (l Limits) parse(data, file string) ([]Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	ms := make([]Manifest, 0, nm)
-	pairs := make([]Pair, 0, np)
-	d := NewDecoder(data, file)
-	start := 0
-	for {
-		nv, first, err := d.Next()
-		if err != nil { // io.EOF: the first pass saw every error.
-			break
+	s := &Stream{text: data, file: file, npairs: np}
+	if nm > 0 {
+		s.starts = make([]uint32, 0, nm)
+		d := NewDecoder(data, file)
+		d.p.count = true
+		for {
+			_, first, err := d.Next()
+			if err != nil { // io.EOF: the first pass saw every error.
+				break
+			}
+			if first {
+				s.starts = append(s.starts, uint32(d.p.at))
+			}
 		}
-		if first && len(pairs) > 0 {
-			ms = append(ms, pairs[start:len(pairs):len(pairs)])
-			start = len(pairs)
-		}
-		pairs = append(pairs, nv)
+		s.lines = lineTable(data)
 	}
-	if len(pairs) > 0 {
-		ms = append(ms, pairs[start:len(pairs):len(pairs)])
-	}
-	return ms, nil
+	return s, nil
 }
 
 // Count reads the stream data through, as Parse would, and returns how many
@@ -488,6 +495,7 @@ func (p *parser) parseName(nv *Pair) {
 	c := s.peek(what)
 	nv.Line, nv.Column = int32(c.line), int32(c.col)
 	start := c.off
+	p.at = start
 	for ; c.r != eos; c = s.peek(what) {
 		if c.r == ':' || c.r == ' ' || c.r == '\t' || c.r == '\n' {
 			break

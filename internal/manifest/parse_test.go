@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -123,7 +124,7 @@ func TestParse(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ms, err := Parse(strings.NewReader(tt.in), "m")
+			ms, err := parseAll(strings.NewReader(tt.in), "m")
 			if err != nil {
 				t.Fatalf("Parse(%q) error: %v", tt.in, err)
 			}
@@ -179,7 +180,7 @@ func TestParseErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ms, err := Parse(strings.NewReader(tt.in), "m")
+			ms, err := parseAll(strings.NewReader(tt.in), "m")
 			if err == nil {
 				t.Fatalf("Parse(%q) = %v, want error %q", tt.in, pairsOf(ms), tt.want)
 			}
@@ -196,7 +197,7 @@ func TestParseErrors(t *testing.T) {
 
 func TestParsePositions(t *testing.T) {
 	in := "# c\n: 1\nname: value\n  b :  x\nml:\\\nline\n\\\nnext:\n\\\ny\n\\\n:\nc: z\n"
-	ms, err := Parse(strings.NewReader(in), "m")
+	ms, err := parseAll(strings.NewReader(in), "m")
 	if err != nil {
 		t.Fatalf("Parse(%q) error: %v", in, err)
 	}
@@ -225,7 +226,7 @@ func TestParsePositions(t *testing.T) {
 
 func TestParseReadError(t *testing.T) {
 	errRead := errors.New("disk on fire")
-	_, err := Parse(iotest.ErrReader(errRead), "f")
+	_, err := parseAll(iotest.ErrReader(errRead), "f")
 	if !errors.Is(err, errRead) || !strings.Contains(err.Error(), "f") {
 		t.Errorf("Parse(failing reader) error = %v, want it to wrap %v and name f", err, errRead)
 	}
@@ -285,4 +286,16 @@ func TestSplitComment(t *testing.T) {
 			}
 		})
 	}
+}
+
+// parseAll parses r and builds its manifests.
+func parseAll(r io.Reader, file string) ([]Manifest, error) {
+	st, err := Parse(r, file)
+	return st.Manifests(), err
+}
+
+// readAll reads the file at path and builds its manifests.
+func readAll(path string) ([]Manifest, error) {
+	st, err := ReadFile(path)
+	return st.Manifests(), err
 }

@@ -108,7 +108,7 @@ func TestSerialize(t *testing.T) {
 				t.Errorf("Serialize(%q) =\n%s\nwant\n%s", tt.in, got, tt.want)
 			}
 			// And it reads back the same.
-			back, err := Parse(strings.NewReader(b.String()), "m")
+			back, err := parseAll(strings.NewReader(b.String()), "m")
 			if err != nil {
 				t.Fatalf("Parse(%q) error: %v", b.String(), err)
 			}
@@ -231,7 +231,7 @@ func TestWriteFileReadFile(t *testing.T) {
 			t.Fatalf("WriteFile(%s) error: %v", path, err)
 		}
 	}
-	got, err := ReadFile(path)
+	got, err := readAll(path)
 	if err != nil {
 		t.Fatalf("ReadFile(%s) error: %v", path, err)
 	}
@@ -258,7 +258,7 @@ func TestWriteFileReadFile(t *testing.T) {
 	if err := WriteFile(path, bad); !errors.Is(err, ErrName) || !strings.Contains(err.Error(), path) {
 		t.Errorf("WriteFile(%s, bad) error = %v, want ErrName naming the file", path, err)
 	}
-	if got, err := ReadFile(path); err != nil || !cmp.Equal(pairsOf(got), pairsOf(ms)) {
+	if got, err := readAll(path); err != nil || !cmp.Equal(pairsOf(got), pairsOf(ms)) {
 		t.Errorf("after a failed WriteFile, ReadFile(%s) = %v, %v, want the old content", path, pairsOf(got), err)
 	}
 
@@ -266,13 +266,13 @@ func TestWriteFileReadFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte(": 1\nbad\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err = ReadFile(path)
+	_, err = readAll(path)
 	want := path + ":2:4: error: ':' expected after name"
 	if err == nil || err.Error() != want {
 		t.Errorf("ReadFile(%s) error = %v, want %q", path, err, want)
 	}
 	missing := filepath.Join(dir, "missing")
-	if _, err := ReadFile(missing); !errors.Is(err, os.ErrNotExist) {
+	if _, err := readAll(missing); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("ReadFile(%s) error = %v, want os.ErrNotExist", missing, err)
 	}
 	if err := WriteFile(filepath.Join(missing, "m"), ms); err == nil {
@@ -297,7 +297,7 @@ func TestFormatGolden(t *testing.T) {
 	for _, path := range paths {
 		base := strings.TrimSuffix(path, ".manifest")
 		t.Run(filepath.Base(base), func(t *testing.T) {
-			ms, err := ReadFile(path)
+			ms, err := readAll(path)
 			if err != nil {
 				t.Fatalf("ReadFile(%s) error: %v", path, err)
 			}
@@ -335,7 +335,7 @@ func TestFormatGolden(t *testing.T) {
 			if out.String() != string(wantOut) {
 				t.Errorf("Serialize(ReadFile(%s)) =\n%s\nwant (%s.out)\n%s", path, out.Bytes(), base, wantOut)
 			}
-			back, err := Parse(bytes.NewReader(wantOut), base+".out")
+			back, err := parseAll(bytes.NewReader(wantOut), base+".out")
 			if err != nil {
 				t.Fatalf("Parse(%s.out) error: %v", base, err)
 			}

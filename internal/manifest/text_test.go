@@ -27,7 +27,7 @@ func TestText(t *testing.T) {
 			t.Errorf("Serialize(Text(%q)) = %v", tt.in, err)
 			continue
 		}
-		ms, err := Parse(&b, "text")
+		ms, err := parseAll(&b, "text")
 		if err != nil || len(ms) != 1 || ms[0][1].Value != strings.TrimSpace(got) && ms[0][1].Value != got {
 			t.Errorf("Parse(Serialize(Text(%q))) = %v, %v", tt.in, ms, err)
 		}

@@ -402,7 +402,7 @@ func quotedList(v string) ([]string, string) {
 // nested parses the value of p as one manifest, with positions in the
 // enclosing file.
 func (f *fields) nested(p Pair) (Manifest, error) {
-	ms, err := Parse(strings.NewReader(p.Value), f.file)
+	st, err := DefaultLimits.ParseString(p.Value, f.file)
 	if err != nil {
 		var e *Error
 		if errors.As(err, &e) {
@@ -412,10 +412,10 @@ func (f *fields) nested(p Pair) (Manifest, error) {
 		}
 		return nil, fmt.Errorf("%s manifest: in '%s': %w", f.kind, p.Name, err)
 	}
-	if len(ms) != 1 {
-		return nil, f.errorf(p, "'%s' holds %d manifests, want 1", p.Name, len(ms))
+	if st.Len() != 1 {
+		return nil, f.errorf(p, "'%s' holds %d manifests, want 1", p.Name, st.Len())
 	}
-	m := ms[0]
+	m := st.Manifest(0)
 	for i := range m {
 		m[i].Line, m[i].Column = shift(p, m[i].Line, m[i].Column)
 		m[i].ValueLine, m[i].ValueColumn = shift(p, m[i].ValueLine, m[i].ValueColumn)

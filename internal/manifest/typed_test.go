@@ -220,7 +220,7 @@ func TestLenient(t *testing.T) {
 // TestTypedFields checks that the parsers fill the typed fields, and that
 // a typed manifest built in code serializes and parses back to itself.
 func TestTypedFields(t *testing.T) {
-	ms, err := ReadFile("testdata/golden/task.manifest")
+	ms, err := readAll("testdata/golden/task.manifest")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,7 +343,7 @@ func TestMachineArch(t *testing.T) {
 		t.Errorf("lenient Check(machine) pairs (-want +got):\n%s", diff)
 	}
 
-	ms, err := Parse(strings.NewReader(text), "m")
+	ms, err := parseAll(strings.NewReader(text), "m")
 	if err != nil {
 		t.Fatal(err)
 	}

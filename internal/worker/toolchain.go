@@ -29,11 +29,11 @@ func ParseToolchainFiles(r io.Reader, file string) (*ToolchainFiles, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("%s: %d manifests, want 1", file, len(ms))
+	if ms.Len() != 1 {
+		return nil, fmt.Errorf("%s: %d manifests, want 1", file, ms.Len())
 	}
 	tc := &ToolchainFiles{}
-	for _, p := range ms[0][1:] {
+	for _, p := range ms.Manifest(0)[1:] {
 		bad := func(msg string) error {
 			return &manifest.Error{File: file, Line: int(p.Line), Column: int(p.Column), Msg: "toolchain manifest: " + msg}
 		}
@@ -58,7 +58,7 @@ func ParseToolchainFiles(r io.Reader, file string) (*ToolchainFiles, error) {
 		}
 	}
 	if tc.ID == "" {
-		return nil, &manifest.Error{File: file, Line: int(ms[0][0].Line), Msg: "toolchain manifest: no id"}
+		return nil, &manifest.Error{File: file, Line: int(ms.Manifest(0)[0].Line), Msg: "toolchain manifest: no id"}
 	}
 	return tc, nil
 }

@@ -80,10 +80,10 @@ func ParseStart(r io.Reader, file string) (*Start, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("%s: %d manifests, want 1", file, len(ms))
+	if ms.Len() != 1 {
+		return nil, fmt.Errorf("%s: %d manifests, want 1", file, ms.Len())
 	}
-	m := ms[0]
+	m := ms.Manifest(0)
 	if len(m) == 0 || m[0].Name != "" || m[0].Value != "1" {
 		return nil, fmt.Errorf("%s: not a start manifest of format 1", file)
 	}

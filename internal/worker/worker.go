@@ -172,10 +172,10 @@ func (w *Worker) Build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if len(ms) != 1 {
-		return fmt.Errorf("%s: %d manifests, want 1", TaskFile, len(ms))
+	if ms.Len() != 1 {
+		return fmt.Errorf("%s: %d manifests, want 1", TaskFile, ms.Len())
 	}
-	task, err := manifest.ParseTask(ms[0], TaskFile, manifest.Lenient)
+	task, err := manifest.ParseTask(ms.Manifest(0), TaskFile, manifest.Lenient)
 	if err != nil {
 		return err
 	}

@@ -71,11 +71,11 @@ func placeTask(t *testing.T, session, example string) *manifest.Task {
 	if err != nil {
 		t.Fatal(err)
 	}
-	task, err := manifest.ParseTask(ms[0], "task.manifest", manifest.Strict)
+	task, err := manifest.ParseTask(ms.Manifest(0), "task.manifest", manifest.Strict)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := manifest.WriteFile(filepath.Join(session, "get", TaskFile), ms); err != nil {
+	if err := manifest.WriteFile(filepath.Join(session, "get", TaskFile), ms.Manifests()); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(session, "get", KeyFile), []byte(testKey+"\n"), 0o600); err != nil {
@@ -102,7 +102,7 @@ func readResult(t *testing.T, session string) *manifest.Result {
 	if err != nil {
 		t.Fatalf("no result uploaded: %v", err)
 	}
-	res, err := manifest.ParseResult(ms[0], ResultFile, manifest.Strict)
+	res, err := manifest.ParseResult(ms.Manifest(0), ResultFile, manifest.Strict)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func TestBootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bs, err := manifest.ParseBootstrap(ms[0], BootstrapFile, manifest.Strict)
+	bs, err := manifest.ParseBootstrap(ms.Manifest(0), BootstrapFile, manifest.Strict)
 	if err != nil || len(bs.Versions) != 1 || bs.Versions[0] != (manifest.ToolVersion{Tool: VersionTool, Version: Version}) {
 		t.Errorf("bootstrap manifest %+v, %v", bs, err)
 	}
