@@ -13,6 +13,7 @@
 //     untimed task of each architecture lets the agent bootstrap both
 //     machines and save their warm states; each timed run's result says
 //     how its VM started (warm or cold), and results.json keeps it.
+//   - hello, cold: the same with --start cold (the task's VM booted).
 //
 // With -hello-c it also builds examples/hello-c-aarch64 once on the debian
 // preset for aarch64 (debootstrap --arch=arm64 through qemu-user's binfmt,
@@ -84,8 +85,18 @@ type guest struct {
 	example string // the hello task for it
 	worker  string
 	boot    []time.Duration
-	hello   []time.Duration
-	starts  []string // how each timed hello task's VM started
+	hello   taskRuns // at the agent's defaults
+	cold    taskRuns // --start cold
+}
+
+// taskRuns is the timed runs of one kind of task.
+type taskRuns struct {
+	took   []time.Duration
+	starts []string // how each task's VM started: warm or cold
+}
+
+func (t *taskRuns) add(d time.Duration, start string) {
+	t.took, t.starts = append(t.took, d), append(t.starts, start)
 }
 
 func run(ctx context.Context, c config) error {
@@ -140,7 +151,7 @@ func run(ctx context.Context, c config) error {
 	fmt.Printf("accel %s, %d runs, alternating x86_64 and aarch64, commit %s, load average %s\n",
 		c.accel, c.runs, res.Commit, res.LoadBefore)
 	for _, g := range gs {
-		d, start, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), c.accel, g.example, g.arch)
+		d, start, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), c.accel, g.example, g.arch, "")
 		if err != nil {
 			return fmt.Errorf("hello %s, untimed: %w", g.arch, err)
 		}
@@ -156,13 +167,19 @@ func run(ctx context.Context, c config) error {
 			g.boot = append(g.boot, d)
 			fmt.Printf("run %d %-7s boot to the worker %6.2fs\n", i+1, g.arch, d.Seconds())
 		}
-		for _, g := range gs {
-			d, start, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), c.accel, g.example, g.arch)
-			if err != nil {
-				return fmt.Errorf("hello %s: %w", g.arch, err)
+		for _, how := range []string{"", "cold"} {
+			for _, g := range gs {
+				d, start, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), c.accel, g.example, g.arch, how)
+				if err != nil {
+					return fmt.Errorf("hello %s, --start %q: %w", g.arch, how, err)
+				}
+				runs, name := &g.hello, "hello task"
+				if how == "cold" {
+					runs, name = &g.cold, "hello task, cold"
+				}
+				runs.add(d, start)
+				fmt.Printf("run %d %-7s %-18s %6.2fs (%s)\n", i+1, g.arch, name, d.Seconds(), start)
 			}
-			g.hello, g.starts = append(g.hello, d), append(g.starts, start)
-			fmt.Printf("run %d %-7s hello task       %6.2fs (%s)\n", i+1, g.arch, d.Seconds(), start)
 		}
 	}
 	res.LoadAfter = loadAverage()
@@ -170,9 +187,9 @@ func run(ctx context.Context, c config) error {
 	fmt.Printf("%-22s %22s %22s %8s %18s\n", "median (range)", "x86_64", "aarch64", "ratio", "ratio by run")
 	res.Rows = []row{
 		newRow("boot to the worker", "vm boot-test: QEMU start to the worker's first sign of life", gs[0].boot, gs[1].boot),
-		newRow("whole hello task", "agent --fake-request examples/hello[-aarch64]/task.manifest, whole process", gs[0].hello, gs[1].hello),
+		newTaskRow("whole hello task", "agent --fake-request examples/hello[-aarch64]/task.manifest, whole process, the agent's defaults (--start auto)", gs[0].hello, gs[1].hello),
+		newTaskRow("whole hello task, cold", "the same with --start cold", gs[0].cold, gs[1].cold),
 	}
-	res.Rows[1].X8664.Starts, res.Rows[1].AArch64.Starts = gs[0].starts, gs[1].starts
 	for _, r := range res.Rows {
 		fmt.Printf("%-22s %22s %22s %7.2fx %18s\n", r.Name, r.X8664.String(), r.AArch64.String(),
 			r.Ratio, fmt.Sprintf("%.2f (%.2f-%.2f)", r.RatioByRun.Median, r.RatioByRun.Min, r.RatioByRun.Max))
@@ -274,6 +291,13 @@ func newRow(name, what string, x, a []time.Duration) row {
 	return r
 }
 
+// newTaskRow is newRow of two taskRuns, with how each task's VM started.
+func newTaskRow(name, what string, x, a taskRuns) row {
+	r := newRow(name, what, x.took, a.took)
+	r.X8664.Starts, r.AArch64.Starts = x.starts, a.starts
+	return r
+}
+
 func newSeries(ds []time.Duration) series {
 	s := series{RunsNS: make([]int64, len(ds))}
 	for i, d := range ds {
@@ -336,15 +360,20 @@ func bootTest(ctx context.Context, bf, m, accelSet string) (time.Duration, error
 	return time.Duration(sum * float64(time.Second)), nil
 }
 
-// task runs examples/EXAMPLE through the agent's --fake-request and
-// returns the whole agent process's time and how the task's VM started
-// (the result's buildfarm-start); the result must be a success, and the
-// test log must name the guest's architecture when it prints it.
-func task(ctx context.Context, bf, machines, tftp, accelSet, example string, a arch.Arch) (time.Duration, string, error) {
-	t0 := time.Now()
-	out, err := proc.Output(ctx, bf, "agent", "--machines", machines, "--tftp", tftp, "--accel", accelSet,
+// task runs examples/EXAMPLE through the agent's --fake-request, with
+// --start start unless it is empty, and returns the whole agent process's
+// time and how the task's VM started (the result's buildfarm-start); the
+// result must be a success, and the test log must name the guest's
+// architecture when it prints it.
+func task(ctx context.Context, bf, machines, tftp, accelSet, example string, a arch.Arch, start string) (time.Duration, string, error) {
+	args := []string{"agent", "--machines", machines, "--tftp", tftp, "--accel", accelSet,
 		"--ram", strconv.Itoa(guestRAM), "--fake-bootstrap", "--build-timeout", "30m",
-		"--fake-request", filepath.Join("examples", example, "task.manifest"), "--dump-result")
+		"--fake-request", filepath.Join("examples", example, "task.manifest"), "--dump-result"}
+	if start != "" {
+		args = append(args, "--start", start)
+	}
+	t0 := time.Now()
+	out, err := proc.Output(ctx, bf, args...)
 	took := time.Since(t0)
 	if err != nil {
 		return 0, "", err
@@ -382,7 +411,7 @@ func debianHelloC(ctx context.Context, bf, tmp, worker, machines, accelSet strin
 	if _, err := proc.Output(ctx, bf, "machine", "add", "--machines", machines, "--name", name, m); err != nil {
 		return nil, err
 	}
-	d, start, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), accelSet, "hello-c-aarch64", arch.AArch64)
+	d, start, err := task(ctx, bf, machines, filepath.Join(tmp, "tftp"), accelSet, "hello-c-aarch64", arch.AArch64, "")
 	if err != nil {
 		return nil, fmt.Errorf("hello-c-aarch64: %w", err)
 	}
