@@ -182,6 +182,9 @@ func TestParseMemory(t *testing.T) {
 		if par > 4*uint64(len(text))+memorySlack {
 			t.Errorf("%s: Parse of %d bytes (%d manifests, %d pairs) allocated %d bytes: %.2f× the text, want at most 4×",
 				name, len(text), st.Len(), st.PairCount(), par, float64(par)/float64(len(text)))
+		} else if par > 2*uint64(len(text))+memorySlack { // The Stream's doc says about 1.6×.
+			t.Errorf("%s: Parse of %d bytes (%d manifests, %d pairs) allocated %d bytes: %.2f× the text, more than the Stream's 2×",
+				name, len(text), st.Len(), st.PairCount(), par, float64(par)/float64(len(text)))
 		}
 		// What the Stream holds reads back as the pairs the stream has.
 		np := 0

@@ -255,11 +255,11 @@ func Parse(r io.Reader, file string) (*Stream, error) {
 }
 
 // Limits bound what one parse of a stream may hold, beside its bytes (which
-// the caller bounds). A Stream costs 4 bytes a manifest, but a caller that
-// builds Manifests from it pays 24 bytes a manifest and 48 a pair, and a
-// pair can be as short as 3 bytes, so a caller that knows what it expects
-// (one task manifest, a few results) says so. A zero field takes the
-// DefaultLimits value.
+// the caller bounds). A Stream costs at most about 0.6 bytes a byte of
+// text, but a caller that builds Manifests from it pays 24 bytes a manifest
+// and 48 a pair, and a pair can be as short as 3 bytes, so a caller that
+// knows what it expects (one task manifest, a few results) says so. A zero
+// field takes the DefaultLimits value.
 type Limits struct {
 	Manifests int // the most manifests in the stream
 	Pairs     int // the most pairs in the stream, version pairs included
@@ -292,8 +292,9 @@ func (l Limits) ParseString(text, file string) (*Stream, error) {
 }
 
 // parse reads data in two passes: the first checks the stream and counts its
-// manifests and pairs, the second notes where each manifest starts in a
-// slice made once, at its size. Neither copies a name or value.
+// manifests, its pairs and the bytes that note where each manifest starts,
+// the second notes it in slices made once, at their size. Neither copies a
+// name or value.
 func (l Limits) parse(data, file string) (*Stream, error) {
 	if l.Manifests <= 0 {
 		l.Manifests = DefaultLimits.Manifests
@@ -304,24 +305,20 @@ func (l Limits) parse(data, file string) (*Stream, error) {
 	if len(data) > maxStream {
 		return nil, &Error{File: file, Msg: fmt.Sprintf("stream longer than %d bytes", maxStream)}
 	}
-	nm, np, err := l.Count(data, file)
+	prev, size := 0, 0
+	nm, np, err := l.scan(data, file, func(off int) {
+		size += uvarintLen(off - prev)
+		prev = off
+	})
 	if err != nil {
 		return nil, err
 	}
 	s := &Stream{text: data, file: file, npairs: np}
 	if nm > 0 {
-		s.starts = make([]uint32, 0, nm)
-		d := NewDecoder(data, file)
-		d.p.count = true
-		for {
-			_, first, err := d.Next()
-			if err != nil { // io.EOF: the first pass saw every error.
-				break
-			}
-			if first {
-				s.starts = append(s.starts, uint32(d.p.at))
-			}
-		}
+		s.deltas = make([]byte, 0, size)
+		s.index = make([]uint32, 0, 2*((nm+indexEvery-1)/indexEvery))
+		prev = 0
+		l.scan(data, file, s.add(&prev)) // The first pass saw every error.
 		s.lines = lineTable(data)
 	}
 	return s, nil
@@ -331,6 +328,12 @@ func (l Limits) parse(data, file string) (*Stream, error) {
 // manifests and pairs it holds, or the error Parse would return; it copies
 // no value. A zero limit is no limit.
 func (l Limits) Count(data, file string) (manifests, pairs int, err error) {
+	return l.scan(data, file, nil)
+}
+
+// scan reads the stream data through as Count does, and calls start, if not
+// nil, with the byte offset of each manifest's version pair.
+func (l Limits) scan(data, file string, start func(off int)) (manifests, pairs int, err error) {
 	d := NewDecoder(data, file)
 	d.p.count = true
 	for {
@@ -345,6 +348,9 @@ func (l Limits) Count(data, file string) (manifests, pairs int, err error) {
 			if manifests++; l.Manifests > 0 && manifests > l.Manifests {
 				return 0, 0, &Error{File: file, Line: int(nv.Line), Column: int(nv.Column),
 					Msg: fmt.Sprintf("more than %d manifests in the stream, the most its reader takes", l.Manifests)}
+			}
+			if start != nil {
+				start(d.p.at)
 			}
 		}
 		if pairs++; l.Pairs > 0 && pairs > l.Pairs {
