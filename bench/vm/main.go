@@ -17,12 +17,18 @@
 //     worker's first TFTP request).
 //   - warm: the same with --start auto: the VM restored from the warm
 //     state.
-//   - raw (busybox only): `qemu-system-x86_64 -bios qboot.rom -kernel K
-//     -initrd I -append ...` of the same kernel with an init that runs
-//     poweroff -f at once, the whole process timed.
+//   - raw (busybox only), on QEMU's pc machine and on q35 (the one the
+//     agent's x86_64 VMs use): `qemu-system-x86_64 -machine M -bios
+//     qboot.rom -kernel K -initrd I -append ...` of the same kernel, with
+//     the same kernel command line as the machine's (image.Cmdline), and
+//     an init that runs poweroff -f at once, the whole process timed.
 //
-// It prints each run, the medians, warm over cold (start to first request,
-// and the whole task), and cold's start to first request over raw.
+// It prints each run, the medians, and the ratios taken round by round
+// (a round runs every variant once, back to back): warm over cold (start
+// to first request, and the whole task), and cold's start to first request
+// over each raw boot; the headline raw ratio is over the faster raw
+// machine (by median). It writes all of it, with the load average, date,
+// commit, kernel and settings, to -json (bench/vm/results.json).
 //
 // -stages boots the busybox machine (its kernel, initrd, command line and
 // an overlay over its disk, as the agent would, without a TFTP server) and
@@ -30,17 +36,20 @@
 // cost of each stage from kernel start to the worker (the kernel runs
 // quiet, so the first line is the init's).
 //
-//	go run ./bench/vm [-runs 5] [-accel tcg] [-presets busybox,debian] [-stages] [-keep] [-v]
+//	go run ./bench/vm [-runs 5] [-accel tcg] [-presets busybox,debian] [-stages] [-keep] [-v] [-json bench/vm/results.json]
 package main
 
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -68,6 +77,7 @@ type config struct {
 	workerLDFlags string
 	keep          bool
 	verbose       bool
+	json          string
 }
 
 func main() {
@@ -81,13 +91,22 @@ func main() {
 	flag.StringVar(&c.workerLDFlags, "worker-ldflags", "-s -w", "go build -ldflags of buildfarm-worker")
 	flag.BoolVar(&c.keep, "keep", false, "keep the temporary directory (machines, agent logs) and print it")
 	flag.BoolVar(&c.verbose, "v", false, "log the agent at debug level (each TFTP request, timed), to PRESET/agent.log in the temporary directory")
+	flag.StringVar(&c.json, "json", filepath.Join("bench", "vm", "results.json"), "`file` to write the results to as JSON (empty: none)")
 	flag.Parse()
 	c.presets = strings.Split(presets, ",")
+	if c.runs < 1 {
+		fmt.Fprintln(os.Stderr, "bench/vm: -runs must be at least 1")
+		os.Exit(2)
+	}
 	if err := run(context.Background(), c); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/vm:", err)
 		os.Exit(1)
 	}
 }
+
+// rawMachines are the QEMU machines the raw boot is timed on: QEMU's
+// default pc, and q35, which the agent's x86_64 VMs use.
+var rawMachines = []string{"pc", "q35"}
 
 func run(ctx context.Context, c config) error {
 	k, err := cache.GuestKernel()
@@ -95,6 +114,12 @@ func run(ctx context.Context, c config) error {
 		return err
 	}
 	if c.accel, err = (&accel.Prober{}).Resolve(ctx, c.accel); err != nil {
+		return err
+	}
+	res := Results{Measured: time.Now().UTC().Format(time.RFC3339), CPUs: runtime.NumCPU(), Kernel: k.Version,
+		Accel: c.accel, RAM: c.ram, WorkerLDFlags: c.workerLDFlags, Runs: c.runs, Cmdline: image.Cmdline,
+		RawMachines: rawMachines, LoadBefore: loadAverage(), QEMU: qemuVersion(ctx)}
+	if res.Commit, err = commit(ctx); err != nil {
 		return err
 	}
 	tmp, err := os.MkdirTemp("", "bench-vm-")
@@ -118,9 +143,9 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("kernel %s, accel %s, RAM %d MiB, buildfarm-worker %.1f MiB (-ldflags %q), %d runs each, alternating; load average %s\n",
-		k.Version, c.accel, c.ram, float64(fi.Size())/(1<<20), c.workerLDFlags, c.runs, loadAverage())
-	defer func() { fmt.Printf("load average at the end: %s\n", loadAverage()) }()
+	res.WorkerMiB = round2(float64(fi.Size()) / (1 << 20))
+	fmt.Printf("kernel %s, accel %s, RAM %d MiB, buildfarm-worker %.1f MiB (-ldflags %q), %d runs each, alternating; commit %s; load average %s\n",
+		k.Version, c.accel, c.ram, res.WorkerMiB, c.workerLDFlags, c.runs, res.Commit, res.LoadBefore)
 	raw := filepath.Join(tmp, "raw.initrd")
 	if err := guesttest.Write(ctx, raw, k, "#!/bin/busybox sh\n/bin/busybox poweroff -f\n"); err != nil {
 		return err
@@ -130,8 +155,9 @@ func run(ctx context.Context, c config) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", preset, err)
 		}
+		pr := PresetResults{Preset: preset}
 		if c.stages && preset == "busybox" {
-			if err := stages(ctx, c, f, filepath.Join(tmp, "stages")); err != nil {
+			if pr.Stages, err = stages(ctx, c, f, filepath.Join(tmp, "stages")); err != nil {
 				return err
 			}
 		}
@@ -140,25 +166,172 @@ func run(ctx context.Context, c config) error {
 			{name: preset + " warm", run: func() (timing, error) { return f.task(ctx, agent.StartAuto) }},
 		}
 		if preset == "busybox" {
-			variants = append(variants, variant{name: "raw qemu, trivial init, qboot", run: func() (timing, error) {
-				d, err := runRaw(ctx, k, c, raw, tmp)
-				return timing{total: d, boot: d}, err
-			}})
+			for _, m := range rawMachines {
+				variants = append(variants, variant{name: "raw qemu " + m + ", trivial init", run: func() (timing, error) {
+					d, err := runRaw(ctx, k, c, m, raw, tmp)
+					return timing{total: d, boot: d}, err
+				}})
+			}
 		}
-		med, err := measure(c.runs, variants)
+		ts, err := measure(c.runs, variants)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("%s: warm / cold, start to first request: %.2f; whole task: %.2f\n", preset,
-			med[1].boot.Seconds()/med[0].boot.Seconds(), med[1].total.Seconds()/med[0].total.Seconds())
+		for j, v := range variants {
+			vr := VariantResults{Name: v.name, Boot: newSeries(col(ts[j], func(t timing) time.Duration { return t.boot }))}
+			if j < 2 {
+				total := newSeries(col(ts[j], func(t timing) time.Duration { return t.total }))
+				vr.Total = &total
+			}
+			pr.Variants = append(pr.Variants, vr)
+		}
+		ratio := func(name string, a, b int, pick func(timing) time.Duration) {
+			r := Ratio{Name: name}
+			for i := range ts[a] {
+				r.Rounds = append(r.Rounds, round3(pick(ts[a][i]).Seconds()/pick(ts[b][i]).Seconds()))
+			}
+			sorted := slices.Clone(r.Rounds)
+			slices.Sort(sorted)
+			r.Median, r.Min, r.Max = sorted[len(sorted)/2], sorted[0], sorted[len(sorted)-1]
+			pr.Ratios = append(pr.Ratios, r)
+			fmt.Printf("%s: %s, round by round: median %.2f (%.2f-%.2f)\n", preset, name, r.Median, r.Min, r.Max)
+		}
+		boot := func(t timing) time.Duration { return t.boot }
+		ratio("warm / cold, start to first request", 1, 0, boot)
+		ratio("warm / cold, whole task", 1, 0, func(t timing) time.Duration { return t.total })
 		if preset == "busybox" {
-			fmt.Printf("busybox: cold start to first request / raw trivial boot: %.2f\n", med[0].boot.Seconds()/med[2].boot.Seconds())
+			fastest := 2
+			for j := range rawMachines {
+				ratio("cold start to first request / raw "+rawMachines[j]+" trivial boot", 0, 2+j, boot)
+				if pr.Variants[2+j].Boot.Median < pr.Variants[fastest].Boot.Median {
+					fastest = 2 + j
+				}
+			}
+			pr.FastestRaw = rawMachines[fastest-2]
+			fmt.Printf("busybox: the faster raw boot (by median) is on %s: cold / raw %s is the headline ratio\n", pr.FastestRaw, pr.FastestRaw)
 		}
 		if size := f.stateSize(); size > 0 {
+			pr.WarmStateMiB = size >> 20
 			fmt.Printf("%s: warm state %d MiB\n", preset, size>>20)
 		}
+		res.Presets = append(res.Presets, pr)
 	}
-	return nil
+	res.LoadAfter = loadAverage()
+	fmt.Printf("load average at the end: %s\n", res.LoadAfter)
+	if c.json == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(c.json, append(b, '\n'), 0o644)
+}
+
+// Results are what -json holds; times are in seconds.
+type Results struct {
+	Measured      string          `json:"measured"`
+	Commit        string          `json:"commit"`
+	CPUs          int             `json:"host_cpus"`
+	Kernel        string          `json:"guest_kernel"`
+	Cmdline       string          `json:"kernel_cmdline"`
+	QEMU          string          `json:"qemu"`
+	Accel         string          `json:"accel"`
+	RAM           int             `json:"guest_ram_mib"`
+	WorkerMiB     float64         `json:"worker_mib"`
+	WorkerLDFlags string          `json:"worker_ldflags"`
+	Runs          int             `json:"runs"`
+	RawMachines   []string        `json:"raw_machines"`
+	LoadBefore    string          `json:"load_average_before"`
+	LoadAfter     string          `json:"load_average_after"`
+	Presets       []PresetResults `json:"presets"`
+}
+
+// PresetResults are one machine's figures.
+type PresetResults struct {
+	Preset       string           `json:"preset"`
+	Variants     []VariantResults `json:"variants"`
+	Ratios       []Ratio          `json:"ratios"`
+	FastestRaw   string           `json:"fastest_raw_machine,omitempty"`
+	WarmStateMiB int64            `json:"warm_state_mib"`
+	Stages       []Stage          `json:"stages,omitempty"`
+}
+
+// VariantResults are one variant's runs: its start to the worker's first
+// request (for raw, the whole QEMU process) and, for the agent's, the
+// whole task.
+type VariantResults struct {
+	Name  string  `json:"name"`
+	Boot  Series  `json:"start_to_first_request_s"`
+	Total *Series `json:"whole_task_s,omitempty"`
+}
+
+// Series are the runs in order, and their median and range.
+type Series struct {
+	Median float64   `json:"median"`
+	Min    float64   `json:"min"`
+	Max    float64   `json:"max"`
+	Runs   []float64 `json:"runs"`
+}
+
+// Ratio is a ratio taken round by round.
+type Ratio struct {
+	Name   string    `json:"name"`
+	Median float64   `json:"median"`
+	Min    float64   `json:"min"`
+	Max    float64   `json:"max"`
+	Rounds []float64 `json:"rounds"`
+}
+
+// Stage is a console line of the -stages boots, timed from QEMU's start.
+type Stage struct {
+	Line   string  `json:"line"`
+	Median float64 `json:"median_s"`
+	Min    float64 `json:"min_s"`
+	Max    float64 `json:"max_s"`
+}
+
+func newSeries(ds []time.Duration) Series {
+	s := Series{}
+	for _, d := range ds {
+		s.Runs = append(s.Runs, round3(d.Seconds()))
+	}
+	sorted := slices.Clone(s.Runs)
+	slices.Sort(sorted)
+	s.Median, s.Min, s.Max = sorted[len(sorted)/2], sorted[0], sorted[len(sorted)-1]
+	return s
+}
+
+func col[T any](xs []T, f func(T) time.Duration) []time.Duration {
+	out := make([]time.Duration, len(xs))
+	for i, x := range xs {
+		out[i] = f(x)
+	}
+	return out
+}
+
+func round2(x float64) float64 { return math.Round(x*100) / 100 }
+func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
+
+// commit returns the repository's commit (HEAD), abbreviated, with
+// "+changes" when the working tree differs from it.
+func commit(ctx context.Context) (string, error) {
+	out, err := proc.Output(ctx, "git", "rev-parse", "--short", "HEAD")
+	if err != nil {
+		return "", fmt.Errorf("the commit: %w", err)
+	}
+	c := strings.TrimSpace(string(out))
+	if st, err := proc.Output(ctx, "git", "status", "--porcelain", "--untracked-files=no"); err == nil && len(bytes.TrimSpace(st)) > 0 {
+		c += "+changes"
+	}
+	return c, nil
+}
+
+// qemuVersion returns qemu-system-x86_64's first line of --version.
+func qemuVersion(ctx context.Context) string {
+	out, _ := proc.Output(ctx, "qemu-system-x86_64", "--version")
+	first, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(first)
 }
 
 // loadAverage is the host's load averages over 1, 5 and 15 minutes: other
@@ -180,8 +353,9 @@ type variant struct {
 	run  func() (timing, error)
 }
 
-// measure runs the variants in turn, runs times, and returns the medians.
-func measure(runs int, vs []variant) ([]timing, error) {
+// measure runs the variants in turn, runs times, prints each run and the
+// medians, and returns the runs of each variant.
+func measure(runs int, vs []variant) ([][]timing, error) {
 	ts := make([][]timing, len(vs))
 	for i := range runs {
 		for j, v := range vs {
@@ -194,20 +368,13 @@ func measure(runs int, vs []variant) ([]timing, error) {
 			fmt.Printf("run %d  %-32s total %.2fs  start to first request %.3fs\n", i+1, v.name, t.total.Seconds(), t.boot.Seconds())
 		}
 	}
-	med := make([]timing, len(vs))
 	for j, v := range vs {
-		totals, boots := make([]time.Duration, 0, runs), make([]time.Duration, 0, runs)
-		for _, t := range ts[j] {
-			totals, boots = append(totals, t.total), append(boots, t.boot)
-		}
-		slices.Sort(totals)
-		slices.Sort(boots)
-		med[j] = timing{total: totals[len(totals)/2], boot: boots[len(boots)/2]}
+		total := newSeries(col(ts[j], func(t timing) time.Duration { return t.total }))
+		boot := newSeries(col(ts[j], func(t timing) time.Duration { return t.boot }))
 		fmt.Printf("median %-32s total %.2fs (min %.2fs, max %.2fs)  start to first request %.3fs (min %.3fs, max %.3fs)\n", v.name,
-			med[j].total.Seconds(), totals[0].Seconds(), totals[len(totals)-1].Seconds(),
-			med[j].boot.Seconds(), boots[0].Seconds(), boots[len(boots)-1].Seconds())
+			total.Median, total.Min, total.Max, boot.Median, boot.Min, boot.Max)
 	}
-	return med, nil
+	return ts, nil
 }
 
 // farm is a machine added to a volume and bootstrapped, with the agent's
@@ -338,11 +505,11 @@ func (s stamps) WithGroup(g string) slog.Handler       { return stamps{s.Handler
 // stages boots the bootstrapped busybox machine as the agent would (no
 // TFTP server: the worker's first request goes unanswered) and prints,
 // for each console line, when it appeared (medians over the runs).
-func stages(ctx context.Context, c config, f *farm, dir string) error {
+func stages(ctx context.Context, c config, f *farm, dir string) ([]Stage, error) {
 	boot := filepath.Join(f.v.Dir, f.preset, f.preset+"-"+f.opts.ToolchainName)
 	cmdline, err := os.ReadFile(filepath.Join(boot, "cmdline"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	type line struct {
 		text string
@@ -352,22 +519,22 @@ func stages(ctx context.Context, c config, f *farm, dir string) error {
 	for i := range c.runs {
 		d := filepath.Join(dir, fmt.Sprint(i))
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
+			return nil, err
 		}
 		base, format, err := machine.Disk(boot)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		disk := filepath.Join(d, "disk.qcow2") // an overlay: the guest writes to its disk
 		if err := proc.Run(ctx, nil, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", format, disk); err != nil {
-			return err
+			return nil, err
 		}
 		cfg := qemu.Config{Name: "stages", Accel: c.accel, MemoryMB: c.ram, Kernel: filepath.Join(boot, "kernel"),
 			Initrd: filepath.Join(boot, "initrd"), Drives: []qemu.Drive{{Path: disk, Format: "qcow2"}}, NoReboot: true,
 			Append: strings.TrimSpace(string(cmdline)) + " buildfarm.mode=build buildfarm.tftp=10.0.2.2:23401 buildfarm.net=user"}
 		got, err := consoleTimes(ctx, cfg, filepath.Join(d, "vm"))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for j, g := range got {
 			if j == len(lines) {
@@ -380,11 +547,14 @@ func stages(ctx context.Context, c config, f *farm, dir string) error {
 		os.RemoveAll(d)
 	}
 	fmt.Printf("busybox machine's console, median time of each line from QEMU's start (%d runs):\n", c.runs)
+	var out []Stage
 	for _, l := range lines {
 		slices.Sort(l.at)
-		fmt.Printf("  %6.3fs  %s\n", l.at[len(l.at)/2].Seconds(), l.text)
+		st := Stage{Line: l.text, Median: round3(l.at[len(l.at)/2].Seconds()), Min: round3(l.at[0].Seconds()), Max: round3(l.at[len(l.at)-1].Seconds())}
+		out = append(out, st)
+		fmt.Printf("  %6.3fs  %s\n", st.Median, l.text)
 	}
-	return nil
+	return out, nil
 }
 
 type stamped struct {
@@ -431,9 +601,12 @@ func consoleTimes(ctx context.Context, cfg qemu.Config, dir string) ([]stamped, 
 	return nil, fmt.Errorf("no worker start on the console; console:\n%s", vm.SerialTail(2000))
 }
 
-func runRaw(ctx context.Context, k cache.Kernel, c config, initrd, dir string) (time.Duration, error) {
-	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-machine", "pc,accel=" + c.accel,
-		"-m", fmt.Sprint(c.ram), "-bios", qemu.QbootROM, "-kernel", k.Image, "-initrd", initrd, "-append", guesttest.Append,
+// runRaw boots the kernel with initrd (whose init powers off at once) on
+// QEMU's machine, with the machines' kernel command line, and times the
+// whole QEMU process.
+func runRaw(ctx context.Context, k cache.Kernel, c config, machine, initrd, dir string) (time.Duration, error) {
+	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-machine", machine + ",accel=" + c.accel,
+		"-m", fmt.Sprint(c.ram), "-bios", qemu.QbootROM, "-kernel", k.Image, "-initrd", initrd, "-append", image.Cmdline,
 		"-serial", "file:" + filepath.Join(dir, "raw-serial.log"), "-no-reboot"}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()

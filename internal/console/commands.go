@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"path/filepath"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/buildinfo"
+	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/qmp"
 )
 
@@ -357,7 +359,7 @@ func (s *Server) hotAdd(ctx context.Context, name, spec string) (string, string,
 		if _, err := c.Execute(ctx, "netdev_add", netdev); err != nil {
 			return "", "", fmt.Errorf("config %s: %w", name, err)
 		}
-		if _, err := c.Execute(ctx, "device_add", dev); err != nil {
+		if err := deviceAdd(ctx, c, dev); err != nil {
 			c.Execute(context.WithoutCancel(ctx), "netdev_del", map[string]any{"id": name})
 			return "", "", fmt.Errorf("config %s: %w", name, err)
 		}
@@ -380,7 +382,7 @@ func (s *Server) hotAdd(ctx context.Context, name, spec string) (string, string,
 		if _, err := c.Execute(ctx, "blockdev-add", bd); err != nil {
 			return "", "", fmt.Errorf("config %s: %w", name, err)
 		}
-		if _, err := c.Execute(ctx, "device_add", map[string]any{"driver": "virtio-blk-pci", "id": name, "drive": name}); err != nil {
+		if err := deviceAdd(ctx, c, map[string]any{"driver": "virtio-blk-pci", "id": name, "drive": name}); err != nil {
 			c.Execute(context.WithoutCancel(ctx), "blockdev-del", map[string]any{"node-name": name})
 			return "", "", fmt.Errorf("config %s: %w", name, err)
 		}
@@ -388,6 +390,24 @@ func (s *Server) hotAdd(ctx context.Context, name, spec string) (string, string,
 		return "added disk " + name + ": " + first, "", nil
 	}
 	return "", "", fmt.Errorf("config %s=%s: want an absolute disk image path, user, or tap:IFNAME", name, spec)
+}
+
+// deviceAdd hot-adds dev on the machine's root bus or, on a machine whose
+// root bus takes no hot-plugged device (q35), on the first free one of
+// its empty root ports (qemu.HotplugPorts).
+func deviceAdd(ctx context.Context, c *qmp.Client, dev map[string]any) error {
+	_, err := c.Execute(ctx, "device_add", dev)
+	if err == nil || !strings.Contains(err.Error(), "does not support hotplugging") {
+		return err
+	}
+	for _, bus := range qemu.HotplugPorts {
+		on := maps.Clone(dev)
+		on["bus"] = bus
+		if _, err = c.Execute(ctx, "device_add", on); err == nil {
+			return nil
+		}
+	}
+	return err
 }
 
 func (s *Server) remember(name, kind string) {
