@@ -34,8 +34,9 @@ import (
 // fingerprint. The set-up is looked at over SSH, logging in as user build
 // with the key given in buildos.ssh_key (dropbear's client, dbclient): the
 // private bridge br1 has its address, udhcpd listens on it (port 67),
-// forwarding is on, and the console shows the NAT rule read back from the
-// kernel; a login as root, or as build with another key, is refused. A new
+// forwarding is on, the agent runs with --bridge br1 and the key, and the
+// console shows the NAT rule read back from the kernel; a login as root,
+// or as build with another key, is refused. A new
 // build id upstream then makes the monitor drain the agent and reboot
 // (QEMU runs with -no-reboot, so the reboot ends it). QEMU, the HTTP
 // server and the controller share a network namespace of their own: the
@@ -231,6 +232,9 @@ func TestHostOSBoots(t *testing.T) {
 		// (0043 in /proc/net/udp).
 		{"tr '\\0' ' ' </proc/$(pidof udhcpd)/cmdline", "udhcpd /run/udhcpd.br1.conf"},
 		{"grep interface /run/udhcpd.br1.conf; grep -c ':0043 ' /proc/net/udp", "interface br1\n1\n"},
+		// The agent runs with br1 (the default bridge) and the key.
+		{"for c in /proc/[0-9]*/cmdline; do tr '\\0' ' ' <$c; echo; done 2>/dev/null | grep ' agent --instance 1 '",
+			" --bridge br1 --auth-key /state/etc/host-key.pem "},
 	}
 	for _, c := range checks {
 		out, err := ssh("build", sshKey, c.command)
