@@ -101,6 +101,37 @@ func newMonitor(t *testing.T, line string) (*Monitor, fakeAgents) {
 	}, fa
 }
 
+// withMail gives m a mailer to a mailbox of the test's, which it returns;
+// the mailer runs until the test ends.
+func withMail(t *testing.T, m *Monitor) *notifytest.Mailbox {
+	mb, relay := notifytest.Start(t)
+	mail, err := notify.New(notify.Config{Relay: relay, To: "admin@example.org", Interval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	mailed := make(chan struct{})
+	go func() { defer close(mailed); mail.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-mailed })
+	m.Mail = mail
+	return mb
+}
+
+// mailText returns the headers and decoded bodies of the mail in mb (the
+// bodies are quoted-printable, which folds long lines).
+func mailText(t *testing.T, mb *notifytest.Mailbox) string {
+	var all string
+	for _, ml := range mb.All() {
+		head, body, _ := strings.Cut(ml.Data, "\r\n\r\n")
+		dec, err := io.ReadAll(quotedprintable.NewReader(strings.NewReader(body)))
+		if err != nil {
+			t.Fatalf("mail body: %v\n%s", err, ml.Data)
+		}
+		all += head + "\n\n" + string(dec)
+	}
+	return all
+}
+
 // runMonitor runs m in the background until the test ends; the channel
 // is closed when Run returned, with its error in *err.
 func runMonitor(t *testing.T, m *Monitor) (done chan struct{}, err *error) {
@@ -178,26 +209,14 @@ func niceOf(t *testing.T, pid string) int {
 // the crash with the end of its output.
 func TestMonitorCrash(t *testing.T) {
 	up := newUpstream(t)
-	mb, relay := notifytest.Start(t)
 	url := up.publish(t, "toolchain.sha256", v017, nil)
 	m, fa := newMonitor(t, "buildos.toolchain_url="+url+" buildos.controller_url=http://c/")
 	os.WriteFile(filepath.Join(fa.dir, "crash"), nil, 0o644)
-	mail, err := notify.New(notify.Config{Relay: relay, To: "admin@example.org", Interval: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	mailed := make(chan struct{})
-	go func() { defer close(mailed); mail.Run(ctx) }()
-	defer func() { cancel(); <-mailed }()
-	m.Mail = mail
+	mb := withMail(t, m)
 	runMonitor(t, m)
 	fa.wait(t, "1.*.args", 3, 30*time.Second)
 	mb.Wait(t, 20*time.Second, "crash mail")
-	var all string
-	for _, ml := range mb.All() {
-		all += ml.Data
-	}
+	all := mailText(t, mb)
 	for _, want := range []string{notify.AgentCrashed, "boom", "instance 1"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("mail lacks %q:\n%s", want, all)
@@ -291,7 +310,6 @@ func TestAgentArgsBridgeAndKey(t *testing.T) {
 // the admin with what registering it takes; the agents get it.
 func TestMonitorMailsNewKey(t *testing.T) {
 	up := newUpstream(t)
-	mb, relay := notifytest.Start(t)
 	url := up.publish(t, "toolchain.sha256", v017, nil)
 	m, fa := newMonitor(t, "buildos.toolchain_url="+url+" buildos.controller_url=http://c/")
 	k, err := EnsureHostKey(filepath.Join(t.TempDir(), StateKey))
@@ -299,31 +317,14 @@ func TestMonitorMailsNewKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.HostKey = k
-	mail, err := notify.New(notify.Config{Relay: relay, To: "admin@example.org", Interval: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	mailed := make(chan struct{})
-	go func() { defer close(mailed); mail.Run(ctx) }()
-	defer func() { cancel(); <-mailed }()
-	m.Mail = mail
+	mb := withMail(t, m)
 	runMonitor(t, m)
 	f := fa.wait(t, "*.args", 1, 30*time.Second)
 	if a := fa.args(t, f[0]); !strings.Contains(a, " --auth-key "+k.Path+" ") {
 		t.Errorf("agent arguments%slack --auth-key %s", a, k.Path)
 	}
 	mb.Wait(t, 20*time.Second, "key mail")
-	var all string
-	for _, ml := range mb.All() {
-		// The body is quoted-printable: decode it (long lines fold).
-		_, body, _ := strings.Cut(ml.Data, "\r\n\r\n")
-		dec, err := io.ReadAll(quotedprintable.NewReader(strings.NewReader(body)))
-		if err != nil {
-			t.Fatalf("mail body: %v\n%s", err, ml.Data)
-		}
-		all += string(dec)
-	}
+	all := mailText(t, mb)
 	// The mail indents the lines of its Why: each of the key's is there.
 	wants := append([]string{EventHostKey, k.Fingerprint, "buildfarm controller key add"}, strings.Fields(string(k.PublicPEM))...)
 	for _, want := range wants {
