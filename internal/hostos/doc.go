@@ -15,7 +15,10 @@
 //   - checksums.go, fetch.go, toolchain.go: a toolchain's checksums file,
 //     its downloads (http, https, tftp, file; resumed; progress on a
 //     terminal) and its directory <tftp>/toolchains/<name>/;
-//   - monitor.go: the supervisor of the agents (Monitor.Run);
+//   - monitor.go: the supervisor of the agents (Monitor.Run), which gives
+//     each its slice, nice value, bridge, key and controllers;
+//   - key.go: the agents' key (--auth-key), made on the state volume (or
+//     by install) when there is none, for the admin to register;
 //   - setup.go, storage.go: the host set-up when running as the host OS:
 //     storage by label, network, SSH, clean-up;
 //   - systemd.go: the units for an ordinary host (Install).
