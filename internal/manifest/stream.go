@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -211,8 +212,9 @@ type sizedReader interface {
 }
 
 // readText reads r whole into a string of its size: at once from a reader
-// that knows its length, otherwise in chunks copied once at the end, so
-// that the text costs its size and, while it is read, once more.
+// that knows its length, otherwise through a buffer of 32 KiB into pieces
+// of the size read, copied once at the end, so that the text costs its
+// size and, while it is read, once more.
 func readText(r io.Reader, file string) (string, error) {
 	tooLong := &Error{File: file, Msg: fmt.Sprintf("stream longer than %d bytes", maxStream)}
 	var b strings.Builder
@@ -227,11 +229,12 @@ func readText(r io.Reader, file string) (string, error) {
 		return b.String(), nil
 	}
 	var chunks [][]byte
-	total, size := 0, 4<<10
+	total, buf := 0, make([]byte, 32<<10)
 	for {
-		c := make([]byte, size)
-		n, err := io.ReadFull(r, c)
-		chunks = append(chunks, c[:n])
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			chunks = append(chunks, bytes.Clone(buf[:n]))
+		}
 		if total += n; total > maxStream {
 			return "", tooLong
 		}
@@ -241,7 +244,6 @@ func readText(r io.Reader, file string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("read manifest %s: %w", file, err)
 		}
-		size = min(2*size, 1<<20)
 	}
 	b.Grow(total)
 	for _, c := range chunks {
