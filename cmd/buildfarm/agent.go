@@ -72,6 +72,19 @@ fit (another QEMU, --ram, --cpu, machine or toolchain) or fails to restore
 gives a cold boot, logged with the reason, and is built again. Each result
 says how its VM started in its buildfarm-start field (warm or cold).
 
+Networking: by default each VM has QEMU's user-mode networking in a
+network namespace of its own, whose only service is the agent's TFTP
+server. With --bridge NAME each VM is on that host bridge instead, as
+Build OS runs them (br0 public, br1 private with NAT and DHCP for
+guests): a tap device of its own on the bridge (deleted with the VM;
+leftovers of a dead agent are deleted at the next start), a fresh random
+MAC, an address from the bridge's DHCP server, and the agent's TFTP
+server on the bridge's IPv4 address, on the VM's --tftp-port. The guest
+then reaches whatever the bridge reaches. A VM restored from its warm
+state on a bridge gets its start over its virtio-serial guest channel,
+not the network: the worker gives its interface the VM's fresh MAC and
+asks DHCP for a new lease before it says anything on the network.
+
 A VM that never makes its
 first TFTP request has mis-booted and is retried; one that misses a
 deadline or ends abnormally is suspended, not destroyed, for investigation.
@@ -154,6 +167,7 @@ minutes.`,
 		f.StringVar(&o.SMTPRelay, "smtp-relay", o.SMTPRelay, "`HOST:PORT` of the SMTP relay for admin email (none by default)")
 		f.StringVar(&o.AdminEmail, "admin-email", o.AdminEmail, "the admin's email `address`")
 		f.BoolVar(&o.NoNetNS, "no-netns", o.NoNetNS, "run VMs in the host's network namespace (no isolation; for non-root use)")
+		f.StringVar(&o.Bridge, "bridge", o.Bridge, "put each VM on the host bridge `NAME` (such as Build OS's br0 or br1) through a tap device of its own with a fresh MAC, configured by DHCP, the agent's TFTP server on the bridge's IPv4 address (default: user networking, each VM in a network namespace of its own; needs root)")
 		f.BoolVar(&o.Once, "once", o.Once, "perform one task, deliver its result, then exit (with --instances 1)")
 		return cmd
 	})

@@ -42,8 +42,10 @@
 //  6. Perform the task: snapshot the bootstrapped machine (its warm
 //     machine for a warm start), place the task manifest and its sources
 //     in the VM's TFTP get/ directory, boot the VM in its own network
-//     namespace (or restore it from the warm state, falling back to a
-//     boot when that does not fit or fails), wait for the result with the
+//     namespace, or with --bridge on that host bridge through a tap of
+//     its own, with a fresh MAC and an address by DHCP (bridge.go) (or
+//     restore it from the warm state, falling back to a boot when that
+//     does not fit or fails), wait for the result with the
 //     startup and build deadlines, and parse it. An abnormal end
 //     suspends the VM for investigation; otherwise the VM is forced down
 //     as soon as the result is in (the guest's own power-off would only
@@ -72,5 +74,6 @@
 // supervisor that restarts a crashed agent calls to tell the admin.
 //
 // External tools: qemu-system-*, ip (iproute2), and btrfs-progs or
-// qemu-img for the machine volumes. Needs root for network namespaces.
+// qemu-img for the machine volumes. Needs root for network namespaces and
+// taps.
 package agent

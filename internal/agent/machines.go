@@ -118,6 +118,7 @@ func (a *Agent) cleanup(ctx context.Context) error {
 			a.log.Warn("cleaning up network namespaces", "err", err)
 		}
 	}
+	a.cleanupTaps(ctx)
 	return removeAllBut(a.instanceDir(), spare)
 }
 

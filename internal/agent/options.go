@@ -3,12 +3,14 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/console"
 	"github.com/buildfarm/buildfarm/internal/manifest"
+	"github.com/buildfarm/buildfarm/internal/tap"
 	"github.com/buildfarm/buildfarm/internal/vmrecord"
 )
 
@@ -69,7 +71,11 @@ type Options struct {
 	AdminEmail string // the admin's address
 
 	NoNetNS bool // run VMs in the host's network namespace (no isolation)
-	Once    bool // perform one task and return
+	// Bridge puts each VM on this host bridge through a tap of its own,
+	// configured by DHCP, instead of user-mode networking in a namespace
+	// of its own ("": user networking; see bridge.go). Needs root.
+	Bridge string
+	Once   bool // perform one task and return
 }
 
 // DefaultOptions returns bbot-agent's defaults where they apply.
@@ -179,6 +185,13 @@ func (o *Options) Check() error {
 	}
 	if (o.SMTPRelay == "") != (o.AdminEmail == "") {
 		errs = append(errs, fmt.Errorf("--smtp-relay %q --admin-email %q: give both, or neither (no email)", o.SMTPRelay, o.AdminEmail))
+	}
+	if o.Bridge != "" {
+		if os.Geteuid() != 0 {
+			errs = append(errs, fmt.Errorf("--bridge %s: needs root, to make each VM's tap device", o.Bridge))
+		} else if _, err := tap.Bridge(o.Bridge); err != nil {
+			errs = append(errs, fmt.Errorf("--bridge: %w", err))
+		}
 	}
 	if o.MaxArchive <= 0 {
 		errs = append(errs, fmt.Errorf("--max-archive %d: must be positive", o.MaxArchive))

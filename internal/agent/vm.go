@@ -18,6 +18,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/netns"
 	"github.com/buildfarm/buildfarm/internal/qemu"
+	"github.com/buildfarm/buildfarm/internal/tap"
 	"github.com/buildfarm/buildfarm/internal/tftp"
 	"github.com/buildfarm/buildfarm/internal/vmrecord"
 )
@@ -34,14 +35,24 @@ const maxUpload = 1 << 30
 
 // vmRun is one VM's run for a session: a network namespace of its own
 // (unless NoNetNS), the TFTP server on its loopback with the session's
-// rules, and the VM. Start it once; Wait for its job; Suspend it for
-// investigation, or Shutdown, Stop or Close it. Close runs its clean-up exactly
-// once, and every path ends in Close.
+// rules, and the VM; or, with --bridge, a tap device on the bridge and
+// the TFTP server on the bridge's address (bridge.go). Start it once;
+// Wait for its job; Suspend it for investigation, or Shutdown, Stop or
+// Close it. Close runs its clean-up exactly once, and every path ends in
+// Close.
 type vmRun struct {
 	a  *Agent
 	s  *session
 	vm *qemu.VM
 	ns *netns.NS
+
+	// With --bridge (bridge.go): the VM's tap and fresh MAC, and
+	// startAwaited, closed when the worker says it awaits its start on
+	// the guest channel.
+	tap          *tap.Tap
+	mac          string
+	startAwaited chan struct{}
+	once3        sync.Once
 
 	// Its console and record (suspend.go); a suspended run is kept, and
 	// why says what suspended it.
@@ -63,17 +74,21 @@ type vmRun struct {
 }
 
 func (a *Agent) newVMRun(s *session) *vmRun {
-	return &vmRun{a: a, s: s, firstRequest: make(chan struct{}), uploaded: make(chan struct{})}
+	return &vmRun{a: a, s: s, firstRequest: make(chan struct{}), uploaded: make(chan struct{}), startAwaited: make(chan struct{})}
 }
 
 // Start starts the run:
 //
 //  1. A network namespace, unless disabled: its loopback holds only the
-//     TFTP socket, so the guest reaches that and nothing else.
+//     TFTP socket, so the guest reaches that and nothing else. With
+//     --bridge instead: a tap on the bridge, a fresh MAC, and the TFTP
+//     socket on the bridge's address (bridge.go).
 //  2. The TFTP server on that socket, with the session's rules; every
 //     request is a sign of life, and the wanted upload ends the job.
 //  3. The VM: the machine's kernel, initrd and command line plus the
-//     worker's parameters, its disk from the snapshot.
+//     worker's parameters, its disk from the snapshot. A VM restored on
+//     a bridge gets its start over the guest channel before Start
+//     returns.
 //
 // The caller fills the session's get/ directory before, and calls Close
 // after, also when Start fails.
@@ -86,9 +101,18 @@ func (r *vmRun) Start(ctx context.Context) error {
 	var conn net.PacketConn
 	var err error
 	listenTransfer := func() (net.PacketConn, error) { return net.ListenPacket("udp4", "127.0.0.1:0") }
-	if a.opts.NoNetNS {
+	netCfg, netArg := qemu.Net{Mode: qemu.NetUser, MAC: s.mac}, "buildfarm.net=user"
+	switch {
+	case a.opts.Bridge != "":
+		var b *bridged
+		if b, err = r.onBridge(ctx); err != nil {
+			return err
+		}
+		tftpAddr, listenTransfer, netCfg, netArg = b.tftpAddr, b.listenTransfer, b.net, b.arg
+		conn, err = net.ListenPacket("udp4", tftpAddr)
+	case a.opts.NoNetNS:
 		conn, err = net.ListenPacket("udp4", listen)
-	} else {
+	default:
 		if r.ns, err = netns.New(ctx); err != nil {
 			return fmt.Errorf("vm %s: %w", s.name, err)
 		}
@@ -149,9 +173,10 @@ func (r *vmRun) Start(ctx context.Context) error {
 		Kernel:   m.kernel,
 		Initrd:   m.initrd,
 		// buildfarm.net=user: the guest's init sets the address user-mode
-		// networking would lease it, without DHCP.
-		Append:   strings.TrimSpace(m.cmdline + " buildfarm.mode=" + s.mode + " buildfarm.tftp=" + tftpAddr + " buildfarm.net=user"),
-		Net:      qemu.Net{Mode: qemu.NetUser, MAC: s.mac},
+		// networking would lease it, without DHCP; buildfarm.net=dhcp on a
+		// bridge.
+		Append:   strings.TrimSpace(m.cmdline + " buildfarm.mode=" + s.mode + " buildfarm.tftp=" + tftpAddr + " " + netArg),
+		Net:      netCfg,
 		NoReboot: true,
 		Extra:    m.options,
 	}
@@ -181,7 +206,16 @@ func (r *vmRun) Start(ctx context.Context) error {
 		return err
 	}
 	r.vm = vm
-	return r.startConsole(ctx)
+	if err := r.startConsole(ctx); err != nil {
+		return err
+	}
+	if r.tap != nil {
+		r.watchAwaitStart()
+		if cfg.Incoming != "" {
+			return r.sendStart(ctx, tftpAddr)
+		}
+	}
+	return nil
 }
 
 // tftpServer is the TFTP server of r's session: its rules, the limits of

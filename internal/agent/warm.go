@@ -31,14 +31,16 @@ package agent
 // cold-booted worker does. What stays the same in every VM restored from
 // one state: the kernel's layout (KASLR was decided at the saved boot),
 // the processes' address-space layouts and PIDs of init and the worker,
-// the boot id, the MAC address of the machine and, with user networking,
-// the guest's address 10.0.2.15 (every guest has that one, cold-booted or
-// not, and the network remembers nothing: each VM has a namespace and a
-// slirp of its own). None of these is a secret that a task could use
-// against another: the VM is one-shot, reaches nothing but its agent's
-// TFTP server, and no two tasks share it. With tap networking a restored
-// guest would also need a fresh MAC and a new DHCP lease; the agent runs
-// user networking only.
+// the boot id and, with user networking, the MAC address of the machine
+// and the guest's address 10.0.2.15 (every guest has that one,
+// cold-booted or not, and the network remembers nothing: each VM has a
+// namespace and a slirp of its own). None of these is a secret that a
+// task could use against another: the VM is one-shot, reaches nothing
+// but its agent's TFTP server, and no two tasks share it. On a bridge
+// (--bridge, bridge.go) the network would remember: there the worker
+// awaits its start on the guest channel instead, with its interface down
+// from before the save, and each restored VM gets a fresh MAC and a new
+// DHCP lease with its start, before it says anything on the network.
 //
 // The key (warmKey) holds the machine id, the toolchain id, the worker
 // version, the QEMU program (path, size, modification time) and its
@@ -260,7 +262,7 @@ func (a *Agent) buildWarm(ctx context.Context, slot int, m *machineState) error 
 	}
 	var key manifest.Manifest
 	s.configure = func(ctx context.Context, cfg *qemu.Config) error {
-		cfg.Append = strings.TrimSpace(cfg.Append + " " + worker.StartWaitArg)
+		cfg.Append = strings.TrimSpace(cfg.Append + " " + a.startArg())
 		var err error
 		key, err = a.warmKey(ctx, m, s.port, cfg)
 		return err
@@ -271,7 +273,7 @@ func (a *Agent) buildWarm(ctx context.Context, slot int, m *machineState) error 
 	if err := r.Start(ctx); err != nil {
 		return fmt.Errorf("warm state of %s: %w", m.name, err)
 	}
-	if err := r.waitFor(ctx, r.firstRequest, s.startup, ErrMisboot); err != nil {
+	if err := r.waitFor(ctx, r.awaitingStart(), s.startup, ErrMisboot); err != nil {
 		return fmt.Errorf("warm state of %s: the worker did not ask for its start: %w", m.name, err)
 	}
 	booted := time.Since(t0)
@@ -347,7 +349,7 @@ func (a *Agent) taskSnapshot(ctx context.Context, m *machineState, w *warmState)
 // key against the VM about to start, -incoming, and the start file
 // written at the restored worker's first request.
 func (a *Agent) warmSession(s *session, m *machineState, w *warmState) {
-	if p, err := strconv.Atoi(w.get("tftp-port")); err == nil && !a.opts.NoNetNS {
+	if p, err := strconv.Atoi(w.get("tftp-port")); err == nil && !a.opts.NoNetNS && a.opts.Bridge == "" {
 		s.port = p
 	}
 	s.startup = min(s.startup, warmStartup)
@@ -356,7 +358,7 @@ func (a *Agent) warmSession(s *session, m *machineState, w *warmState) {
 	a.knownQEMUVersion(w.get("qemu"), w.get("qemu-version"))
 	var t0 time.Time
 	s.configure = func(ctx context.Context, cfg *qemu.Config) error {
-		cfg.Append = strings.TrimSpace(cfg.Append + " " + worker.StartWaitArg)
+		cfg.Append = strings.TrimSpace(cfg.Append + " " + a.startArg())
 		key, err := a.warmKey(ctx, m, s.port, cfg)
 		if err != nil {
 			return err
@@ -369,6 +371,9 @@ func (a *Agent) warmSession(s *session, m *machineState, w *warmState) {
 		}
 		t0 = time.Now()
 		return nil
+	}
+	if a.opts.Bridge != "" {
+		return // the start goes over the guest channel (bridge.go)
 	}
 	var once sync.Once
 	s.onRequest = func(tftp.Request) {
@@ -509,7 +514,7 @@ func (a *Agent) warmKey(ctx context.Context, m *machineState, port int, cfg *qem
 		{Name: "cpu", Value: cpu},
 		{Name: "memory", Value: strconv.Itoa(cfg.MemoryMB)},
 		{Name: "cpus", Value: strconv.Itoa(cfg.CPUs)},
-		{Name: "tftp-port", Value: strconv.Itoa(port)},
+		{Name: "tftp-port", Value: a.keyPort(port)},
 		{Name: "qemu-args", Value: strings.Join(args, " ")},
 	}, nil
 }
@@ -579,6 +584,7 @@ func normalArgs(cfg *qemu.Config) ([]string, error) {
 	if c.NetNS != "" {
 		c.NetNS = "NETNS"
 	}
+	normalNet(&c)
 	args, err := c.Args()
 	if err != nil {
 		return nil, fmt.Errorf("warm state: %w", err)

@@ -201,6 +201,21 @@ func link(target, path string) error {
 // Socket returns the path the console listens on.
 func (s *Server) Socket() string { return s.cfg.Socket }
 
+// Request asks the worker, over the guest channel, to run op with arg
+// (worker.ChannelRequest) and returns its answer; ErrNoGuest while the
+// channel is not connected. The agent hands a restored worker its start
+// so (op start).
+func (s *Server) Request(ctx context.Context, op, arg string) (string, error) {
+	return s.guest.do(ctx, op, arg)
+}
+
+// Events returns the worker's and the guest programs' notifications kept
+// so far, each a line "TIME EVENT TEXT", and a channel of the next ones;
+// cancel ends the subscription.
+func (s *Server) Events() (backlog []string, next <-chan string, cancel func()) {
+	return s.events.subscribe()
+}
+
 // Close stops the console: it closes the socket and every connection,
 // and removes the socket and the links that still point to it.
 func (s *Server) Close() error {

@@ -16,7 +16,12 @@
 #    says buildfarm.net=user (QEMU's user-mode networking, whose DHCP server
 #    would hand out that address: the agent says so, and the guest saves
 #    the 0.15-0.2 s a DHCP exchange takes under TCG), DHCP (udhcpc)
-#    otherwise.
+#    otherwise. buildfarm.net=dhcp (the agent's --bridge: a tap on a host
+#    bridge) always takes DHCP, with IPv6 off on the NIC (nothing on the
+#    network but the IPv4 lease carries the guest's MAC); with
+#    buildfarm.start=channel too (a guest whose state is saved for warm
+#    starts) the NIC stays down: the worker sets its MAC, brings it up and
+#    asks DHCP for a lease when its start comes.
 # 5. Link each virtio-serial port as /dev/virtio-ports/NAME (as udev would:
 #    the management console's channels), and make sure acpid has the power
 #    button open: both were left to come up during 3 and 4.
@@ -190,14 +195,25 @@ done
 if [ -z "$nic" ]; then
 	say "no network interface"
 else
-	ip link set "$nic" up
 	read -r mac <"/sys/class/net/$nic/address"
 	read -r cmdline </proc/cmdline
 	user=""
+	dhcp=""
+	channel=""
 	for a in $cmdline; do
-		[ "$a" != buildfarm.net=user ] || user=1
+		case "$a" in
+		buildfarm.net=user) user=1 ;;
+		buildfarm.net=dhcp) dhcp=1 ;;
+		buildfarm.start=channel) channel=1 ;;
+		esac
 	done
-	if [ "$mac" = 00:01:02:03:04:0b ] || [ -n "$user" ]; then
+	if [ -n "$dhcp" ] && [ -e "/proc/sys/net/ipv6/conf/$nic/disable_ipv6" ]; then
+		echo 1 >"/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
+	fi
+	[ -n "$dhcp" ] && [ -n "$channel" ] || ip link set "$nic" up
+	if [ -n "$dhcp" ] && [ -n "$channel" ]; then
+		say "network $nic ($mac): down until the worker's start"
+	elif [ -z "$dhcp" ] && { [ "$mac" = 00:01:02:03:04:0b ] || [ -n "$user" ]; }; then
 		ip addr add 10.0.2.15/24 dev "$nic"
 		ip route add default via 10.0.2.2
 		[ -z "$user" ] || echo "nameserver 10.0.2.3" >/etc/resolv.conf

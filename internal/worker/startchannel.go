@@ -73,10 +73,10 @@ func (w *Worker) awaitChannelStart(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := run(ctx, "ip", "-4", "addr", "flush", "dev", nic); err != nil {
+	if err := run(ctx, "ip", "link", "set", "dev", nic, "down"); err != nil {
 		return err
 	}
-	if err := run(ctx, "ip", "link", "set", "dev", nic, "down"); err != nil {
+	if err := run(ctx, "ip", "-4", "addr", "flush", "dev", nic); err != nil {
 		return err
 	}
 	w.log.Info("awaiting the start on the guest channel", "nic", nic)
@@ -104,10 +104,7 @@ func (w *Worker) renewNetwork(ctx context.Context, nic string, s *Start) error {
 	if s.MAC == "" {
 		return nil
 	}
-	if err := run(ctx, "ip", "link", "set", "dev", nic, "address", s.MAC); err != nil {
-		return err
-	}
-	if err := run(ctx, "ip", "link", "set", "dev", nic, "up"); err != nil {
+	if err := run(ctx, "ip", "link", "set", "dev", nic, "address", s.MAC, "up"); err != nil {
 		return err
 	}
 	if _, err := os.Stat(DHCPScript); err != nil {
