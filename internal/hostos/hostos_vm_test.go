@@ -35,8 +35,11 @@ import (
 // with the key given in buildos.ssh_key (dropbear's client, dbclient): the
 // private bridge br1 has its address, udhcpd listens on it (port 67),
 // forwarding is on, the agent runs with --bridge br1 and the key, and the
-// console shows the NAT rule read back from the kernel; a login as root,
-// or as build with another key, is refused. A new
+// console shows the NAT rule read back from the kernel and the set-up's
+// look at br1 as a guest sees it (a veth in a namespace of its own got a
+// lease from udhcpd and fetched the build id from the test's HTTP server
+// through the NAT); a login as root, or as build with another key, is
+// refused. A new
 // build id upstream then makes the monitor drain the agent and reboot
 // (QEMU runs with -no-reboot, so the reboot ends it). QEMU, the HTTP
 // server and the controller share a network namespace of their own: the
@@ -250,6 +253,8 @@ func TestHostOSBoots(t *testing.T) {
 	b, _ := os.ReadFile(serial)
 	for _, want := range []string{
 		`rule="-A POSTROUTING -s 172.31.0.0/16 ! -o br1 -j MASQUERADE"`,
+		`msg="br1 as a guest sees it" lease=172.31.`,
+		"fetched=http://10.0.2.2:18080/buildos-buildid",
 		"/state/etc/host-key.pem, made just now",
 	} {
 		if !strings.Contains(string(b), want) {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/machine"
+	"github.com/buildfarm/buildfarm/internal/netns"
 	"github.com/buildfarm/buildfarm/internal/proc"
 )
 
@@ -52,7 +55,7 @@ const (
 //     bridge br0, which gets its address by DHCP; the hostname comes from
 //     the lease, or is build-<MAC>. The private bridge br1 gets
 //     PrivateAddr, DHCP for guests (busybox udhcpd) and NAT (iptables,
-//     when present).
+//     when present), and is checked as a guest sees it (checkPrivate).
 //  4. SSH: dropbear, letting in user build with the configured key
 //     only (no passwords), when a key is configured.
 func (s *Setup) Run(ctx context.Context) (*Result, error) {
@@ -184,8 +187,87 @@ func (s *Setup) network(ctx context.Context) (string, string, error) {
 	}
 	if err := daemon(ctx, "udhcpd", conf); err != nil {
 		s.Log.Warn("DHCP for br1", "err", err)
+	} else if lease, fetched, err := s.checkPrivate(ctx); err != nil {
+		s.Log.Warn("br1 as a guest sees it", "err", err)
+	} else {
+		s.Log.Info("br1 as a guest sees it", "lease", lease, "fetched", fetched)
 	}
 	return eth, host, nil
+}
+
+// checkPrivate looks at the private bridge br1 as a guest sees it: a veth
+// on br1 whose other end is in a network namespace of its own gets an
+// address from udhcpd, and from there fetches the first http or https URL
+// of the configuration (the build id, or a toolchain's checksums file)
+// through the NAT (its name, if any, is looked up from the host). It
+// returns the lease and the URL fetched ("" when there is none to fetch),
+// and leaves nothing behind.
+func (s *Setup) checkPrivate(ctx context.Context) (lease, fetched string, err error) {
+	const host, guest = "bfchk0", "bfchk1"
+	run := func(args ...string) error { return proc.Run(ctx, nil, args[0], args[1:]...) }
+	script := filepath.Join(s.Root, "run", "udhcpc.check")
+	// udhcpc runs it in the namespace with the lease in its environment.
+	body := "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\n" +
+		"ip addr add \"$ip/${mask:-16}\" dev \"$interface\" && ip route add default via \"$router\" && echo \"lease $ip\"\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		return "", "", err
+	}
+	defer os.Remove(script)
+	ns, err := netns.New(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	// Deleting the namespace deletes its end of the veth, and so the pair.
+	defer ns.Delete(context.WithoutCancel(ctx))
+	for _, st := range [][]string{
+		{"ip", "link", "add", host, "type", "veth", "peer", "name", guest, "netns", ns.Name},
+		{"brctl", "addif", "br1", host},
+		{"ip", "link", "set", host, "up"},
+		{"ip", "-n", ns.Name, "link", "set", guest, "up"},
+	} {
+		if err := run(st...); err != nil {
+			return "", "", err
+		}
+	}
+	out, err := ns.Output(ctx, "udhcpc", "-i", guest, "-n", "-q", "-R", "-f", "-t", "5", "-T", "2", "-s", script)
+	if err != nil {
+		return "", "", fmt.Errorf("no DHCP lease on br1: %w", err)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if ip, ok := strings.CutPrefix(l, "lease "); ok {
+			lease = ip
+		}
+	}
+	if lease == "" {
+		return "", "", fmt.Errorf("udhcpc on br1 printed no lease: %q", out)
+	}
+	urls := []string{s.Config.BuildIDURL}
+	for _, t := range s.Config.Toolchains {
+		urls = append(urls, t.URL)
+	}
+	for _, u := range urls {
+		if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			continue
+		}
+		// The transport dials in goroutines of its own: each dial enters
+		// the namespace.
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.DialContext = func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = ns.Do(func() error {
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}
+		f := &Fetcher{HTTP: &http.Client{Transport: t, Timeout: 20 * time.Second}}
+		_, err := f.Get(ctx, u, 1<<20)
+		t.CloseIdleConnections()
+		if err != nil {
+			return lease, "", fmt.Errorf("lease %s, but no %s through the NAT: %w", lease, u, err)
+		}
+		return lease, u, nil
+	}
+	return lease, "", nil
 }
 
 // ssh starts dropbear with user build's authorized key: no password

@@ -40,12 +40,12 @@ var hostOSInit []byte
 
 // HostOSModules are the modules the host OS loads (those the kernel has),
 // in order: virtio and common NICs and disk controllers, filesystems,
-// bridges, tun and loop, and netfilter for br1's NAT (iptables-nft's
+// bridges, tun, veth (br1's check) and loop, and netfilter for br1's NAT (iptables-nft's
 // tables, its MASQUERADE through nft_compat, and the legacy tables).
 var HostOSModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_console",
 	"e1000", "e1000e", "igb", "ixgbe", "r8169", "ahci", "nvme", "sd_mod",
-	"ext4", "btrfs", "xfs", "bridge", "tun", "loop", "button", "evdev",
+	"ext4", "btrfs", "xfs", "bridge", "tun", "veth", "loop", "button", "evdev",
 	"nf_tables", "nft_chain_nat", "nft_compat", "nft_masq", "xt_MASQUERADE", "iptable_nat",
 }
 
