@@ -38,8 +38,10 @@ func hostosMonitorCmd(e *env) *cobra.Command {
      then stops at a shell). Stray snapshots of the last boot are removed.
      Network: the first Ethernet interface with carrier on the public
      bridge br0 with DHCP; the hostname from the lease or build-MAC; the
-     private bridge br1 with DHCP for guests (udhcpd) and NAT. SSH
-     (dropbear) for user build with buildos.ssh_key.
+     private bridge br1 with DHCP for guests (udhcpd) and NAT, looked at
+     as a guest sees it (a lease, and the build id fetched through the
+     NAT; a warning otherwise). SSH (dropbear) for user build with
+     buildos.ssh_key only.
   2. Read the upstream build id (buildos.buildid_url), and fetch each
      toolchain's files into <tftp>/toolchains/NAME/ (see "hostos" and the
      README).
