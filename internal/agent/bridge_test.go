@@ -18,6 +18,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/image"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/netns"
+	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/tap"
 	"github.com/buildfarm/buildfarm/internal/testenv"
 )
@@ -201,6 +202,11 @@ func TestBridge(t *testing.T) {
 	f := newFarm(t, false, image.Options{})
 	b := newTestBridge(t)
 	task := networkTask(t)
+	// A tap a dead agent left on the bridge, which the agent deletes at
+	// its start.
+	if out, err := b.ns.Output(context.Background(), "ip", "tuntap", "add", "mode", "tap", "name", "bft999999-1"); err != nil {
+		t.Fatalf("ip tuntap add: %v: %s", err, out)
+	}
 
 	res1, mac1, addr1, skew1 := runBridged(t, f, b, task)
 	log1 := f.log.String()
@@ -247,5 +253,67 @@ func TestBridge(t *testing.T) {
 	}
 	if names := b.taps(t); len(names) > 0 {
 		t.Errorf("taps left on the bridge: %v", names)
+	}
+	if !strings.Contains(log1, `msg="deleted a leftover tap" agent=1 tap=bft999999-1`) {
+		t.Errorf("the agent's log does not say it deleted the leftover tap bft999999-1")
+	}
+}
+
+// TestBridgeErrors checks --bridge's errors in a namespace of its own:
+// no such interface, not a bridge, a bridge without an IPv4 address.
+func TestBridgeErrors(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedProgram(t, "ip")
+	ctx := context.Background()
+	ns, err := netns.New(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Delete(ctx)
+	if out, err := ns.Output(ctx, "ip", "link", "add", "bfbr0", "type", "bridge"); err != nil {
+		t.Fatalf("ip link add: %v: %s", err, out)
+	}
+	for _, tc := range []struct{ bridge, want string }{
+		{"bfnone0", "--bridge: bridge bfnone0: no such interface"},
+		{"lo", "--bridge: bridge lo: not a bridge"},
+		{"bfbr0", "--bridge: bridge bfbr0: no IPv4 address"},
+	} {
+		o := DefaultOptions()
+		o.Bridge = tc.bridge
+		var err error
+		ns.Do(func() error { err = o.Check(); return nil })
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--bridge %s: %v, want an error saying %q", tc.bridge, err, tc.want)
+		}
+	}
+}
+
+// TestNormalNet: two VMs on a bridge with their own taps, MACs and TFTP
+// ports have the same warm key arguments; user networking keeps its own.
+func TestNormalNet(t *testing.T) {
+	vm := func(tap, mac, tftp string) *qemu.Config {
+		return &qemu.Config{Name: "vm", Accel: qemu.TCG, Kernel: "/m/kernel", SerialLog: "/s", QMPSocket: "/q",
+			Append: "console=ttyS0 buildfarm.mode=build buildfarm.tftp=" + tftp + " buildfarm.net=dhcp",
+			Net:    qemu.Net{Mode: qemu.NetTap, Tap: tap, MAC: mac}}
+	}
+	a, err := normalArgs(vm("bft1-1", "02:00:00:00:00:01", "10.0.3.1:23401"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := normalArgs(vm("bft2-7", "06:12:34:56:78:9a", "10.0.4.1:24401"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(a, " ") != strings.Join(b, " ") {
+		t.Errorf("normal arguments of two bridged VMs differ:\n%s\n%s", a, b)
+	}
+	user := &qemu.Config{Name: "vm", Accel: qemu.TCG, Kernel: "/m/kernel", SerialLog: "/s", QMPSocket: "/q",
+		Append: "buildfarm.tftp=10.0.2.2:23401", Net: qemu.Net{MAC: "02:00:00:00:00:01"}}
+	u, err := normalArgs(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := strings.Join(u, " "); !strings.Contains(s, "buildfarm.tftp=10.0.2.2:23401") || !strings.Contains(s, "mac=02:00:00:00:00:01") {
+		t.Errorf("normal arguments with user networking %q: want the TFTP server and MAC kept", s)
 	}
 }

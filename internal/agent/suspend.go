@@ -12,6 +12,7 @@ import (
 
 	"github.com/buildfarm/buildfarm/internal/console"
 	"github.com/buildfarm/buildfarm/internal/netns"
+	"github.com/buildfarm/buildfarm/internal/tap"
 	"github.com/buildfarm/buildfarm/internal/notify"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/qmp"
@@ -113,6 +114,9 @@ func (r *vmRun) startConsole(ctx context.Context) error {
 	}
 	if r.ns != nil {
 		r.rec.NetNS = r.ns.Name
+	}
+	if r.tap != nil {
+		r.rec.Tap = r.tap.Name
 	}
 	if err := a.registry().Write(r.rec); err != nil {
 		return err
@@ -267,6 +271,11 @@ func (a *Agent) deleteLeftovers(ctx context.Context, rec vmrecord.Record) {
 			if err := (&netns.NS{Name: rec.NetNS}).Delete(ctx); err != nil {
 				a.log.Warn("deleting a dead VM's network namespace", "vm", rec.Name, "err", err)
 			}
+		}
+	}
+	if rec.Tap != "" {
+		if err := (&tap.Tap{Name: rec.Tap}).Delete(); err != nil {
+			a.log.Warn("deleting a dead VM's tap", "vm", rec.Name, "err", err)
 		}
 	}
 	if rec.TFTP != "" {

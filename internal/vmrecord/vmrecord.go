@@ -50,6 +50,7 @@ type Record struct {
 	TFTP      string    `json:"tftp,omitempty"`     // its TFTP directory (get/, put/, and Dir), deleted with it
 	Snapshot  string    `json:"snapshot,omitempty"` // its disk snapshot, to delete with it
 	NetNS     string    `json:"netns,omitempty"`
+	Tap       string    `json:"tap,omitempty"` // its tap device on a bridge, deleted with it
 	QMP       string    `json:"qmp"`
 	SerialLog string    `json:"serial_log"`
 	Serial    string    `json:"serial_socket,omitempty"` // the serial console's socket
