@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,10 +11,11 @@ import (
 
 	"github.com/buildfarm/buildfarm/internal/console"
 	"github.com/buildfarm/buildfarm/internal/netns"
-	"github.com/buildfarm/buildfarm/internal/tap"
 	"github.com/buildfarm/buildfarm/internal/notify"
+	"github.com/buildfarm/buildfarm/internal/proc"
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/qmp"
+	"github.com/buildfarm/buildfarm/internal/tap"
 	"github.com/buildfarm/buildfarm/internal/vmrecord"
 )
 
@@ -333,7 +333,7 @@ func (a *Agent) adoptSuspended(ctx context.Context) (spare []string) {
 				"since", rec.Since, "why", firstLine(rec.Why), "console", rec.Console)
 		case alive && rec.State == vmrecord.Suspended:
 			a.destroy(ctx, &keptVM{rec: rec}, "--suspend-limit passed")
-		case alive && rec.AgentPID != os.Getpid() && processAlive(rec.AgentPID):
+		case alive && rec.AgentPID != os.Getpid() && proc.Alive(rec.AgentPID):
 			spare = append(spare, rec.TFTP) // another agent's (a second one of this instance?)
 		default:
 			if alive { // a running VM whose agent died
@@ -468,13 +468,4 @@ func NotifyCrash(m *notify.Mailer, o Options, err error, logTail string) {
 func firstLine(s string) string {
 	l, _, _ := strings.Cut(s, "\n")
 	return l
-}
-
-// processAlive reports whether process pid exists.
-func processAlive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }

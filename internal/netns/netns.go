@@ -24,10 +24,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -258,31 +256,11 @@ func Ours() ([]string, error) {
 	}
 	var ours []string
 	for _, name := range names {
-		if pid := owner(name); pid == os.Getpid() || (pid != 0 && !alive(pid)) {
+		if pid := proc.NamePID(name, prefix); pid == os.Getpid() || (pid != 0 && !proc.Alive(pid)) {
 			ours = append(ours, name)
 		}
 	}
 	return ours, nil
-}
-
-// owner returns the pid in a name bf-PID-N, or 0.
-func owner(name string) int {
-	rest, ok := strings.CutPrefix(name, prefix)
-	if !ok {
-		return 0
-	}
-	p, _, _ := strings.Cut(rest, "-")
-	pid, err := strconv.Atoi(p)
-	if err != nil {
-		return 0
-	}
-	return pid
-}
-
-// alive reports whether process pid exists.
-func alive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // Cleanup deletes the namespaces that processes now gone left behind (an
@@ -297,8 +275,8 @@ func Cleanup(ctx context.Context, log *slog.Logger, keep ...string) ([]string, e
 	var deleted []string
 	var errs []error
 	for _, name := range names {
-		pid := owner(name)
-		if pid == 0 || alive(pid) || slices.Contains(keep, name) {
+		pid := proc.NamePID(name, prefix)
+		if pid == 0 || proc.Alive(pid) || slices.Contains(keep, name) {
 			continue
 		}
 		if err := (&NS{Name: name}).Delete(ctx); err != nil {

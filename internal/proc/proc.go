@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -143,4 +144,34 @@ func Wait(cmd *exec.Cmd) error {
 		return &Error{Args: cmd.Args, Err: err, Stderr: tail.String()}
 	}
 	return nil
+}
+
+// Alive reports whether process pid exists (a zombie counts; pid 0 and
+// below never do).
+func Alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// NamePID returns the pid in name when it is PREFIX + PID + "-" + N, the
+// names a process gives what it makes outside itself (network
+// namespaces, taps) so that what it left behind is found once it is
+// gone; 0 otherwise.
+func NamePID(name, prefix string) int {
+	rest, ok := strings.CutPrefix(name, prefix)
+	if !ok {
+		return 0
+	}
+	p, n, ok := strings.Cut(rest, "-")
+	if !ok || n == "" {
+		return 0
+	}
+	pid, err := strconv.Atoi(p)
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
 }

@@ -3,6 +3,7 @@ package proc
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -69,5 +70,16 @@ func TestTail(t *testing.T) {
 	tb.Write([]byte("gh"))
 	if got := tb.String(); got != "efgh" {
 		t.Errorf("tail = %q, want %q", got, "efgh")
+	}
+}
+
+func TestAliveAndNamePID(t *testing.T) {
+	if !Alive(os.Getpid()) || Alive(0) || Alive(-1) {
+		t.Errorf("Alive: want this process alive, and pid 0 and -1 not")
+	}
+	for name, want := range map[string]int{"bf-123-4": 123, "bf-123-": 0, "bf-123": 0, "bf-x-1": 0, "bf-0-1": 0, "other-123-4": 0} {
+		if got := NamePID(name, "bf-"); got != want {
+			t.Errorf("NamePID(%q) = %d, want %d", name, got, want)
+		}
 	}
 }

@@ -34,6 +34,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/buildfarm/buildfarm/internal/proc"
 )
 
 // Prefix starts the names of the taps this package makes.
@@ -179,34 +181,11 @@ func List() ([]string, error) {
 	}
 	var names []string
 	for _, i := range ifs {
-		if owner(i.Name) != 0 {
+		if proc.NamePID(i.Name, Prefix) != 0 {
 			names = append(names, i.Name)
 		}
 	}
 	return names, nil
-}
-
-// owner returns the pid in a name bftPID-N, or 0.
-func owner(name string) int {
-	rest, ok := strings.CutPrefix(name, Prefix)
-	if !ok {
-		return 0
-	}
-	p, n, ok := strings.Cut(rest, "-")
-	if !ok || n == "" {
-		return 0
-	}
-	pid, err := strconv.Atoi(p)
-	if err != nil || pid <= 0 {
-		return 0
-	}
-	return pid
-}
-
-// alive reports whether process pid exists.
-func alive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // Cleanup deletes the taps whose maker is gone and that no process holds
@@ -223,7 +202,7 @@ func Cleanup(ctx context.Context, log *slog.Logger) ([]string, error) {
 		if ctx.Err() != nil {
 			return deleted, ctx.Err()
 		}
-		if pid := owner(name); alive(pid) {
+		if proc.Alive(proc.NamePID(name, Prefix)) {
 			continue
 		}
 		err := remove(name)
