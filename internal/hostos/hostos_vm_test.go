@@ -253,7 +253,10 @@ func TestHostOSBoots(t *testing.T) {
 	b, _ := os.ReadFile(serial)
 	for _, want := range []string{
 		`rule="-A POSTROUTING -s 172.31.0.0/16 ! -o br1 -j MASQUERADE"`,
-		`msg="br1 as a guest sees it" lease=172.31.`,
+		// QEMU's user networking gives the host 10.0.2.3 as its name
+		// server, and udhcpd gives the guests the same.
+		`msg="br1 as a guest sees it" lease="172.31.`,
+		` dns 10.0.2.3"`,
 		"fetched=http://10.0.2.2:18080/buildos-buildid",
 		"/state/etc/host-key.pem, made just now",
 	} {

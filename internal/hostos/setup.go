@@ -54,8 +54,9 @@ const (
 //  3. Network: the first Ethernet interface with carrier joins the public
 //     bridge br0, which gets its address by DHCP; the hostname comes from
 //     the lease, or is build-<MAC>. The private bridge br1 gets
-//     PrivateAddr, DHCP for guests (busybox udhcpd) and NAT (iptables,
-//     when present), and is checked as a guest sees it (checkPrivate).
+//     PrivateAddr, DHCP for guests (busybox udhcpd; the host's name
+//     servers are theirs) and NAT (iptables, when present), and is checked
+//     as a guest sees it (checkPrivate).
 //  4. SSH: dropbear, letting in user build with the configured key
 //     only (no passwords), when a key is configured.
 func (s *Setup) Run(ctx context.Context) (*Result, error) {
@@ -180,8 +181,15 @@ func (s *Setup) network(ctx context.Context) (string, string, error) {
 	os.MkdirAll(filepath.Dir(conf), 0o755)
 	leases := filepath.Join(s.Root, "run", "udhcpd.br1.leases")
 	os.WriteFile(leases, nil, 0o644)
-	c := fmt.Sprintf("interface br1\nstart %s\nend %s\nlease_file %s\noption subnet 255.255.0.0\noption router 172.31.0.1\noption dns 172.31.0.1\n",
+	// The guests' name servers are the host's (from br0's lease), which
+	// they reach through the NAT: the host runs none of its own.
+	c := fmt.Sprintf("interface br1\nstart %s\nend %s\nlease_file %s\noption subnet 255.255.0.0\noption router 172.31.0.1\n",
 		PrivateStart, PrivateEnd, leases)
+	if dns := nameservers(filepath.Join(s.Root, "etc", "resolv.conf")); len(dns) > 0 {
+		c += "option dns " + strings.Join(dns, " ") + "\n"
+	} else {
+		s.Log.Warn("no name server in resolv.conf: guests on br1 get none")
+	}
 	if err := os.WriteFile(conf, []byte(c), 0o644); err != nil {
 		return eth, host, err
 	}
@@ -208,7 +216,7 @@ func (s *Setup) checkPrivate(ctx context.Context) (lease, fetched string, err er
 	script := filepath.Join(s.Root, "run", "udhcpc.check")
 	// udhcpc runs it in the namespace with the lease in its environment.
 	body := "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\n" +
-		"ip addr add \"$ip/${mask:-16}\" dev \"$interface\" && ip route add default via \"$router\" && echo \"lease $ip\"\n"
+		"ip addr add \"$ip/${mask:-16}\" dev \"$interface\" && ip route add default via \"$router\" && echo \"lease $ip dns $dns\"\n"
 	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
 		return "", "", err
 	}
@@ -234,8 +242,8 @@ func (s *Setup) checkPrivate(ctx context.Context) (lease, fetched string, err er
 		return "", "", fmt.Errorf("no DHCP lease on br1: %w", err)
 	}
 	for _, l := range strings.Split(string(out), "\n") {
-		if ip, ok := strings.CutPrefix(l, "lease "); ok {
-			lease = ip
+		if rest, ok := strings.CutPrefix(l, "lease "); ok {
+			lease = strings.TrimSpace(rest) // ADDRESS dns SERVERS
 		}
 	}
 	if lease == "" {
@@ -268,6 +276,20 @@ func (s *Setup) checkPrivate(ctx context.Context) (lease, fetched string, err er
 		return lease, u, nil
 	}
 	return lease, "", nil
+}
+
+// nameservers returns the IPv4 name servers of the resolv.conf at path.
+func nameservers(path string) []string {
+	b, _ := os.ReadFile(path)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "nameserver" {
+			if ip := net.ParseIP(f[1]); ip != nil && ip.To4() != nil {
+				out = append(out, f[1])
+			}
+		}
+	}
+	return out
 }
 
 // ssh starts dropbear with user build's authorized key: no password
