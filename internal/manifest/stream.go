@@ -91,9 +91,6 @@ func (s *Stream) PairCount() int {
 	return s.npairs
 }
 
-// File returns the name of the stream given to the parser.
-func (s *Stream) File() string { return s.file }
-
 // Pairs returns the pairs of manifest i (0 ≤ i < Len()), its version pair
 // first, with their positions, read from the text as they are iterated.
 func (s *Stream) Pairs(i int) iter.Seq[Pair] {
@@ -139,7 +136,8 @@ func (s *Stream) Manifest(i int) Manifest {
 
 // Manifests returns every manifest of the stream as a Manifest (nil for an
 // empty or nil Stream), the pairs of all in one array: 48 bytes a pair and
-// 24 a manifest beside the text.
+// 24 a manifest beside the text. It reads the whole text again, a third
+// pass after Parse's two.
 func (s *Stream) Manifests() []Manifest {
 	if s.Len() == 0 {
 		return nil
