@@ -185,7 +185,7 @@ func TestWarmStart(t *testing.T) {
 		t.Errorf("after the upgrade: the old state was not dropped and a new one built:\n%s", log)
 	}
 	key, err := manifest.ReadFile(files.key)
-	if err != nil || !strings.Contains(fmt.Sprint(key), "-r2") {
+	if err != nil || !strings.Contains(fmt.Sprint(key.Manifests()), "-r2") {
 		t.Errorf("warm key after the upgrade %v, %v; want the new revision's id", key, err)
 	}
 	if res.Start != StartWarm {

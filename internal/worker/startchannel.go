@@ -67,7 +67,17 @@ func (c *Channel) start(arg string) error {
 func (w *Worker) awaitChannelStart(ctx context.Context) error {
 	c := w.cfg.Channel
 	if c == nil {
-		return fmt.Errorf("%s: no guest channel (virtio-serial port %s) to await the start on", StartChannelArg, ConsolePort)
+		// The guest's set-up may have loaded the console's driver after
+		// the worker started.
+		ch, err := OpenChannel(w.log)
+		if err != nil {
+			return fmt.Errorf("%s: no guest channel to await the start on: %w", StartChannelArg, err)
+		}
+		go ch.Serve(ctx)
+		w.cfg.Channel, c = ch, ch
+		if w.cfg.Notify == nil {
+			w.cfg.Notify = ch
+		}
 	}
 	nic, err := firstNIC()
 	if err != nil {
