@@ -244,8 +244,10 @@ type parser struct {
 	at      int    // the byte offset of the name of the pair last read
 }
 
-// Parse reads a stream of manifests from r with DefaultLimits. file names
-// the stream in errors ("<stdin>" for standard input). Each manifest starts
+// Parse reads a stream of manifests from r with DefaultLimits and returns
+// it as a Stream, which holds the text and reads each manifest's pairs from
+// it when asked. file names the stream in errors ("<stdin>" for standard
+// input). Each manifest starts
 // with its version pair (empty name, value "1"), filled in when the stream
 // omits it. An empty stream, or one with only comments and blank lines,
 // holds no manifests. A malformed stream is an *Error with the 1-based line
