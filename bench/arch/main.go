@@ -103,10 +103,10 @@ func run(ctx context.Context, c config) error {
 	res := results{Measured: time.Now().UTC().Format(time.RFC3339), Accel: c.accel, Runs: c.runs,
 		RAM: guestRAM, CPUs: 1, WorkerLDFlags: c.workerLDFlags, GuestKernel: map[arch.Arch]string{}}
 	var err error
-	if res.Commit, err = commit(ctx); err != nil {
+	if res.Commit, err = testenv.Commit(ctx); err != nil {
 		return err
 	}
-	res.HostKernel, res.QEMU = hostKernel(), qemuVersion(ctx)
+	res.HostKernel, res.QEMU = testenv.HostKernel(), testenv.QEMUVersion(ctx, "qemu-system-x86_64")
 	for _, a := range arch.All {
 		k, err := cache.GuestKernelFor(a)
 		if err != nil {
@@ -147,7 +147,7 @@ func run(ctx context.Context, c config) error {
 			return err
 		}
 	}
-	res.LoadBefore = loadAverage()
+	res.LoadBefore = testenv.LoadAverage()
 	fmt.Printf("accel %s, %d runs, alternating x86_64 and aarch64, commit %s, load average %s\n",
 		c.accel, c.runs, res.Commit, res.LoadBefore)
 	for _, g := range gs {
@@ -158,7 +158,7 @@ func run(ctx context.Context, c config) error {
 		fmt.Printf("untimed %-7s hello task, bootstrap and warm states %6.2fs (%s)\n", g.arch, d.Seconds(), start)
 	}
 	for i := range c.runs {
-		res.RunLoad = append(res.RunLoad, loadAverage())
+		res.RunLoad = append(res.RunLoad, testenv.LoadAverage())
 		for _, g := range gs {
 			d, err := bootTest(ctx, bf, filepath.Join(tmp, g.machine), c.accel)
 			if err != nil {
@@ -182,7 +182,7 @@ func run(ctx context.Context, c config) error {
 			}
 		}
 	}
-	res.LoadAfter = loadAverage()
+	res.LoadAfter = testenv.LoadAverage()
 	fmt.Printf("\nload average %s\n", res.LoadAfter)
 	fmt.Printf("%-22s %22s %22s %8s %18s\n", "median (range)", "x86_64", "aarch64", "ratio", "ratio by run")
 	res.Rows = []row{
@@ -307,35 +307,6 @@ func newSeries(ds []time.Duration) series {
 	slices.Sort(sorted)
 	s.MedianNS, s.MinNS, s.MaxNS = sorted[len(sorted)/2], sorted[0], sorted[len(sorted)-1]
 	return s
-}
-
-// commit returns the repository's commit (HEAD), abbreviated.
-func commit(ctx context.Context) (string, error) {
-	out, err := proc.Output(ctx, "git", "rev-parse", "--short", "HEAD")
-	if err != nil {
-		return "", fmt.Errorf("the commit: %w", err)
-	}
-	return strings.TrimSpace(string(out)), nil
-}
-
-// hostKernel returns the host's kernel release.
-func hostKernel() string {
-	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	return strings.TrimSpace(string(b))
-}
-
-// qemuVersion returns qemu-system-x86_64's first line of --version.
-func qemuVersion(ctx context.Context) string {
-	out, _ := proc.Output(ctx, "qemu-system-x86_64", "--version")
-	first, _, _ := strings.Cut(string(out), "\n")
-	return strings.TrimSpace(first)
-}
-
-// loadAverage returns /proc/loadavg's first three figures.
-func loadAverage() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 // firstSign is boot-test's line for the worker's first sign of life.

@@ -3,8 +3,9 @@
 // VM tests (real QEMU, btrfs on loop devices, network namespaces) run only
 // when BUILDFARM_VM_TESTS=1, which scripts/test and CI always set. It also
 // holds what tests and the bench/ harnesses share: building buildfarm and
-// the worker (GoBuild, BuildWorker, Worker) and a btrfs file system on a
-// loop device (MountBtrfs, Btrfs).
+// the worker (GoBuild, BuildWorker, Worker), a btrfs file system on a
+// loop device (MountBtrfs, Btrfs), and what a harness records of the host
+// beside its figures (LoadAverage, HostKernel, QEMUVersion, Commit).
 //
 // Environment:
 //
