@@ -12,12 +12,12 @@ package agent
 //
 // The agent makes it after a bootstrap, and whenever it is missing at an
 // enumeration: it boots a snapshot of the bootstrapped machine with the
-// worker's buildfarm.start=wait, waits for the worker's first request (for
-// worker.StartFile, which it never serves: the worker waits for its
-// task), saves the running guest's state (a live migration to a file; the
-// guest stops when the last of its memory is written), forces QEMU down,
-// and keeps the snapshot as the warm machine. The key is written last: a
-// warm machine without one is not there.
+// worker's buildfarm.start=wait (and warmKernelArgs), waits for the
+// worker's first request (for worker.StartFile, which it never serves: the
+// worker waits for its task), saves the running guest's state (a live
+// migration to a file; the guest stops when the last of its memory is
+// written), forces QEMU down, and keeps the snapshot as the warm machine.
+// The key is written last: a warm machine without one is not there.
 //
 // A task then takes its snapshot of the warm machine, not of the
 // bootstrapped one (the guest's memory holds that disk's mounted file
@@ -102,6 +102,16 @@ const StartField = "buildfarm-start"
 // warmStartup is a restored VM's time to its worker's first request: a
 // restore takes well under a second, a boot several.
 const warmStartup = 15 * time.Second
+
+// warmKernelArgs are added to the kernel command line of the VM a warm
+// state is saved from (and so to the key of the VMs restored from it):
+// init_on_free=1 makes the guest's kernel zero each page it frees, from
+// the start of its boot (the initrd once unpacked, the kernel's
+// set-up), and QEMU leaves zero pages out of the state. The busybox
+// machine's state went from 108 to 69 MB, and its restore, QEMU's start
+// to a running guest, from 0.64-1.37 s to 0.34-0.56 s on a loaded host.
+// Cold boots do without: zeroing costs them and saves them nothing.
+const warmKernelArgs = "init_on_free=1"
 
 // warmRetry is how long StartAuto waits before building again a warm
 // state whose build failed.
@@ -262,7 +272,7 @@ func (a *Agent) buildWarm(ctx context.Context, slot int, m *machineState) error 
 	}
 	var key manifest.Manifest
 	s.configure = func(ctx context.Context, cfg *qemu.Config) error {
-		cfg.Append = strings.TrimSpace(cfg.Append + " " + a.startArg())
+		cfg.Append = strings.TrimSpace(cfg.Append + " " + a.startArg() + " " + warmKernelArgs)
 		var err error
 		key, err = a.warmKey(ctx, m, s.port, cfg)
 		return err
@@ -358,7 +368,7 @@ func (a *Agent) warmSession(s *session, m *machineState, w *warmState) {
 	a.knownQEMUVersion(w.get("qemu"), w.get("qemu-version"))
 	var t0 time.Time
 	s.configure = func(ctx context.Context, cfg *qemu.Config) error {
-		cfg.Append = strings.TrimSpace(cfg.Append + " " + a.startArg())
+		cfg.Append = strings.TrimSpace(cfg.Append + " " + a.startArg() + " " + warmKernelArgs)
 		key, err := a.warmKey(ctx, m, s.port, cfg)
 		if err != nil {
 			return err
