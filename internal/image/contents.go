@@ -102,8 +102,9 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 		check(a.AddFileFrom(WorkerPath, 0o755, c.worker))
 	}
 
-	// The modules, the list init loads them from, and the modules.dep
-	// its modprobe reads.
+	// The modules, the list init loads them from (modules, all in
+	// dependency order; modules.early, the names of those it loads before
+	// the worker starts), and the modules.dep its modprobe reads.
 	idx, err := initramfs.LoadModules(c.kernel.Modules)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kernel modules: %w", err)
@@ -122,6 +123,16 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 		fmt.Fprintf(&list, "/%s/%s\n", base, m.Path)
 	}
 	check(a.AddFile("etc/buildfarm/modules", 0o644, list.Bytes()))
+	// The names of those the init loads before the worker starts.
+	early, err := idx.Closure(earlyModules(c.arch)...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kernel modules: %w", err)
+	}
+	var names bytes.Buffer
+	for _, m := range early {
+		fmt.Fprintf(&names, "%s\n", strings.TrimSuffix(path.Base(m.Path), ".ko"))
+	}
+	check(a.AddFile("etc/buildfarm/modules.early", 0o644, names.Bytes()))
 	dep, err := modulesDep(idx, mods)
 	if err != nil {
 		return nil, nil, err

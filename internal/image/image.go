@@ -56,6 +56,24 @@ var GuestModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "virtio_co
 // (the PL061 driver is built into the kernel).
 var AArch64Modules = []string{"virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4"}
 
+// EarlyModules are the guest modules the init loads (with what they
+// depend on) before the worker starts: the network's and, on x86_64, the
+// power button's (a guest whose worker has started powers off on the
+// button). It loads the others (the disk's, the console's) while the
+// worker makes its first requests (init.sh).
+var EarlyModules = []string{"virtio_pci", "virtio_net", "button", "evdev"}
+
+// AArch64EarlyModules are those of aarch64 guests (whose power button is
+// a GPIO line the init watches).
+var AArch64EarlyModules = []string{"virtio_pci", "virtio_net"}
+
+func earlyModules(a arch.Arch) []string {
+	if a == arch.AArch64 {
+		return AArch64EarlyModules
+	}
+	return EarlyModules
+}
+
 // Cmdline is the kernel command line of the x86_64 machines Build makes.
 // panic=-1 turns a guest panic into a reboot, which QEMU's -no-reboot makes
 // an exit; no_timer_check skips the IO-APIC timer check, which can fail

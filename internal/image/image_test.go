@@ -228,7 +228,7 @@ func boot(t *testing.T, dir, tftpDir, mac string, noDisk bool, extra ...string) 
 	if mac != "" {
 		nic += ",mac=" + mac
 	}
-	args := []string{"-M", "pc", "-accel", "tcg", "-m", "512", "-smp", "1",
+	args := []string{"-M", "q35", "-accel", "tcg", "-m", "512", "-smp", "1",
 		"-kernel", filepath.Join(dir, KernelFile), "-initrd", filepath.Join(dir, InitrdFile),
 		"-append", strings.TrimSpace(fmt.Sprintf("%s buildfarm.tftp=10.0.2.2:%d %s", strings.TrimSpace(string(cmdline)), port, strings.Join(extra, " "))),
 		"-nic", nic, "-serial", "file:" + serial,

@@ -2,15 +2,20 @@
 # buildfarm guest init: the first process of a one-shot build VM.
 #
 # 1. Mount /proc, /sys and /dev (devtmpfs).
-# 2. Load the kernel modules listed in /etc/buildfarm/modules (the image
-#    builder wrote them in dependency order, and a modules.dep for them)
-#    with one modprobe, and start acpid so that the ACPI power button
-#    powers the guest off (x86_64), or watch the GPIO power button
-#    (aarch64).
-# 3. Mount the build disk, /dev/vda (ext4): on /build (the worker's root is
-#    this initramfs), or as the root to chroot into (the rootfs preset).
-#    A guest without a disk still works: /build is then a directory of the
-#    initramfs, in memory.
+# 2. Load the kernel modules the network and the power button need
+#    (/etc/buildfarm/modules.early names them) with one modprobe (-a); the
+#    image builder wrote the list of all the modules,
+#    /etc/buildfarm/modules, in dependency order, and a modules.dep for
+#    them. Start acpid so that the ACPI power button powers the guest off
+#    (x86_64), or watch the GPIO power button (aarch64).
+# 3. The rest of the set-up, which the worker's first requests do without
+#    (see below): load the other modules (the disk's, the console's) with
+#    one modprobe; mount the build disk, /dev/vda (ext4), on /build (the
+#    worker's root is this initramfs) or as the root to chroot into (the
+#    rootfs preset), and a guest without a disk still works: /build is
+#    then a directory of the initramfs, in memory; link each virtio-serial
+#    port as /dev/virtio-ports/NAME (as udev would: the management
+#    console's channels); and make the file /run/buildfarm.ready.
 # 4. Network: static 10.0.2.15/24 via 10.0.2.2 when the NIC has the magic
 #    MAC 00:01:02:03:04:0b (tap on a bridge) or the kernel command line
 #    says buildfarm.net=user (QEMU's user-mode networking, whose DHCP server
@@ -22,13 +27,20 @@
 #    buildfarm.start=channel too (a guest whose state is saved for warm
 #    starts) the NIC stays down: the worker sets its MAC, brings it up and
 #    asks DHCP for a lease when its start comes.
-# 5. Link each virtio-serial port as /dev/virtio-ports/NAME (as udev would:
-#    the management console's channels), and make sure acpid has the power
-#    button open: both were left to come up during 3 and 4.
-# 6. Run the hooks in /etc/buildfarm/rc.d, in name order, with
-#    BUILDFARM_ROOT set to the worker's root.
-# 7. Start buildfarm-worker in /build with stdio on the console, and power
+# 5. Make sure acpid has the power button open: a guest whose worker has
+#    started powers off on the button. Run the hooks in
+#    /etc/buildfarm/rc.d, in name order, with BUILDFARM_ROOT set to the
+#    worker's root.
+# 6. Start buildfarm-worker in /build with stdio on the console, and power
 #    the guest off when it exits, whatever happened before.
+#
+# Step 3 runs in the background, at the lowest priority, while the
+# network is set up and the worker starts and makes its first requests
+# (its progress report, the task and its key), unless the worker's root
+# is on the disk or there are hooks: then it runs first, in order. The
+# worker waits for /run/buildfarm.ready (BUILDFARM_READY) before it
+# touches /build, and before it asks for its start (buildfarm.start=wait:
+# a saved guest has all of it behind it).
 #
 # Under TCG a process costs the guest about 4 ms, so what the init does
 # often (checks, waits, reading a file) it does with the shell's builtins.
@@ -63,32 +75,60 @@ read -r release </proc/sys/kernel/osrelease
 say "buildfarm guest $NAME, kernel $release, up ${up}s"
 echo "$NAME" >/proc/sys/kernel/hostname
 
-# The modules, all in one modprobe (-a), which loads each after what it
-# depends on; then see which are there.
-names=""
+# The modules: those the network and the power button need first, the
+# others in step 3, each set with one modprobe (-a), which loads each
+# after what it depends on. Without modules.early, all of them first.
+early=" "
+if [ -e /etc/buildfarm/modules.early ]; then
+	while read -r m; do early="$early$m "; done </etc/buildfarm/modules.early
+else
+	early="*"
+fi
+all=""
+first=""
+later=""
 while read -r ko; do
 	[ -n "$ko" ] || continue
 	m=${ko##*/}
-	names="$names ${m%.ko}"
+	m=${m%.ko}
+	all="$all $m"
+	case "$early" in
+	"*" | *" $m "*) first="$first $m" ;;
+	*) later="$later $m" ;;
+	esac
 done </etc/buildfarm/modules
-[ -z "$names" ] || modprobe -a $names
-loaded=""
-failed=""
-for m in $names; do
-	if [ -d "/sys/module/$m" ]; then
-		loaded="$loaded $m"
-	else
-		failed="$failed $m"
-	fi
-done
-say "modules loaded:$loaded"
-[ -z "$failed" ] || say "modules FAILED:$failed"
+# loaded NAME... says which of the modules are there.
+loaded() {
+	ok=""
+	failed=""
+	for m; do
+		if [ -d "/sys/module/$m" ]; then
+			ok="$ok $m"
+		else
+			failed="$failed $m"
+		fi
+	done
+	say "modules loaded:$ok"
+	[ -z "$failed" ] || say "modules FAILED:$failed"
+}
+# Step 3 in the background, unless the worker's root is on the disk or
+# there are hooks; in order otherwise, and then with one modprobe.
+background=1
+if [ "$ROOT" = disk ] || exists /etc/buildfarm/rc.d/*; then
+	background=""
+	first=$all
+	later=""
+fi
+[ -z "$first" ] || {
+	modprobe -a $first
+	loaded $first
+}
 
 # The ACPI power button (QMP system_powerdown) powers the guest off: busybox
 # acpid runs /etc/acpi/PWRF/00000080. acpid opens the event devices once,
-# so wait for devtmpfs to make them; it opens them while the disk and the
-# network are set up, and step 5 waits until it has: a power-down pressed
-# before that would be lost.
+# so wait for devtmpfs to make them; it opens them while the network is
+# set up, and step 5 waits until it has: a power-down pressed before that
+# would be lost.
 # events_made reports whether each input event device has its node.
 events_made() {
 	for e in /sys/class/input/event*; do
@@ -123,6 +163,80 @@ opened() {
 	done
 }
 
+# The disk: wait briefly for devtmpfs to make the node once the driver has
+# seen the device. Sets $run (the chroot of the rootfs preset) and
+# BUILDFARM_ROOT.
+mount_disk() {
+	[ -d /build ] || mkdir -p /build
+	disk=""
+	if [ -e /sys/block/vda ]; then
+		n=0
+		while [ ! -b /dev/vda ] && [ $n -lt 50 ]; do
+			usleep 20000
+			n=$((n + 1))
+		done
+		disk=/dev/vda
+	fi
+	if [ -z "$disk" ]; then
+		say "no disk: /build is in memory"
+	elif [ "$ROOT" = disk ]; then
+		mkdir -p /mnt/root
+		if mount -t ext4 "$disk" /mnt/root; then
+			say "disk $disk mounted on /mnt/root, the worker's root"
+			for d in proc sys dev; do
+				mkdir -p "/mnt/root/$d"
+				mount --bind "/$d" "/mnt/root/$d"
+			done
+			mkdir -p /mnt/root/build /mnt/root/tmp
+			run="chroot /mnt/root"
+			export BUILDFARM_ROOT=/mnt/root
+		else
+			say "mounting $disk FAILED"
+			halt
+		fi
+	elif mount -t ext4 "$disk" /build; then
+		say "disk $disk mounted on /build"
+	else
+		say "mounting $disk on /build FAILED; /build is in memory"
+	fi
+}
+
+# virtio-serial ports by name: guest programs write notifications to
+# /dev/virtio-ports/org.buildfarm.notify. The host announces the ports
+# after the driver has bound: wait for them briefly.
+link_ports() {
+	n=0
+	while exists /sys/bus/virtio/drivers/virtio_console/virtio* && ! exists /sys/class/virtio-ports/* && [ $n -lt 50 ]; do
+		usleep 20000
+		n=$((n + 1))
+	done
+	for p in /sys/class/virtio-ports/*; do
+		[ -e "$p/name" ] || continue
+		[ -d /dev/virtio-ports ] || mkdir -p /dev/virtio-ports
+		read -r port <"$p/name"
+		ln -sf "../${p##*/}" "/dev/virtio-ports/$port"
+		# Build steps run unprivileged and may write notifications.
+		[ "$port" != org.buildfarm.notify ] || chmod 0666 "/dev/${p##*/}"
+	done
+}
+
+# Step 3.
+ready=/run/buildfarm.ready
+set_up() {
+	if [ -n "$1" ]; then
+		# In the background, at the lowest priority: the worker first.
+		read -r self _ </proc/self/stat
+		renice -n 19 -p "$self" >/dev/null 2>&1
+	fi
+	[ -z "$later" ] || {
+		modprobe -a $later
+		loaded $later
+	}
+	mount_disk
+	link_ports
+	: >"$ready"
+}
+
 # aarch64: QEMU's virt machine without firmware has no ACPI; QMP
 # system_powerdown pulses pin 3 of its PL061 GPIO for 100 ms, and Debian's
 # cloud kernel has no gpio-keys driver to make that a key press. Watch the
@@ -150,40 +264,14 @@ for c in /sys/class/gpio/gpiochip*; do
 	) </dev/null &
 done
 
-# The disk: wait briefly for devtmpfs to make the node once the driver has
-# seen the device.
-[ -d /build ] || mkdir -p /build
-disk=""
-if [ -e /sys/block/vda ]; then
-	n=0
-	while [ ! -b /dev/vda ] && [ $n -lt 50 ]; do
-		usleep 20000
-		n=$((n + 1))
-	done
-	disk=/dev/vda
-fi
 run=""
-if [ -z "$disk" ]; then
-	say "no disk: /build is in memory"
-elif [ "$ROOT" = disk ]; then
-	mkdir -p /mnt/root
-	if mount -t ext4 "$disk" /mnt/root; then
-		say "disk $disk mounted on /mnt/root, the worker's root"
-		for d in proc sys dev; do
-			mkdir -p "/mnt/root/$d"
-			mount --bind "/$d" "/mnt/root/$d"
-		done
-		mkdir -p /mnt/root/build /mnt/root/tmp
-		run="chroot /mnt/root"
-		export BUILDFARM_ROOT=/mnt/root
-	else
-		say "mounting $disk FAILED"
-		halt
-	fi
-elif mount -t ext4 "$disk" /build; then
-	say "disk $disk mounted on /build"
+setup=""
+if [ -n "$background" ]; then
+	set_up background &
+	setup=$!
+	export BUILDFARM_READY="$ready"
 else
-	say "mounting $disk on /build FAILED; /build is in memory"
+	set_up
 fi
 export BUILDFARM_ROOT=${BUILDFARM_ROOT:-/}
 
@@ -213,6 +301,13 @@ else
 	[ -n "$dhcp" ] && [ -n "$channel" ] || ip link set "$nic" up
 	if [ -n "$dhcp" ] && [ -n "$channel" ]; then
 		say "network $nic ($mac): down until the worker's start"
+		if [ "$ROOT" = disk ] && mkdir -p /mnt/root/run/buildfarm/bin; then
+			# The worker sets the network up from the disk's root, which
+			# may have no ip nor udhcpc: busybox's, and the DHCP script.
+			cp /bin/busybox /etc/buildfarm/udhcpc.script /mnt/root/run/buildfarm/
+			ln -sf ../busybox /mnt/root/run/buildfarm/bin/ip
+			ln -sf ../busybox /mnt/root/run/buildfarm/bin/udhcpc
+		fi
 	elif [ -z "$dhcp" ] && { [ "$mac" = 00:01:02:03:04:0b ] || [ -n "$user" ]; }; then
 		ip addr add 10.0.2.15/24 dev "$nic"
 		ip route add default via 10.0.2.2
@@ -225,23 +320,6 @@ else
 	fi
 	[ "$ROOT" != disk ] || cp /etc/resolv.conf /mnt/root/etc/resolv.conf 2>/dev/null
 fi
-
-# virtio-serial ports by name: guest programs write notifications to
-# /dev/virtio-ports/org.buildfarm.notify. The host announces the ports
-# after the driver has bound: wait for them briefly.
-n=0
-while exists /sys/bus/virtio/drivers/virtio_console/virtio* && ! exists /sys/class/virtio-ports/* && [ $n -lt 50 ]; do
-	usleep 20000
-	n=$((n + 1))
-done
-for p in /sys/class/virtio-ports/*; do
-	[ -e "$p/name" ] || continue
-	[ -d /dev/virtio-ports ] || mkdir -p /dev/virtio-ports
-	read -r port <"$p/name"
-	ln -sf "../${p##*/}" "/dev/virtio-ports/$port"
-	# Build steps run unprivileged and may write notifications.
-	[ "$port" != org.buildfarm.notify ] || chmod 0666 "/dev/${p##*/}"
-done
 
 # acpid has the power button open before anyone is told the guest is up.
 if [ -n "$acpid" ]; then
@@ -266,7 +344,8 @@ else
 	(cd /build && exec buildfarm-worker)
 fi
 say "buildfarm-worker exited: status $?"
-[ -z "$disk" ] || {
+[ -z "$setup" ] || wait "$setup"
+[ ! -e /sys/block/vda ] || {
 	sync
 	[ "$ROOT" != disk ] || umount /mnt/root/proc /mnt/root/sys /mnt/root/dev
 	umount /build /mnt/root 2>/dev/null

@@ -35,9 +35,51 @@ const StartFile = "start"
 // which made each later request late too.
 const (
 	startPoll    = 5 * time.Millisecond
-	startTimeout = 30 * time.Millisecond
-	startRetries = 33
+	startTimeout = 10 * time.Millisecond
+	startRetries = 100
 )
+
+// ReadyEnv is the environment variable that names the file the guest's
+// init makes once the set-up the worker's first requests do without is
+// done: the build disk on the work directory, the console's ports and the
+// power button (package image's init does them while the worker starts).
+// The worker waits for the file before it touches its work directory, and
+// before it asks for its start (a saved guest has all of it behind it).
+// Unset, the worker does not wait.
+const ReadyEnv = "BUILDFARM_READY"
+
+// readyPoll is the pause between looks for ReadyEnv's file.
+const readyPoll = 2 * time.Millisecond
+
+// awaitReady waits for the file ReadyEnv names, if any: until it exists
+// or ctx is done (the agent's deadlines bound the wait); then it enters
+// the work directory again.
+func (w *Worker) awaitReady(ctx context.Context) error {
+	file := os.Getenv(ReadyEnv)
+	if file == "" {
+		return nil
+	}
+	t0 := time.Now()
+	for {
+		if _, err := os.Stat(file); err == nil {
+			break
+		}
+		t := time.NewTimer(readyPoll)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("waiting for the guest's set-up (%s): %w", file, ctx.Err())
+		}
+	}
+	// The init started the worker in its directory before the disk was
+	// mounted on it: enter the mounted one.
+	if err := os.Chdir(w.cfg.Dir); err != nil {
+		w.log.Warn("work directory", "err", err)
+	}
+	w.log.Debug("guest set up", "waited", time.Since(t0).Round(time.Millisecond))
+	return nil
+}
 
 // Start is the contents of StartFile: what a restored guest must not share
 // with the others restored from the same state.
@@ -139,6 +181,10 @@ func ParseStart(r io.Reader, file string) (*Start, error) {
 // answer was lost) are repeated every startPoll, without end: the agent's
 // startup deadline bounds the wait.
 func (w *Worker) awaitStart(ctx context.Context) error {
+	// The saved guest has all of its set-up behind it.
+	if err := w.awaitReady(ctx); err != nil {
+		return err
+	}
 	if w.cfg.StartChannel {
 		return w.awaitChannelStart(ctx)
 	}

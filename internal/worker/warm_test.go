@@ -133,6 +133,54 @@ func TestAwaitStart(t *testing.T) {
 	}
 }
 
+// TestAwaitReady: with ReadyEnv set, the worker fetches its task but
+// touches its directory only once the init's file is there, and then
+// runs the task.
+func TestAwaitReady(t *testing.T) {
+	session := t.TempDir()
+	addr := agentSide(t, session)
+	placeTask(t, session, "hello")
+	t.Chdir(t.TempDir()) // awaitReady enters the work directory
+	ready := filepath.Join(t.TempDir(), "ready")
+	t.Setenv(ReadyEnv, ready)
+	w := testWorker(t, addr, ModeBuild)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(session, "put", ProgressFile)); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no progress report from the worker before the guest's set-up is done")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if ents, err := os.ReadDir(w.cfg.Dir); err != nil || len(ents) > 0 {
+		t.Fatalf("the worker touched its directory before the set-up was done: %v, %v", ents, err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned %v before the set-up was done", err)
+	default:
+	}
+	if err := os.WriteFile(ready, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if res := readResult(t, session); res.Status != manifest.StatusSuccess {
+		t.Errorf("status %v, want success", res.Status)
+	}
+	if wd, err := os.Getwd(); err != nil || wd != w.cfg.Dir {
+		t.Errorf("working directory %q, %v; want the work directory %s", wd, err, w.cfg.Dir)
+	}
+}
+
 func TestParseCmdlineStart(t *testing.T) {
 	c := DefaultConfig()
 	if err := c.ParseCmdline("quiet " + StartWaitArg); err != nil || !c.AwaitStart {

@@ -157,6 +157,8 @@ func (w *Worker) Build(ctx context.Context) error {
 	// 3. Run the operations in order, as that user; the first that fails
 	//    ends the build.
 	// 4. Upload the result manifest under the key's name.
+	// Before it touches DIR, the worker waits for the guest's set-up
+	// (awaitReady).
 	// With buildfarm.start=wait, first await the start (see awaitStart).
 	if w.cfg.AwaitStart {
 		if err := w.awaitStart(ctx); err != nil {
@@ -195,6 +197,9 @@ func (w *Worker) Build(ctx context.Context) error {
 	}
 	res := &manifest.Result{Name: task.Name, Version: task.Version, Status: manifest.StatusSuccess}
 	src := filepath.Join(w.cfg.Dir, "src")
+	if err := w.awaitReady(ctx); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(w.artifacts(), 0o755); err != nil {
 		return err
 	}
@@ -303,6 +308,9 @@ func (w *Worker) Bootstrap(ctx context.Context) error {
 	//    their SHA-256 sums.
 	// 2. Fetch each file, verify its sum, install it under DIR/toolchain.
 	// 3. Upload bootstrap.manifest.
+	if err := w.awaitReady(ctx); err != nil {
+		return err
+	}
 	w.progress(ctx, "toolchain", "fetching")
 	var tb bytes.Buffer
 	if err := w.get(ctx, ToolchainFile, &tb); err != nil {
