@@ -13,8 +13,9 @@
 //   - cold: package agent in process, --start cold, --fake-request
 //     examples/hello/task.manifest (examples/hello-c for debian)
 //     --dump-result, timed around the whole Agent.Run; and from the
-//     agent's "starting the task's VM" log record to its "VM booted" (the
-//     worker's first TFTP request).
+//     agent's "starting the task's VM" log record to the arrival of the
+//     worker's first TFTP request (its log record, at the transfer's end,
+//     less the transfer's duration).
 //   - warm: the same with --start auto: the VM restored from the warm
 //     state.
 //   - raw (busybox only), on QEMU's pc machine and on q35 (the one the
@@ -66,6 +67,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/qemu"
 	"github.com/buildfarm/buildfarm/internal/qemu/guesttest"
 	"github.com/buildfarm/buildfarm/internal/testenv"
+	"github.com/buildfarm/buildfarm/internal/tftp"
 )
 
 type config struct {
@@ -474,14 +476,20 @@ func (f *farm) task(ctx context.Context, start string) (timing, error) {
 	}
 	h.m.mu.Lock()
 	defer h.m.mu.Unlock()
-	s, b := h.m.at["starting the task's VM"], h.m.at["VM booted"]
-	if s.IsZero() || b.IsZero() {
+	s, b := h.m.at["starting the task's VM"], h.m.at[firstRequest]
+	if s.IsZero() || b.IsZero() || h.m.at["VM booted"].IsZero() {
 		return timing{}, fmt.Errorf("no start or first request in the agent's log %s", f.log.Name())
 	}
 	return timing{total: total, boot: b.Sub(s)}, nil
 }
 
-// stamps keeps the time of the last log record of each message.
+// firstRequest is the mark of the worker's first TFTP request: when it
+// arrived, which is its log record's time (the transfer's end) less the
+// transfer's duration.
+const firstRequest = "first TFTP request"
+
+// stamps keeps the time of the last log record of each message, and the
+// arrival of the first TFTP request.
 type stamps struct {
 	slog.Handler
 	m *marks
@@ -495,6 +503,15 @@ type marks struct {
 func (s stamps) Handle(ctx context.Context, r slog.Record) error {
 	s.m.mu.Lock()
 	s.m.at[r.Message] = r.Time
+	if _, ok := s.m.at[firstRequest]; !ok && strings.HasPrefix(r.Message, "tftp: request") {
+		r.Attrs(func(a slog.Attr) bool {
+			if req, ok := a.Value.Any().(tftp.Request); ok {
+				s.m.at[firstRequest] = r.Time.Add(-req.Duration)
+				return false
+			}
+			return true
+		})
+	}
 	s.m.mu.Unlock()
 	return s.Handler.Handle(ctx, r)
 }
