@@ -192,9 +192,7 @@ func run(ctx context.Context, c config) error {
 			for i := range ts[a] {
 				r.Rounds = append(r.Rounds, round3(pick(ts[a][i]).Seconds()/pick(ts[b][i]).Seconds()))
 			}
-			sorted := slices.Clone(r.Rounds)
-			slices.Sort(sorted)
-			r.Median, r.Min, r.Max = sorted[len(sorted)/2], sorted[0], sorted[len(sorted)-1]
+			r.Median, r.Min, r.Max = spread(r.Rounds)
 			pr.Ratios = append(pr.Ratios, r)
 			fmt.Printf("%s: %s, round by round: median %.2f (%.2f-%.2f)\n", preset, name, r.Median, r.Min, r.Max)
 		}
@@ -298,10 +296,15 @@ func newSeries(ds []time.Duration) Series {
 	for _, d := range ds {
 		s.Runs = append(s.Runs, round3(d.Seconds()))
 	}
-	sorted := slices.Clone(s.Runs)
-	slices.Sort(sorted)
-	s.Median, s.Min, s.Max = sorted[len(sorted)/2], sorted[0], sorted[len(sorted)-1]
+	s.Median, s.Min, s.Max = spread(s.Runs)
 	return s
+}
+
+// spread returns the median, the least and the greatest of xs.
+func spread(xs []float64) (median, least, greatest float64) {
+	sorted := slices.Clone(xs)
+	slices.Sort(sorted)
+	return sorted[len(sorted)/2], sorted[0], sorted[len(sorted)-1]
 }
 
 func col[T any](xs []T, f func(T) time.Duration) []time.Duration {
