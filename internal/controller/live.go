@@ -96,7 +96,7 @@ func (s *Server) handleLiveEvent(w http.ResponseWriter, r *http.Request) {
 		s.writeProtocolError(w, r, err)
 		return
 	}
-	ms, err := readManifests(w, r, MaxLiveEvent, "live event")
+	ms, err := readManifests(w, r, MaxLiveEvent, liveEventLimits, "live event")
 	if err != nil {
 		s.writeProtocolError(w, r, err)
 		return
@@ -117,6 +117,10 @@ func (s *Server) handleLiveEvent(w http.ResponseWriter, r *http.Request) {
 }
 
 // parseLiveEvent reads a live event's manifest.
+// liveEventLimits bound a live event's stream: one manifest of a few
+// fields (one more of each, for parseLiveEvent to name).
+var liveEventLimits = manifest.Limits{Manifests: 2, Pairs: 64}
+
 func parseLiveEvent(ms []manifest.Manifest) (store.Event, error) {
 	var e store.Event
 	if len(ms) != 1 {

@@ -60,13 +60,13 @@ func (s *Server) writeProtocolError(w http.ResponseWriter, r *http.Request, err 
 }
 
 // readManifests reads a request body of at most limit bytes as a manifest
-// stream; name is what the errors call it.
-func readManifests(w http.ResponseWriter, r *http.Request, limit int64, name string) ([]manifest.Manifest, error) {
+// stream within lim; name is what the errors call it.
+func readManifests(w http.ResponseWriter, r *http.Request, limit int64, lim manifest.Limits, name string) ([]manifest.Manifest, error) {
 	data, err := readLimited(w, r, limit, name)
 	if err != nil {
 		return nil, err
 	}
-	st, err := manifest.Parse(bytes.NewReader(data), name)
+	st, err := lim.Parse(bytes.NewReader(data), name)
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +109,7 @@ func (s *Server) handleTask(w http.ResponseWriter, r *http.Request) {
 func (s *Server) task(w http.ResponseWriter, r *http.Request) (*manifest.TaskResponse, error) {
 	ctx := r.Context()
 	// 1.
-	ms, err := readManifests(w, r, MaxTaskRequest, "task request")
+	ms, err := readManifests(w, r, MaxTaskRequest, manifest.TaskRequestLimits, "task request")
 	if err != nil {
 		return nil, err
 	}
@@ -309,7 +309,7 @@ func (s *Server) handleResult(w http.ResponseWriter, r *http.Request) {
 func (s *Server) result(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	// 1.
-	ms, err := readManifests(w, r, MaxResultRequest, "result request")
+	ms, err := readManifests(w, r, MaxResultRequest, manifest.ResultRequestLimits, "result request")
 	if err != nil {
 		return err
 	}

@@ -220,6 +220,27 @@ func TestBodyCaps(t *testing.T) {
 	if code != 400 || !strings.HasPrefix(string(body), "task request:2:") {
 		t.Errorf("bad task request = %d %q, want 400 with task request:LINE:COL", code, body)
 	}
+	// Within the byte cap, a stream past the protocol's counts is refused
+	// at the pair or manifest that passes them, before anything is built.
+	many := agentReq("", "busybox")
+	for range manifest.TaskRequestLimits.Pairs {
+		many.Extra = append(many.Extra, manifest.Pair{Name: "a"})
+	}
+	code, body = post(t, s.URL()+"/task", many.Manifests(), nil)
+	if code != 400 || !strings.Contains(string(body), "pairs") {
+		t.Errorf("task request of %d pairs = %d %q, want 400 naming the pairs limit", manifest.TaskRequestLimits.Pairs, code, body)
+	}
+	rr = resultFor(resp, manifest.StatusSuccess, "")
+	for range manifest.ResultRequestLimits.Manifests {
+		rr = append(rr, manifest.Manifest{{Name: "", Value: "1"}})
+	}
+	code, body = post(t, resp.ResultURL, rr, nil)
+	if code != 400 || !strings.Contains(string(body), "manifests") {
+		t.Errorf("result request of %d manifests = %d %q, want 400 naming the manifests limit", len(rr), code, body)
+	}
+	if tk := taskOf(t, st, sub.Tasks[0].ID); tk.State != store.Running {
+		t.Errorf("task after a result request past the limits: %s, want still running", tk.State)
+	}
 }
 
 // TestSessions: unknown and expired sessions are refused and store

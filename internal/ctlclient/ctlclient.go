@@ -128,7 +128,7 @@ func (c *Client) RequestTask(ctx context.Context, url string, req *manifest.Task
 	if wait > 0 {
 		hdr.Set(WaitHeader, strconv.Itoa(max(1, int(wait/time.Second))))
 	}
-	ms, err := c.post(ctx, url, req.Manifests(), hdr, wait)
+	ms, err := c.post(ctx, url, req.Manifests(), manifest.TaskResponseLimits, hdr, wait)
 	if err != nil {
 		return nil, err
 	}
@@ -142,10 +142,14 @@ func (c *Client) RequestTask(ctx context.Context, url string, req *manifest.Task
 	return resp, nil
 }
 
+// resultResponseLimits bound the answer to a result request, which the
+// client does not read: brep answers with at most a short manifest.
+var resultResponseLimits = manifest.Limits{Manifests: 2, Pairs: 100}
+
 // PostResult POSTs the result request rr to url (the task response's
 // result URL). Any 2xx status is the controller's acknowledgement.
 func (c *Client) PostResult(ctx context.Context, url string, rr *manifest.ResultRequest) error {
-	_, err := c.post(ctx, url, rr.Manifests(), nil, 0)
+	_, err := c.post(ctx, url, rr.Manifests(), resultResponseLimits, nil, 0)
 	return err
 }
 
@@ -189,8 +193,9 @@ func (c *Client) FetchArchive(ctx context.Context, url, sum string, maxBytes int
 }
 
 // post sends a manifest stream to url and returns the answer's stream
-// (nil for an empty body). The exchange may take Timeout plus extra.
-func (c *Client) post(ctx context.Context, url string, ms []manifest.Manifest, hdr http.Header, extra time.Duration) ([]manifest.Manifest, error) {
+// (nil for an empty body), parsed within lim. The exchange may take
+// Timeout plus extra.
+func (c *Client) post(ctx context.Context, url string, ms []manifest.Manifest, lim manifest.Limits, hdr http.Header, extra time.Duration) ([]manifest.Manifest, error) {
 	if c.HTTP == nil {
 		return nil, errors.New("ctlclient: no HTTP client")
 	}
@@ -223,7 +228,7 @@ func (c *Client) post(ctx context.Context, url string, ms []manifest.Manifest, h
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, nil
 	}
-	out, err := manifest.Parse(bytes.NewReader(data), url)
+	out, err := lim.Parse(bytes.NewReader(data), url)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrGarbled, err)
 	}

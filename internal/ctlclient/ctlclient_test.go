@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -236,4 +237,45 @@ func TestNewHTTPClientCA(t *testing.T) {
 
 func writePEM(path string, der []byte) error {
 	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+}
+
+// TestHostileAnswerBounded: a task response of many tiny manifests or
+// pairs, within the byte cap, is refused at the task response's limits,
+// naming the limit, and what the client allocates for it stays within 4
+// times the answer (a Stream of its text, never the manifests built
+// from it).
+func TestHostileAnswerBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"manifests", ": 1\nsession: s\n" + strings.Repeat(":\n", 500_000), "manifests"},
+		{"pairs", ": 1\nsession: s\n" + strings.Repeat("a:\n", 500_000), "pairs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				io.WriteString(w, tc.body)
+			}))
+			defer srv.Close()
+			c := client(10 * time.Second)
+			var err error
+			// Allocated bytes, as testing.AllocsPerRun counts allocations.
+			alloc := func() uint64 {
+				var m runtime.MemStats
+				runtime.ReadMemStats(&m)
+				return m.TotalAlloc
+			}
+			before := alloc()
+			_, err = c.RequestTask(context.Background(), srv.URL, request(), 0)
+			took := alloc() - before
+			if !errors.Is(err, ErrGarbled) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("RequestTask = %v, want %v naming its %s limit", err, ErrGarbled, tc.want)
+			}
+			// The answer read (once, into the cap's buffer), its Stream, and
+			// the HTTP exchange's own.
+			if limit := 4*uint64(len(tc.body)) + 1<<20; took > limit {
+				t.Errorf("RequestTask allocated %d bytes for a %d-byte answer, want at most %d", took, len(tc.body), limit)
+			}
+		})
+	}
 }

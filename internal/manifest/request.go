@@ -37,6 +37,25 @@ type TaskRequest struct {
 	Extra []Pair
 }
 
+// The limits of the protocol's streams, for those who read them (with
+// Limits.Parse) before their typed parser: each bounds what a stream may
+// make the reader build, whatever its size in bytes. A stream is a header
+// and what follows it: a task request's machine headers, a task
+// response's task, a result request's result. The counts leave room for
+// one manifest more than the protocol has, so that the typed parser, not
+// the limit, names what is wrong with such a stream.
+var (
+	// TaskRequestLimits: the header and up to MaxMachines machine headers.
+	TaskRequestLimits = Limits{Manifests: 1 + MaxMachines + 1, Pairs: 8 << 10}
+	// TaskResponseLimits: the header and a task.
+	TaskResponseLimits = Limits{Manifests: 3, Pairs: 10_000}
+	// ResultRequestLimits: the header and a result.
+	ResultRequestLimits = Limits{Manifests: 3, Pairs: 10_000}
+)
+
+// MaxMachines is the most machine headers a task request's limits let in.
+const MaxMachines = 1024
+
 // ParseTaskRequest validates ms as a task request stream.
 func ParseTaskRequest(ms []Manifest, file string, mode Mode) (*TaskRequest, error) {
 	f, err := streamHeader("task request", ms, file, mode)
