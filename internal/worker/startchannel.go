@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -30,8 +31,14 @@ import (
 // on the channel; its text names the network interface.
 const AwaitStartEvent = "await-start"
 
-// DHCPScript is udhcpc's event script in the guest images.
-const DHCPScript = "/etc/buildfarm/udhcpc.script"
+// DHCPScript is udhcpc's event script in the guest images. A worker whose
+// root is the disk's (the debian machine) finds busybox's ip and udhcpc
+// in ToolsDir/bin and the script in ToolsDir, where the guest's init put
+// them for a start over the channel.
+const (
+	DHCPScript = "/etc/buildfarm/udhcpc.script"
+	ToolsDir   = "/run/buildfarm"
+)
 
 // startHandoff bounds the wait of a start request for a worker that
 // takes it: a worker that awaits none fails the request.
@@ -83,6 +90,12 @@ func (w *Worker) awaitChannelStart(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A worker that could not renew its network after the restore must
+	// say so now, so that no state is saved.
+	script, err := networkTools()
+	if err != nil {
+		return err
+	}
 	if err := run(ctx, "ip", "link", "set", "dev", nic, "down"); err != nil {
 		return err
 	}
@@ -95,7 +108,7 @@ func (w *Worker) awaitChannelStart(ctx context.Context) error {
 	case r := <-c.starts:
 		t0 := time.Now()
 		w.applyStart(r.start)
-		err := w.renewNetwork(ctx, nic, r.start)
+		err := w.renewNetwork(ctx, nic, script, r.start)
 		if err == nil && r.start.TFTP != "" {
 			w.cfg.TFTP = r.start.TFTP
 		}
@@ -109,18 +122,47 @@ func (w *Worker) awaitChannelStart(ctx context.Context) error {
 }
 
 // renewNetwork gives nic the start's MAC, brings it up and asks DHCP for
-// a lease. A start without a MAC leaves the network down.
-func (w *Worker) renewNetwork(ctx context.Context, nic string, s *Start) error {
+// a lease with script. A start without a MAC leaves the network down.
+func (w *Worker) renewNetwork(ctx context.Context, nic, script string, s *Start) error {
 	if s.MAC == "" {
 		return nil
 	}
 	if err := run(ctx, "ip", "link", "set", "dev", nic, "address", s.MAC, "up"); err != nil {
 		return err
 	}
-	if _, err := os.Stat(DHCPScript); err != nil {
-		return fmt.Errorf("network %s: DHCP: %w", nic, err)
+	return run(ctx, "udhcpc", "-i", nic, "-f", "-q", "-n", "-t", "10", "-T", "1", "-s", script)
+}
+
+// toolsPath is the PATH the network's programs run with: ToolsDir/bin
+// first.
+func toolsPath() string { return ToolsDir + "/bin:" + os.Getenv("PATH") }
+
+// networkTools checks that ip and udhcpc are there, and returns the DHCP
+// script: DHCPScript, or the one in ToolsDir.
+func networkTools() (string, error) {
+	for _, p := range []string{"ip", "udhcpc"} {
+		if _, err := lookPath(p, toolsPath()); err != nil {
+			return "", fmt.Errorf("%s: the network cannot be renewed after a restore: %w", StartChannelArg, err)
+		}
 	}
-	return run(ctx, "udhcpc", "-i", nic, "-f", "-q", "-n", "-t", "10", "-T", "1", "-s", DHCPScript)
+	for _, s := range []string{DHCPScript, ToolsDir + "/udhcpc.script"} {
+		if _, err := os.Stat(s); err == nil {
+			return s, nil
+		}
+	}
+	return "", fmt.Errorf("%s: the network cannot be renewed after a restore: no DHCP script %s", StartChannelArg, DHCPScript)
+}
+
+// lookPath finds the program name in path, as exec.LookPath does in
+// $PATH.
+func lookPath(name, path string) (string, error) {
+	for _, d := range filepath.SplitList(path) {
+		p := filepath.Join(d, name)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: not found in %s", name, path)
 }
 
 // firstNIC returns the guest's network interface: the first in
@@ -138,9 +180,16 @@ func firstNIC() (string, error) {
 	return "", errors.New("network: no interface besides lo")
 }
 
-// run runs a program to its end; its error carries the output.
+// run runs a program of the network's (toolsPath) to its end; its error
+// carries the output.
 func run(ctx context.Context, name string, args ...string) error {
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	path, err := lookPath(name, toolsPath())
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Env = append(os.Environ(), "PATH="+toolsPath())
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
