@@ -73,23 +73,36 @@ func New(ctx context.Context, bridge string) (*Tap, error) {
 	return t, nil
 }
 
-// create makes the persistent tap t.Name, refusing a name in use.
-func (t *Tap) create() error {
+// open opens the tap name through the clone device (TUNSETIFF with
+// flags besides IFF_TAP and IFF_NO_PI), making it if there is none, and
+// sets its persistence; the descriptor is closed before it returns.
+func open(name string, flags uint16, persist int) error {
 	fd, err := unix.Open(tunDevice, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("tap %s: %w", t.Name, err)
+		return err
 	}
 	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq(t.Name)
+	ifr, err := unix.NewIfreq(name)
 	if err != nil {
-		return fmt.Errorf("tap %s: %w", t.Name, err)
+		return err
 	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_TUN_EXCL)
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		return fmt.Errorf("tap %s: TUNSETIFF: %w", t.Name, err)
+		if errors.Is(err, unix.EBUSY) && flags&unix.IFF_TUN_EXCL == 0 {
+			return errInUse
+		}
+		return fmt.Errorf("TUNSETIFF: %w", err)
 	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
-		return fmt.Errorf("tap %s: TUNSETPERSIST: %w", t.Name, err)
+	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, persist); err != nil {
+		return fmt.Errorf("TUNSETPERSIST: %w", err)
+	}
+	return nil
+}
+
+// create makes the persistent tap t.Name, refusing a name in use.
+func (t *Tap) create() error {
+	if err := open(t.Name, unix.IFF_TUN_EXCL, 1); err != nil {
+		return fmt.Errorf("tap %s: %w", t.Name, err)
 	}
 	return nil
 }
@@ -147,29 +160,15 @@ func (t *Tap) Delete() error {
 // persistence: errInUse when a process holds it open, nil when there is
 // no such tap.
 func remove(name string) error {
-	fd, err := unix.Open(tunDevice, unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("tap %s: delete: %w", name, err)
-	}
-	defer unix.Close(fd)
 	if _, err := net.InterfaceByName(name); err != nil {
 		return nil // gone (opening it would make a new one)
 	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
+	// The tap goes when the descriptor that cleared its persistence is
+	// closed.
+	if err := open(name, 0, 0); err != nil {
 		return fmt.Errorf("tap %s: delete: %w", name, err)
 	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		if errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("tap %s: delete: %w", name, errInUse)
-		}
-		return fmt.Errorf("tap %s: delete: TUNSETIFF: %w", name, err)
-	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 0); err != nil {
-		return fmt.Errorf("tap %s: delete: TUNSETPERSIST: %w", name, err)
-	}
-	return nil // the tap goes when fd is closed
+	return nil
 }
 
 // List returns the names of the taps of this package in the calling
