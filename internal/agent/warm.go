@@ -23,9 +23,10 @@ package agent
 // bootstrapped one (the guest's memory holds that disk's mounted file
 // system), and QEMU restores the state (-incoming) in a fresh network
 // namespace whose TFTP server listens on the port the state was saved
-// with: from the guest's side, 10.0.2.2:PORT is where it was. At the
-// restored worker's first request the agent writes the start file: the
-// host's time and 64 random bytes. The worker sets the clock, adds the
+// with: from the guest's side, 10.0.2.2:PORT is where it was. From
+// QEMU's start to the restored worker's first request the agent keeps
+// the start file fresh, written again every startRefresh: the host's time
+// and 64 random bytes. The worker sets the clock, adds the
 // bytes to the kernel's random pool, credited, and reseeds the kernel's
 // generator (RNDADDENTROPY, RNDRESEEDCRNG), then asks for its task as a
 // cold-booted worker does. What stays the same in every VM restored from
@@ -357,7 +358,7 @@ func (a *Agent) taskSnapshot(ctx context.Context, m *machineState, w *warmState)
 // warmSession makes s restore w, machine m's state: the state's TFTP port (in a namespace of
 // its own the port is free), the short startup deadline, the check of the
 // key against the VM about to start, -incoming, and the start file
-// written at the restored worker's first request.
+// kept fresh until the restored worker's first request (keepStartFresh).
 func (a *Agent) warmSession(s *session, m *machineState, w *warmState) {
 	if p, err := strconv.Atoi(w.get("tftp-port")); err == nil && !a.opts.NoNetNS && a.opts.Bridge == "" {
 		s.port = p
@@ -367,6 +368,8 @@ func (a *Agent) warmSession(s *session, m *machineState, w *warmState) {
 	// version: that program, unchanged, need not be asked again.
 	a.knownQEMUVersion(w.get("qemu"), w.get("qemu-version"))
 	var t0 time.Time
+	var once sync.Once
+	asked := make(chan struct{})
 	s.configure = func(ctx context.Context, cfg *qemu.Config) error {
 		cfg.Append = strings.TrimSpace(cfg.Append + " " + a.startArg() + " " + warmKernelArgs)
 		key, err := a.warmKey(ctx, m, s.port, cfg)
@@ -380,20 +383,53 @@ func (a *Agent) warmSession(s *session, m *machineState, w *warmState) {
 			return err
 		}
 		t0 = time.Now()
+		if a.opts.Bridge == "" {
+			go a.keepStartFresh(s, asked)
+		}
 		return nil
 	}
 	if a.opts.Bridge != "" {
 		return // the start goes over the guest channel (bridge.go)
 	}
-	var once sync.Once
 	s.onRequest = func(tftp.Request) {
 		once.Do(func() {
-			if err := writeStart(s.getDir()); err != nil {
-				a.log.Error("start file not written", "vm", s.name, "err", err)
-				return
-			}
+			close(asked)
 			a.log.Info("VM restored: the worker asked for its start", "vm", s.name, "after", time.Since(t0).Round(time.Millisecond))
 		})
+	}
+}
+
+// startRefresh is how often keepStartFresh writes the start file again:
+// the time a restored worker sets its clock to is at most that old when
+// the worker asks for it (and then the transfer's time).
+const startRefresh = 20 * time.Millisecond
+
+// keepStartFresh writes s's start file, and again every startRefresh,
+// until asked is closed (the restored worker's first request, which so
+// gets its start at once instead of asking again) or warmStartup passes.
+// It stops quietly when the session's directory is gone (a restore that
+// failed).
+func (a *Agent) keepStartFresh(s *session, asked <-chan struct{}) {
+	tick := time.NewTicker(startRefresh)
+	defer tick.Stop()
+	deadline := time.NewTimer(warmStartup)
+	defer deadline.Stop()
+	for {
+		if err := writeStart(s.getDir()); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				a.log.Debug("start file not written: the session is over", "vm", s.name)
+			} else {
+				a.log.Error("start file not written", "vm", s.name, "err", err)
+			}
+			return
+		}
+		select {
+		case <-asked:
+			return
+		case <-deadline.C:
+			return
+		case <-tick.C:
+		}
 	}
 }
 
