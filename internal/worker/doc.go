@@ -32,7 +32,8 @@
 // In a guest with the management console's virtio-serial port
 // (org.buildfarm.console, see Channel), it also answers the console's
 // requests there (a /proc file, a line for the kernel log, sync, freeze and
-// thaw of the file systems) and sends it its boot and stage messages.
+// thaw of the file systems, the agent's start) and sends it its boot and
+// stage messages.
 //
 // Configuration comes from the kernel command line (/proc/cmdline):
 //
@@ -45,4 +46,8 @@
 //	                                agent serves it, then set the clock and reseed the
 //	                                random pool from it (the point a warm start saves
 //	                                the guest at and restores it from; see StartFile)
+//	buildfarm.start=channel         the same on tap networking (the agent's --bridge),
+//	                                with the start over the console's port instead of
+//	                                TFTP, and the network renewed from it: a fresh MAC,
+//	                                a new DHCP lease (see startchannel.go)
 package worker
