@@ -79,11 +79,14 @@ Build OS runs them (br0 public, br1 private with NAT and DHCP for
 guests): a tap device of its own on the bridge (deleted with the VM;
 leftovers of a dead agent are deleted at the next start), a fresh random
 MAC, an address from the bridge's DHCP server, and the agent's TFTP
-server on the bridge's IPv4 address, on the VM's --tftp-port. The guest
-then reaches whatever the bridge reaches. A VM restored from its warm
-state on a bridge gets its start over its virtio-serial guest channel,
-not the network: the worker gives its interface the VM's fresh MAC and
-asks DHCP for a new lease before it says anything on the network.
+server on the bridge's IPv4 address, on the VM's --tftp-port, taking
+requests only from the address the host's neighbour table gives the VM's
+MAC (the other guests on the bridge cannot read its task or upload its
+result). The guest otherwise reaches whatever the bridge reaches. A VM
+restored from its warm state on a bridge gets its start over its
+virtio-serial guest channel, not the network: the worker gives its
+interface the VM's fresh MAC and asks DHCP for a new lease before it
+says anything on the network.
 
 A VM that never makes its
 first TFTP request has mis-booted and is retried; one that misses a

@@ -9,9 +9,12 @@ package agent
 // (buildfarm.net=dhcp; Build OS's br1 has a DHCP server for guests) and
 // reaches the agent's TFTP server on the bridge's IPv4 address, read when
 // each VM starts, on the VM's own port (--tftp-port, as with --no-netns:
-// every VM shares the host's network namespace). The guest reaches
-// whatever the bridge reaches: the agent's TFTP servers, the other VMs on
-// the bridge, and, through br1's NAT, the outside; nothing filters it.
+// every VM shares the host's network namespace). A VM's TFTP server takes
+// requests only from the address that the host's neighbour table (ARP)
+// gives the VM's MAC on the bridge (peerFilter), so that the other guests
+// on the bridge cannot read its task and result key or upload its result.
+// Otherwise the guest reaches whatever the bridge reaches: the other VMs
+// on the bridge, and, through br1's NAT, the outside.
 //
 // A warm start (warm.go) on a bridge: the saved guest holds the old MAC
 // (virtio-net migrates it) and would hold a lease that may be another
@@ -26,14 +29,17 @@ package agent
 // nor the TFTP server, which the start names.
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/buildfarm/buildfarm/internal/console"
@@ -86,6 +92,84 @@ func (r *vmRun) onBridge(ctx context.Context) (*bridged, error) {
 		net:            qemu.Net{Mode: qemu.NetTap, Tap: t.Name, MAC: mac},
 		arg:            "buildfarm.net=dhcp",
 	}, nil
+}
+
+// peerFilter is the TFTP serving socket of a VM on a bridge: it drops the
+// requests from a source address that the host's neighbour table does not
+// give the VM's MAC on the bridge. A guest ARPs for the bridge's address
+// before its first request, and the host learns its address and MAC from
+// that (a request from an address the table does not hold is dropped;
+// the guest's client sends it again). Transfers run on sockets of their
+// own, with the peer the request came from.
+type peerFilter struct {
+	net.PacketConn
+	bridge string
+	mac    net.HardwareAddr
+	arp    string         // the neighbour table: /proc/thread-self/net/arp
+	denied func(net.Addr) // called for each request dropped
+}
+
+// ReadFrom reads the next packet from an allowed peer.
+func (f *peerFilter) ReadFrom(b []byte) (int, net.Addr, error) {
+	for {
+		n, addr, err := f.PacketConn.ReadFrom(b)
+		if err != nil || f.allowed(addr) {
+			return n, addr, err
+		}
+		if f.denied != nil {
+			f.denied(addr)
+		}
+	}
+}
+
+// allowed reports whether the neighbour table gives addr's IP the VM's
+// MAC on the bridge.
+func (f *peerFilter) allowed(addr net.Addr) bool {
+	u, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return false
+	}
+	table, err := os.ReadFile(f.arp)
+	if err != nil {
+		return false
+	}
+	mac, ok := neighbour(string(table), u.IP, f.bridge)
+	return ok && bytes.Equal(mac, f.mac)
+}
+
+// neighbour returns the MAC of ip on device dev in table, the text of
+// /proc/net/arp (IP address, HW type, Flags, HW address, Mask, Device),
+// if the entry is complete (flag 0x2).
+func neighbour(table string, ip net.IP, dev string) (net.HardwareAddr, bool) {
+	for line := range strings.Lines(table) {
+		f := strings.Fields(line)
+		if len(f) < 6 || f[5] != dev || !ip.Equal(net.ParseIP(f[0])) {
+			continue
+		}
+		flags, err := strconv.ParseUint(strings.TrimPrefix(f[2], "0x"), 16, 32)
+		if err != nil || flags&0x2 == 0 {
+			return nil, false
+		}
+		mac, err := net.ParseMAC(f[3])
+		return mac, err == nil
+	}
+	return nil, false
+}
+
+// filterPeers wraps conn, r's TFTP serving socket on the bridge, in a
+// peerFilter for r's MAC; each peer it drops is logged once.
+func (r *vmRun) filterPeers(conn net.PacketConn) (net.PacketConn, error) {
+	mac, err := net.ParseMAC(r.mac)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", r.s.name, err)
+	}
+	var seen sync.Map
+	return &peerFilter{PacketConn: conn, bridge: r.a.opts.Bridge, mac: mac, arp: "/proc/thread-self/net/arp",
+		denied: func(peer net.Addr) {
+			if _, dup := seen.LoadOrStore(peer.String(), true); !dup {
+				r.a.log.Warn("TFTP request dropped: its source is not this VM's MAC on the bridge", "vm", r.s.name, "peer", peer)
+			}
+		}}, nil
 }
 
 // watchAwaitStart closes r.startAwaited when the worker says, on the

@@ -256,6 +256,9 @@ func TestBridge(t *testing.T) {
 	if names := b.taps(t); len(names) > 0 {
 		t.Errorf("taps left on the bridge: %v", names)
 	}
+	if strings.Contains(f.log.String(), "TFTP request dropped") {
+		t.Errorf("the agent dropped a guest's own TFTP request (its peer filter did not find the guest's MAC)")
+	}
 	if !strings.Contains(log1, `msg="deleted a leftover tap" agent=1 tap=bft999999-1`) {
 		t.Errorf("the agent's log does not say it deleted the leftover tap bft999999-1")
 	}
@@ -317,5 +320,91 @@ func TestNormalNet(t *testing.T) {
 	}
 	if s := strings.Join(u, " "); !strings.Contains(s, "buildfarm.tftp=10.0.2.2:23401") || !strings.Contains(s, "mac=02:00:00:00:00:01") {
 		t.Errorf("normal arguments with user networking %q: want the TFTP server and MAC kept", s)
+	}
+}
+
+// TestPeerFilter sends a datagram to a socket on a bridge from another
+// namespace through a veth on the bridge: the filter for the sender's MAC
+// takes it, the filter for another MAC drops it. (TestBridge has the
+// guests' own requests through.)
+func TestPeerFilter(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedProgram(t, "ip")
+	ctx := context.Background()
+	host, err := netns.New(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Delete(ctx)
+	guest, err := netns.New(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer guest.Delete(ctx)
+	ip := func(ns *netns.NS, args ...string) {
+		t.Helper()
+		if out, err := ns.Output(ctx, "ip", args...); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	ip(host, "link", "add", "bfbr0", "type", "bridge")
+	ip(host, "addr", "add", "10.0.3.1/24", "dev", "bfbr0")
+	ip(host, "link", "set", "bfbr0", "up")
+	ip(host, "link", "add", "bfv0", "type", "veth", "peer", "name", "bfv1")
+	ip(host, "link", "set", "bfv0", "master", "bfbr0", "up")
+	ip(host, "link", "set", "bfv1", "netns", guest.Name)
+	ip(guest, "link", "set", "bfv1", "address", "02:00:00:00:00:42")
+	ip(guest, "addr", "add", "10.0.3.50/24", "dev", "bfv1")
+	ip(guest, "link", "set", "bfv1", "up")
+
+	sender, err := guest.ListenPacket(ctx, "udp4", "10.0.3.50:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close()
+	for _, tc := range []struct {
+		mac  string
+		pass bool
+	}{{"02:00:00:00:00:42", true}, {"02:00:00:00:00:43", false}} {
+		conn, err := host.ListenPacket(ctx, "udp4", "10.0.3.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mac, _ := net.ParseMAC(tc.mac)
+		var denied []string
+		f := &peerFilter{PacketConn: conn, bridge: "bfbr0", mac: mac, arp: "/proc/thread-self/net/arp",
+			denied: func(a net.Addr) { denied = append(denied, a.String()) }}
+		if _, err := sender.WriteTo([]byte("hello"), conn.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		host.Do(func() error { // the neighbour table of the host's namespace
+			f.SetReadDeadline(time.Now().Add(2 * time.Second))
+			b := make([]byte, 64)
+			if n, from, err := f.ReadFrom(b); err == nil {
+				got = string(b[:n]) + " from " + from.String()
+			}
+			return nil
+		})
+		conn.Close()
+		if pass := got != ""; pass != tc.pass || !tc.pass && len(denied) != 1 {
+			t.Errorf("filter for %s: got %q, dropped %v; want it passed: %v", tc.mac, got, denied, tc.pass)
+		}
+	}
+}
+
+func TestNeighbour(t *testing.T) {
+	table := `IP address       HW type     Flags       HW address            Mask     Device
+10.0.3.50        0x1         0x2         02:00:00:00:00:42     *        br1
+10.0.3.51        0x1         0x0         00:00:00:00:00:00     *        br1
+10.0.3.52        0x1         0x2         02:00:00:00:00:52     *        br0
+`
+	if mac, ok := neighbour(table, net.ParseIP("10.0.3.50"), "br1"); !ok || mac.String() != "02:00:00:00:00:42" {
+		t.Errorf("neighbour 10.0.3.50 on br1 = %v, %v", mac, ok)
+	}
+	for _, ip := range []string{"10.0.3.51", "10.0.3.52", "10.0.3.53"} {
+		if mac, ok := neighbour(table, net.ParseIP(ip), "br1"); ok {
+			t.Errorf("neighbour %s on br1 = %v: want none (incomplete, another device, absent)", ip, mac)
+		}
 	}
 }

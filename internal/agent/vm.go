@@ -109,7 +109,14 @@ func (r *vmRun) Start(ctx context.Context) error {
 			return err
 		}
 		tftpAddr, listenTransfer, netCfg, netArg = b.tftpAddr, b.listenTransfer, b.net, b.arg
-		conn, err = net.ListenPacket("udp4", tftpAddr)
+		if conn, err = net.ListenPacket("udp4", tftpAddr); err == nil {
+			var f net.PacketConn
+			if f, err = r.filterPeers(conn); err != nil {
+				conn.Close()
+				return err
+			}
+			conn = f
+		}
 	case a.opts.NoNetNS:
 		conn, err = net.ListenPacket("udp4", listen)
 	default:
