@@ -233,7 +233,7 @@ func TestHostOSBoots(t *testing.T) {
 		{"cat /proc/sys/net/ipv4/ip_forward", "1\n"},
 		// udhcpd runs with br1's configuration and listens on port 67
 		// (0043 in /proc/net/udp).
-		{"tr '\\0' ' ' </proc/$(pidof udhcpd)/cmdline", "udhcpd /run/udhcpd.br1.conf"},
+		{"tr '\\0' ' ' </proc/$(pidof udhcpd)/cmdline", "udhcpd -a 100 /run/udhcpd.br1.conf"},
 		{"grep interface /run/udhcpd.br1.conf; grep -c ':0043 ' /proc/net/udp", "interface br1\n1\n"},
 		// The agent runs with br1 (the default bridge) and the key.
 		{"for c in /proc/[0-9]*/cmdline; do tr '\\0' ' ' <$c; echo; done 2>/dev/null | grep ' agent --instance 1 '",
