@@ -187,9 +187,11 @@ func shellQuote(s string) string {
 }
 
 // compressInitrd says whether the initrd is gzip-compressed. It is not:
-// measured under TCG (bench/image, bench/README.md "Guest images"), the
-// uncompressed initrd boots with 0.13-0.18 s less QEMU CPU than gzip -9,
-// which only saves disk space (7.9 against 4.1 MiB).
+// an earlier measurement under TCG had the uncompressed initrd boot with
+// 0.13-0.18 s less QEMU CPU than gzip -9; the later runs of bench/image
+// (bench/README.md "Guest images", bench/image/results.json) put the two
+// within their noise (0.97-1.03 round by round). Uncompressed costs only
+// disk space, a few MiB per machine.
 const compressInitrd = false
 
 // writeInitrd writes the archive to file and returns its size.
