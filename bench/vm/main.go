@@ -516,8 +516,15 @@ func (s stamps) Handle(ctx context.Context, r slog.Record) error {
 		})
 	}
 	s.m.mu.Unlock()
+	if !s.Handler.Enabled(ctx, r.Level) {
+		return nil
+	}
 	return s.Handler.Handle(ctx, r)
 }
+
+// Enabled takes every record: the agent logs each TFTP request only when
+// its logger takes debug records (the log file gets those of its level).
+func (s stamps) Enabled(context.Context, slog.Level) bool { return true }
 
 func (s stamps) WithAttrs(as []slog.Attr) slog.Handler { return stamps{s.Handler.WithAttrs(as), s.m} }
 func (s stamps) WithGroup(g string) slog.Handler       { return stamps{s.Handler.WithGroup(g), s.m} }
