@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -54,5 +56,33 @@ func TestDedicatedClient(t *testing.T) {
 				t.Fatalf("uploaded %s: %v; equal %v", name, err, bytes.Equal(got, data))
 			}
 		})
+	}
+}
+
+// TestDedicatedShortTimeout: a Dedicated client whose timeout is short
+// (the worker's start requests use 10 ms) against a server that never
+// answers gives up after its retries. Its socket's kernel timeout was
+// once left unset below 10 ms, and the read then blocked for ever.
+func TestDedicatedShortTimeout(t *testing.T) {
+	silent, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	for _, timeout := range []time.Duration{500 * time.Nanosecond, time.Millisecond, 10 * time.Millisecond} {
+		done := make(chan error, 1)
+		go func() {
+			_, err := Get(t.Context(), silent.LocalAddr().String(), "start", io.Discard,
+				Options{Dedicated: true, Timeout: timeout, Retries: 3})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("Get with timeout %v from a silent server = nil, want an error", timeout)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Get with timeout %v and 3 retries from a silent server still waits after 10 s", timeout)
+		}
 	}
 }

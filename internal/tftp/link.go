@@ -293,7 +293,11 @@ func (l *link) read(buf []byte, deadline time.Time) ([]byte, netip.AddrPort, err
 		}
 		// Set the kernel's timeout only when it is off by more than a
 		// tenth: a lock-step transfer then makes no extra system call.
-		if wait > l.rcvtimeo+10*time.Millisecond || wait < l.rcvtimeo*9/10 {
+		// It is always set the first time (0 is none: the read would
+		// block for ever), and to at least a microsecond, since a
+		// timeval of zero is none too.
+		if l.rcvtimeo == 0 || wait > l.rcvtimeo+10*time.Millisecond || wait < l.rcvtimeo*9/10 {
+			wait = max(wait, time.Microsecond)
 			tv := syscall.NsecToTimeval(wait.Nanoseconds())
 			if err := syscall.SetsockoptTimeval(l.fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
 				return nil, netip.AddrPort{}, err
