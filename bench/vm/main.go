@@ -120,7 +120,7 @@ func run(ctx context.Context, c config) error {
 	}
 	res := Results{Measured: time.Now().UTC().Format(time.RFC3339), CPUs: runtime.NumCPU(), Kernel: k.Version,
 		Accel: c.accel, RAM: c.ram, WorkerLDFlags: c.workerLDFlags, Runs: c.runs, Cmdline: image.Cmdline,
-		RawMachines: rawMachines, LoadBefore: loadAverage(), QEMU: qemuVersion(ctx)}
+		RawMachines: rawMachines, LoadBefore: testenv.LoadAverage(), QEMU: testenv.QEMUVersion(ctx, "qemu-system-x86_64")}
 	if res.Commit, err = commit(ctx); err != nil {
 		return err
 	}
@@ -216,7 +216,7 @@ func run(ctx context.Context, c config) error {
 		}
 		res.Presets = append(res.Presets, pr)
 	}
-	res.LoadAfter = loadAverage()
+	res.LoadAfter = testenv.LoadAverage()
 	fmt.Printf("load average at the end: %s\n", res.LoadAfter)
 	if c.json == "" {
 		return nil
@@ -321,32 +321,14 @@ func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
 // commit returns the repository's commit (HEAD), abbreviated, with
 // "+changes" when the working tree differs from it.
 func commit(ctx context.Context) (string, error) {
-	out, err := proc.Output(ctx, "git", "rev-parse", "--short", "HEAD")
+	c, err := testenv.Commit(ctx)
 	if err != nil {
-		return "", fmt.Errorf("the commit: %w", err)
+		return "", err
 	}
-	c := strings.TrimSpace(string(out))
 	if st, err := proc.Output(ctx, "git", "status", "--porcelain", "--untracked-files=no"); err == nil && len(bytes.TrimSpace(st)) > 0 {
 		c += "+changes"
 	}
 	return c, nil
-}
-
-// qemuVersion returns qemu-system-x86_64's first line of --version.
-func qemuVersion(ctx context.Context) string {
-	out, _ := proc.Output(ctx, "qemu-system-x86_64", "--version")
-	first, _, _ := strings.Cut(string(out), "\n")
-	return strings.TrimSpace(first)
-}
-
-// loadAverage is the host's load averages over 1, 5 and 15 minutes: other
-// processes on the host slow the guests, which run under TCG.
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
-		return strings.Join(f[:3], " ")
-	}
-	return "unknown"
 }
 
 // timing is one run: the whole of it, and its VM's start to the worker's
