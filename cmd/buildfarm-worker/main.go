@@ -81,11 +81,5 @@ buildfarm.mode, buildfarm.dir, buildfarm.blksize); flags override it.
 		cfg.Dir = *dir
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil)).With("worker", buildinfo.String())
-	// The management console's channel, in a guest that has one.
-	if ch, err := worker.OpenChannel(log); err == nil {
-		go ch.Serve(ctx)
-		ch.Notify("boot", fmt.Sprintf("buildfarm-worker %s: started (%s)", buildinfo.String(), cfg.Mode))
-		cfg.Notify, cfg.Channel = ch, ch
-	}
 	return worker.New(cfg, log).Run(ctx)
 }

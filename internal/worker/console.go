@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/buildfarm/buildfarm/internal/buildinfo"
 )
 
 // The guest channel: virtio-serial ports between the agent's management
@@ -107,6 +109,28 @@ func OpenChannel(log *slog.Logger) (*Channel, error) {
 		return nil, fmt.Errorf("virtio-serial port %s: %w", ConsolePort, err)
 	}
 	return &Channel{f: f, log: log, events: make(chan []byte, 256), reply: make(chan []byte, 4), starts: make(chan startRequest)}, nil
+}
+
+// attachChannel opens the guest channel when the worker has none yet
+// (Config.Channel), at its start and again after the guest's set-up,
+// which may load the console's driver in the background (awaitReady). It
+// serves the channel until ctx ends, makes it the worker's notifier too,
+// unless it has one, and tells the console the worker started.
+func (w *Worker) attachChannel(ctx context.Context) (*Channel, error) {
+	if w.cfg.Channel != nil {
+		return w.cfg.Channel, nil
+	}
+	ch, err := OpenChannel(w.log)
+	if err != nil {
+		return nil, err
+	}
+	go ch.Serve(ctx)
+	w.cfg.Channel = ch
+	if w.cfg.Notify == nil {
+		w.cfg.Notify = ch
+	}
+	ch.Notify("boot", fmt.Sprintf("buildfarm-worker %s: started (%s)", buildinfo.String(), w.cfg.Mode))
+	return ch, nil
 }
 
 // Notify queues an event for the console. When the queue is full (nobody

@@ -72,19 +72,9 @@ func (c *Channel) start(arg string) error {
 // awaitChannelStart is awaitStart over the guest channel (see the top of
 // this file).
 func (w *Worker) awaitChannelStart(ctx context.Context) error {
-	c := w.cfg.Channel
-	if c == nil {
-		// The guest's set-up may have loaded the console's driver after
-		// the worker started.
-		ch, err := OpenChannel(w.log)
-		if err != nil {
-			return fmt.Errorf("%s: no guest channel to await the start on: %w", StartChannelArg, err)
-		}
-		go ch.Serve(ctx)
-		w.cfg.Channel, c = ch, ch
-		if w.cfg.Notify == nil {
-			w.cfg.Notify = ch
-		}
+	c, err := w.attachChannel(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: no guest channel to await the start on: %w", StartChannelArg, err)
 	}
 	nic, err := firstNIC()
 	if err != nil {

@@ -72,6 +72,10 @@ func (w *Worker) awaitReady(ctx context.Context) error {
 			return fmt.Errorf("waiting for the guest's set-up (%s): %w", file, ctx.Err())
 		}
 	}
+	// The console's driver may have been loaded meanwhile.
+	if _, err := w.attachChannel(ctx); err != nil {
+		w.log.Debug("no guest channel after the set-up", "err", err)
+	}
 	// The init started the worker in its directory before the disk was
 	// mounted on it: enter the mounted one.
 	if err := os.Chdir(w.cfg.Dir); err != nil {

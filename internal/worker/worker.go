@@ -97,8 +97,14 @@ func New(cfg Config, log *slog.Logger) *Worker {
 	}
 }
 
-// Run does the job the configuration names.
+// Run does the job the configuration names. It serves the management
+// console's guest channel, in a guest that has one: from the start when
+// its driver is there, or once the guest's set-up has loaded it
+// (awaitReady).
 func (w *Worker) Run(ctx context.Context) error {
+	if _, err := w.attachChannel(ctx); err != nil {
+		w.log.Debug("no guest channel yet", "err", err)
+	}
 	switch w.cfg.Mode {
 	case ModeBootstrap:
 		return w.Bootstrap(ctx)
