@@ -73,7 +73,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -178,11 +177,7 @@ func run(ctx context.Context, c config) error {
 	if c.results == "" {
 		return nil
 	}
-	b, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(c.results, append(b, '\n'), 0o644)
+	return testenv.WriteResults(c.results, res)
 }
 
 // results is what results.json holds: both tables of the last run.

@@ -33,7 +33,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -204,12 +203,8 @@ func run(ctx context.Context, c config) error {
 	if c.results == "" {
 		return nil
 	}
-	b, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
+	if err := testenv.WriteResults(c.results, res); err != nil {
 		return err
-	}
-	if err := os.WriteFile(c.results, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("results: %w", err)
 	}
 	fmt.Printf("wrote %s\n", c.results)
 	return nil

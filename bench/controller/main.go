@@ -33,7 +33,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -61,6 +60,7 @@ import (
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/store"
 	"github.com/buildfarm/buildfarm/internal/store/pgtest"
+	"github.com/buildfarm/buildfarm/internal/testenv"
 )
 
 func main() {
@@ -222,11 +222,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	report(out, res)
 	if *jsonOut != "" {
-		b, err := json.MarshalIndent(res, "", "  ")
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(*jsonOut, append(b, '\n'), 0o644)
+		return testenv.WriteResults(*jsonOut, res)
 	}
 	return nil
 }

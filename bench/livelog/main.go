@@ -193,11 +193,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if c.json == "" {
 		return nil
 	}
-	b, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(c.json, append(b, '\n'), 0o644)
+	return testenv.WriteResults(c.json, res)
 }
 
 // Results are what -json holds. Times are in milliseconds.

@@ -209,11 +209,7 @@ func appendResults(path string, r resultRun) error {
 		}
 	}
 	f.Runs = append(f.Runs, r)
-	b, err := json.MarshalIndent(f, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	return testenv.WriteResults(path, f)
 }
 
 func dur(ns int64) string { return time.Duration(ns).Round(100 * time.Millisecond).String() }

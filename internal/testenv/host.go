@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -46,4 +47,17 @@ func Commit(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("the commit: %w", err)
 	}
 	return strings.TrimSpace(string(out)), nil
+}
+
+// WriteResults writes v, indented JSON with a final newline, to file: a
+// bench/ harness's results.json.
+func WriteResults(file string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("results %s: %w", file, err)
+	}
+	if err := os.WriteFile(file, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("results: %w", err)
+	}
+	return nil
 }

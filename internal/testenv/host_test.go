@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"os"
+	"path/filepath"
 	"regexp"
 	"testing"
 )
@@ -35,5 +37,22 @@ func TestQEMUVersion(t *testing.T) {
 	}
 	if got := QEMUVersion(t.Context(), "/nonexistent/qemu"); got != "" {
 		t.Errorf("QEMUVersion of a missing program = %q, want empty", got)
+	}
+}
+
+func TestWriteResults(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "results.json")
+	if err := WriteResults(file, map[string]float64{"ratio": 1.5}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "{\n  \"ratio\": 1.5\n}\n"; string(b) != want {
+		t.Errorf("results.json = %q, want %q", b, want)
+	}
+	if err := WriteResults(filepath.Join(t.TempDir(), "no", "such", "dir", "r.json"), 1); err == nil {
+		t.Error("WriteResults into a missing directory = nil, want an error")
 	}
 }
