@@ -16,7 +16,7 @@
 #    then a directory of the initramfs, in memory; link each virtio-serial
 #    port as /dev/virtio-ports/NAME (as udev would: the management
 #    console's channels); and make the file /run/buildfarm.ready.
-# 4. Network: static 10.0.2.15/24 via 10.0.2.2 when the NIC has the magic
+# 4. Network: lo up, and static 10.0.2.15/24 via 10.0.2.2 when the NIC has the magic
 #    MAC 00:01:02:03:04:0b (tap on a bridge) or the kernel command line
 #    says buildfarm.net=user (QEMU's user-mode networking, whose DHCP server
 #    would hand out that address: the agent says so, and the guest saves
@@ -26,7 +26,9 @@
 #    network but the IPv4 lease carries the guest's MAC); with
 #    buildfarm.start=channel too (a guest whose state is saved for warm
 #    starts) the NIC stays down: the worker sets its MAC, brings it up and
-#    asks DHCP for a lease when its start comes.
+#    asks DHCP for a lease when its start comes. The static network of a
+#    guest without hooks is the worker's to set up, lo included (it is
+#    handed over in BUILDFARM_NET): one process instead of four ip.
 # 5. Make sure acpid has the power button open: a guest whose worker has
 #    started powers off on the button. Run the hooks in
 #    /etc/buildfarm/rc.d, in name order, with BUILDFARM_ROOT set to the
@@ -275,12 +277,12 @@ else
 fi
 export BUILDFARM_ROOT=${BUILDFARM_ROOT:-/}
 
-ip link set lo up
 nic=""
 for d in /sys/class/net/*; do
 	[ "${d##*/}" = lo ] || { nic=${d##*/}; break; }
 done
 if [ -z "$nic" ]; then
+	ip link set lo up
 	say "no network interface"
 else
 	read -r mac <"/sys/class/net/$nic/address"
@@ -298,8 +300,19 @@ else
 	if [ -n "$dhcp" ] && [ -e "/proc/sys/net/ipv6/conf/$nic/disable_ipv6" ]; then
 		echo 1 >"/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
 	fi
-	[ -n "$dhcp" ] && [ -n "$channel" ] || ip link set "$nic" up
-	if [ -n "$dhcp" ] && [ -n "$channel" ]; then
+	static=""
+	[ -n "$dhcp" ] || { [ "$mac" != 00:01:02:03:04:0b ] && [ -z "$user" ]; } || static=1
+	if [ -n "$static" ] && ! exists /etc/buildfarm/rc.d/*; then
+		# One process, the worker, sets it up before its first request.
+		export BUILDFARM_NET="$nic 10.0.2.15/24 10.0.2.2"
+	else
+		ip link set lo up
+		[ -n "$dhcp" ] && [ -n "$channel" ] || ip link set "$nic" up
+	fi
+	if [ -n "$BUILDFARM_NET" ]; then
+		[ -z "$user" ] || echo "nameserver 10.0.2.3" >/etc/resolv.conf
+		say "network $nic ($mac): static 10.0.2.15/24 via 10.0.2.2, set by the worker"
+	elif [ -n "$dhcp" ] && [ -n "$channel" ]; then
 		say "network $nic ($mac): down until the worker's start"
 		if [ "$ROOT" = disk ] && mkdir -p /mnt/root/run/buildfarm/bin; then
 			# The worker sets the network up from the disk's root, which
@@ -308,7 +321,7 @@ else
 			ln -sf ../busybox /mnt/root/run/buildfarm/bin/ip
 			ln -sf ../busybox /mnt/root/run/buildfarm/bin/udhcpc
 		fi
-	elif [ -z "$dhcp" ] && { [ "$mac" = 00:01:02:03:04:0b ] || [ -n "$user" ]; }; then
+	elif [ -n "$static" ]; then
 		ip addr add 10.0.2.15/24 dev "$nic"
 		ip route add default via 10.0.2.2
 		[ -z "$user" ] || echo "nameserver 10.0.2.3" >/etc/resolv.conf

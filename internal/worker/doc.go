@@ -50,4 +50,9 @@
 //	                                with the start over the console's port instead of
 //	                                TFTP, and the network renewed from it: a fresh MAC,
 //	                                a new DHCP lease (see startchannel.go)
+//
+// and from the environment the guest's init gives it: BUILDFARM_NET, a
+// static network ("NIC ADDRESS/PREFIX GATEWAY") the worker sets up over
+// netlink before its first request (NetEnv), and BUILDFARM_READY, the file
+// that says the rest of the guest's set-up is done (ReadyEnv).
 package worker

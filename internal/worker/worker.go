@@ -97,11 +97,15 @@ func New(cfg Config, log *slog.Logger) *Worker {
 	}
 }
 
-// Run does the job the configuration names. It serves the management
+// Run does the job the configuration names, after setting up the static
+// network the init hands it (NetEnv), if any. It serves the management
 // console's guest channel, in a guest that has one: from the start when
 // its driver is there, or once the guest's set-up has loaded it
 // (awaitReady).
 func (w *Worker) Run(ctx context.Context) error {
+	if err := w.setNetwork(); err != nil {
+		return err
+	}
 	if _, err := w.attachChannel(ctx); err != nil {
 		w.log.Debug("no guest channel yet", "err", err)
 	}
