@@ -43,7 +43,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -221,11 +220,7 @@ func run(ctx context.Context, c config) error {
 	if c.json == "" {
 		return nil
 	}
-	b, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(c.json, append(b, '\n'), 0o644)
+	return testenv.WriteResults(c.json, res)
 }
 
 // Results are what -json holds; times are in seconds.
