@@ -180,7 +180,7 @@ func (r *vmRun) watchAwaitStart() {
 	seen := func(line string) bool {
 		f := strings.Fields(line)
 		if len(f) >= 2 && f[1] == worker.AwaitStartEvent {
-			r.once3.Do(func() { close(r.startAwaited) })
+			r.awaitedOnce.Do(func() { close(r.startAwaited) })
 			return true
 		}
 		return false

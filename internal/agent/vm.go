@@ -52,7 +52,7 @@ type vmRun struct {
 	tap          *tap.Tap
 	mac          string
 	startAwaited chan struct{}
-	once3        sync.Once
+	awaitedOnce  sync.Once
 
 	// Its console and record (suspend.go); a suspended run is kept, and
 	// why says what suspended it.
@@ -66,7 +66,8 @@ type vmRun struct {
 
 	firstRequest chan struct{} // closed at the guest's first TFTP request
 	uploaded     chan struct{} // closed when s.want is uploaded
-	once1, once2 sync.Once
+	requestOnce  sync.Once     // closes firstRequest
+	uploadOnce   sync.Once     // closes uploaded
 
 	stops     []func() // undo what Start did, in reverse
 	closeOnce sync.Once
@@ -248,11 +249,11 @@ func (r *vmRun) onRequest(req tftp.Request) {
 	if r.s.onRequest != nil {
 		r.s.onRequest(req)
 	}
-	r.once1.Do(func() { close(r.firstRequest) })
+	r.requestOnce.Do(func() { close(r.firstRequest) })
 	if req.Op == tftp.OpWrite && req.Err == nil {
 		r.a.uploaded(r.s, req.Filename)
 		if strings.TrimPrefix(req.Filename, "/") == r.s.want {
-			r.once2.Do(func() { close(r.uploaded) })
+			r.uploadOnce.Do(func() { close(r.uploaded) })
 		}
 	}
 }
