@@ -151,7 +151,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 	res := Results{Measured: time.Now().UTC().Format(time.RFC3339), CPUs: runtime.NumCPU(), Kernel: k.Version,
 		Accel: c.accel, Start: c.start, RAM: agent.DefaultOptions().MemoryMB, Lines: c.lines,
-		IntervalMS: ms(c.interval), PollMS: ms(c.poll), LoadBefore: loadavg()}
+		IntervalMS: ms(c.interval), PollMS: ms(c.poll), LoadBefore: testenv.LoadAverage()}
 	fmt.Fprintf(out, "kernel %s, accel %s, --start %s, %d runs of %d lines %v apart, API polled every %v, load average %s\n",
 		k.Version, c.accel, c.start, c.runs, c.lines, c.interval, c.poll, res.LoadBefore)
 
@@ -173,13 +173,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("run %d: %w (agent log: %s)", i+1, err, f.tail())
 		}
-		r.Load = loadavg()
+		r.Load = testenv.LoadAverage()
 		res.Runs = append(res.Runs, r)
 		fmt.Fprintf(out, "run %d: task %d, %s start, %s; live (API) median %.0f ms, max %.0f ms; result %.1f s after the first line; load %s\n",
 			i+1, r.Task, r.Start, r.Status, median(col(r.Lines, lineAPI)), slices.Max(col(r.Lines, lineAPI)),
 			r.Lines[0].ResultMS/1000, r.Load)
 	}
-	res.LoadAfter = loadavg()
+	res.LoadAfter = testenv.LoadAverage()
 	var all []Line
 	for _, r := range res.Runs {
 		all = append(all, r.Lines...)
@@ -288,15 +288,6 @@ func median(xs []float64) float64 {
 // ms is d in milliseconds, to the microsecond.
 func ms(d time.Duration) float64 {
 	return float64(d.Round(time.Microsecond)) / float64(time.Millisecond)
-}
-
-func loadavg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 // farm is the controller and the agent, serving.
