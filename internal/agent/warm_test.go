@@ -79,7 +79,8 @@ func since(f *farm, mark int) string { return f.log.String()[mark:] }
 // reseeds its generator on its own a few seconds after boot, which the
 // restored guests pass with different interrupt timing: the worker's
 // ioctls are checked by worker.TestAddEntropy); a corrupt
-// state file and another memory size each give a cold boot that says why
+// state file, a corrupt RAM file and another memory size each give a cold
+// boot that says why
 // and a state built again; an upgraded machine's next task does not
 // restore the old state; a removed machine's state goes with it.
 func TestWarmStart(t *testing.T) {
@@ -118,8 +119,16 @@ func TestWarmStart(t *testing.T) {
 	a := &Agent{opts: o}
 	files := a.warmFilesOf(v, "busybox")
 	fi, err := os.Stat(files.state)
-	if ws := WarmStates(v.Dir, "busybox"); err != nil || len(ws) != 1 || ws[0].Toolchain != "default" || ws[0].Bytes != fi.Size() || fi.Size() < 1<<20 {
-		t.Errorf("WarmStates (machine list) = %+v, want the default toolchain's state of %d bytes", ws, fi.Size())
+	if err != nil || fi.Size() > 4<<20 {
+		t.Errorf("state file %s: %v, want the devices' state alone, under 4 MiB", files.state, err)
+	}
+	ri, err := os.Stat(files.ram)
+	if err != nil || ri.Size() != int64(o.MemoryMB)<<20 {
+		t.Errorf("RAM file %s: %v, want the guest's %d MiB", files.ram, err, o.MemoryMB)
+	}
+	onDisk := diskUsage(files.state) + diskUsage(files.ram)
+	if ws := WarmStates(v.Dir, "busybox"); len(ws) != 1 || ws[0].Toolchain != "default" || ws[0].Bytes != onDisk || onDisk < 1<<20 || onDisk >= ri.Size() {
+		t.Errorf("WarmStates (machine list) = %+v, want the default toolchain's state, %d bytes on disk, less than the memory (a sparse RAM file)", ws, onDisk)
 	}
 
 	// A corrupt state file: a cold boot that says why, then a new state.
@@ -133,6 +142,23 @@ func TestWarmStart(t *testing.T) {
 	res, _, _ := runIdentity(t, f, o)
 	if log := since(f, mark); res.Start != StartCold || !strings.Contains(log, "changed since it was saved") || !strings.Contains(log, "warm start failed") {
 		t.Errorf("task with a corrupt state started %q, want cold, and a log saying why:\n%s", res.Start, log)
+	}
+	mark = len(f.log.String())
+	if res, _, _ = runIdentity(t, f, o); res.Start != StartWarm || !strings.Contains(since(f, mark), "warm state built") {
+		t.Errorf("next task started %q, want warm from a state built again", res.Start)
+	}
+
+	// A RAM file scribbled over: the same.
+	fh, err = os.OpenFile(files.ram, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.WriteAt([]byte(strings.Repeat("garbage!", 512)), 0)
+	fh.Close()
+	mark = len(f.log.String())
+	res, _, _ = runIdentity(t, f, o)
+	if log := since(f, mark); res.Start != StartCold || !strings.Contains(log, "RAM file") || !strings.Contains(log, "changed since it was saved") {
+		t.Errorf("task with a corrupt RAM file started %q, want cold, and a log saying why:\n%s", res.Start, log)
 	}
 	mark = len(f.log.String())
 	if res, _, _ = runIdentity(t, f, o); res.Start != StartWarm || !strings.Contains(since(f, mark), "warm state built") {
@@ -196,7 +222,7 @@ func TestWarmStart(t *testing.T) {
 	if err := v.Remove(context.Background(), "busybox", nil); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{files.dir, files.state, files.key} {
+	for _, p := range []string{files.dir, files.ram, files.state, files.key} {
 		if _, err := os.Lstat(p); err == nil {
 			t.Errorf("%s left after the machine's removal", p)
 		}

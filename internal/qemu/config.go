@@ -155,10 +155,24 @@ type Config struct {
 	Paused    bool     // start with the CPUs stopped (-S), to be resumed over QMP
 	Extra     []string // more QEMU arguments, for example a machine manifest's options
 
+	// RAMFile, when set, holds the guest's memory (memory-backend-file)
+	// instead of anonymous memory QEMU allocates. With RAMShared the file
+	// is the memory: the guest's writes go to it. Without, it is mapped
+	// copy on write: the guest starts with the file's contents, its
+	// writes stay its own, the file is never written, and only the pages
+	// the guest touches are read (see VM.SaveDevices).
+	RAMFile   string
+	RAMShared bool
+
 	// Incoming restores a guest's saved state instead of booting it
 	// (-incoming; see IncomingFile and VM.SaveState). The rest of the
 	// configuration must match the saved VM's.
 	Incoming string
+	// IncomingDevices says that the state Incoming names holds the
+	// devices only, without the memory, which is RAMFile's (a state
+	// VM.SaveDevices wrote). QEMU then starts with -incoming defer, and
+	// Start hands it Incoming once it has told it so.
+	IncomingDevices bool
 
 	// NetNS is the network namespace file (for example
 	// /run/netns/bf-123-1) to run QEMU in; empty for the caller's.
@@ -204,7 +218,10 @@ func (c *Config) Args() ([]string, error) {
 	if c.SerialLog == "" {
 		return nil, fmt.Errorf("vm %s: no serial log", c.Name)
 	}
-	paths := []string{c.QMPSocket, c.SerialLog, c.Kernel, c.Initrd, c.SerialSocket}
+	if c.IncomingDevices && c.Incoming != "" && c.RAMFile == "" {
+		return nil, fmt.Errorf("vm %s: a state without memory needs a RAM file", c.Name)
+	}
+	paths := []string{c.QMPSocket, c.SerialLog, c.Kernel, c.Initrd, c.SerialSocket, c.RAMFile}
 	for _, p := range c.Ports {
 		if p.Name == "" || p.Socket == "" || strings.ContainsAny(p.Name, ", ") {
 			return nil, fmt.Errorf("vm %s: virtio-serial port %q on %q: want a name without commas or blanks, and a socket", c.Name, p.Name, p.Socket)
@@ -235,8 +252,12 @@ func (c *Config) Args() ([]string, error) {
 	if c.Name != "" {
 		a = append(a, "-name", c.Name)
 	}
+	machineOpt := machine + ",accel=" + c.Accel
+	if c.RAMFile != "" {
+		machineOpt += ",memory-backend=" + ramID(machine)
+	}
 	a = append(a, "-nodefaults", "-no-user-config", "-display", "none",
-		"-machine", machine+",accel="+c.Accel)
+		"-machine", machineOpt)
 	switch {
 	case c.Accel == KVM:
 		a = append(a, "-cpu", "host")
@@ -244,6 +265,13 @@ func (c *Config) Args() ([]string, error) {
 		a = append(a, "-cpu", AArch64CPU)
 	}
 	a = append(a, "-smp", strconv.Itoa(cpus), "-m", strconv.Itoa(mem))
+	if c.RAMFile != "" {
+		share := "off"
+		if c.RAMShared {
+			share = "on"
+		}
+		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s", ramID(machine), mem, c.RAMFile, share))
+	}
 
 	switch {
 	case c.Firmware == "default":
@@ -329,10 +357,26 @@ func (c *Config) Args() ([]string, error) {
 	if c.Paused {
 		a = append(a, "-S")
 	}
-	if c.Incoming != "" {
+	switch {
+	case c.Incoming != "" && c.IncomingDevices:
+		a = append(a, "-incoming", "defer")
+	case c.Incoming != "":
 		a = append(a, "-incoming", c.Incoming)
 	}
 	return append(a, c.Extra...), nil
+}
+
+// ramID is the id QEMU gives the memory of a machine it allocates itself
+// (its default_ram_id): a RAMFile's backend takes the same, so that a
+// state saved from either kind of VM restores into the other.
+func ramID(machine string) string {
+	switch {
+	case machine == "virt" || strings.HasPrefix(machine, "virt-"):
+		return "mach-virt.ram"
+	case machine == "microvm":
+		return "microvm.ram"
+	}
+	return "pc.ram"
 }
 
 // Program returns the QEMU program c runs: Binary, or qemu-system-ARCH.

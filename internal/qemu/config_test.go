@@ -69,6 +69,17 @@ func TestArgsGolden(t *testing.T) {
 			c.Kernel, c.Initrd = "/m/kernel", "/m/initrd"
 			c.Incoming = "exec:cat '/m/state'"
 		}},
+		{"ram-file-devices", func(c *Config) {
+			c.Kernel, c.Initrd = "/m/kernel", "/m/initrd"
+			c.MemoryMB = 512
+			c.RAMFile = "/m/ram"
+			c.Incoming, c.IncomingDevices = "exec:cat '/m/state'", true
+		}},
+		{"ram-file-shared-aarch64", func(c *Config) {
+			c.Arch = arch.AArch64
+			c.Kernel = "/m/kernel"
+			c.RAMFile, c.RAMShared = "/m/ram", true
+		}},
 		{"console-ports", func(c *Config) {
 			c.Kernel = "/m/kernel"
 			c.SerialSocket = "/vm/serial.sock"
@@ -134,6 +145,8 @@ func TestArgsErrors(t *testing.T) {
 		{"tap without a name", func(c *Config) { c.Net.Mode = NetTap }, "tap device"},
 		{"port name", func(c *Config) { c.Ports = []Port{{Name: "a,b", Socket: "/p"}} }, "virtio-serial port"},
 		{"port socket comma", func(c *Config) { c.Ports = []Port{{Name: "a", Socket: "/p,q"}} }, "comma"},
+		{"ram file comma", func(c *Config) { c.RAMFile = "/r,am" }, "comma"},
+		{"devices without a ram file", func(c *Config) { c.Incoming, c.IncomingDevices = "exec:cat /s", true }, "needs a RAM file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -103,7 +103,7 @@ func New(cfg Config, dir string, log *slog.Logger) (*VM, error) {
 	}
 	cfg.Drives = slices.Clone(cfg.Drives)
 	cfg.Ports = slices.Clone(cfg.Ports)
-	paths := []*string{&cfg.Kernel, &cfg.Initrd, &cfg.SerialLog, &cfg.QMPSocket, &cfg.NetNS, &cfg.SerialSocket}
+	paths := []*string{&cfg.Kernel, &cfg.Initrd, &cfg.SerialLog, &cfg.QMPSocket, &cfg.NetNS, &cfg.SerialSocket, &cfg.RAMFile}
 	for i := range cfg.Ports {
 		paths = append(paths, &cfg.Ports[i].Socket)
 	}
@@ -225,6 +225,18 @@ func (v *VM) Start(ctx context.Context) error {
 		c.Close()
 		return v.err
 	default:
+	}
+	if v.cfg.Incoming != "" && v.cfg.IncomingDevices {
+		if err := setIgnoreShared(ctx, c, true); err != nil {
+			v.kill()
+			<-v.done
+			return v.startError(fmt.Errorf("restoring the devices' state: %w", err))
+		}
+		if _, err := c.Execute(ctx, "migrate-incoming", map[string]any{"uri": v.cfg.Incoming}); err != nil {
+			v.kill()
+			<-v.done
+			return v.startError(fmt.Errorf("restoring the devices' state: %w", err))
+		}
 	}
 	if v.cfg.VNC != "" {
 		var vnc struct {
@@ -536,6 +548,26 @@ func IncomingFile(file string) (string, error) {
 // later with the same configuration and Incoming set to IncomingFile(file):
 // a warm start, which runs at once. Forcedown the saved VM afterwards.
 func (v *VM) SaveState(ctx context.Context, file string) error {
+	return v.save(ctx, file, false)
+}
+
+// SaveDevices is SaveState for a VM whose memory is its RAMFile, shared:
+// file gets the devices' state only (QEMU's x-ignore-shared), a few
+// hundred KiB, and the RAM file, as the guest left it when it stopped,
+// is the rest. A VM started later with the same configuration, that
+// RAMFile (shared or not), Incoming set to IncomingFile(file) and
+// IncomingDevices restores it without reading the memory first: the
+// guest's pages are read from the file as it touches them.
+func (v *VM) SaveDevices(ctx context.Context, file string) error {
+	if v.cfg.RAMFile == "" || !v.cfg.RAMShared {
+		return fmt.Errorf("vm %s: save devices: the VM's memory is not a shared RAM file", v.cfg.Name)
+	}
+	return v.save(ctx, file, true)
+}
+
+// save migrates the running guest to file, without its shared memory
+// when devicesOnly.
+func (v *VM) save(ctx context.Context, file string, devicesOnly bool) error {
 	c := v.QMP()
 	if c == nil {
 		return fmt.Errorf("vm %s: save state: %w", v.cfg.Name, ErrExited)
@@ -543,6 +575,9 @@ func (v *VM) SaveState(ctx context.Context, file string) error {
 	abs, err := filepath.Abs(file)
 	if err != nil {
 		return fmt.Errorf("vm %s: save state: %w", v.cfg.Name, err)
+	}
+	if err := setIgnoreShared(ctx, c, devicesOnly); err != nil {
+		return fmt.Errorf("vm %s: save state to %s: %w", v.cfg.Name, abs, err)
 	}
 	// A live migration of the running guest: it stops when the last of its
 	// memory is written, and so the restored guest runs at once. (The state
@@ -571,6 +606,16 @@ func (v *VM) SaveState(ctx context.Context, file string) error {
 			return fmt.Errorf("vm %s: save state to %s: %w", v.cfg.Name, abs, ctx.Err())
 		}
 	}
+}
+
+// setIgnoreShared sets QEMU's x-ignore-shared migration capability: a
+// state then leaves out the memory in shared RAM files, and its reader
+// expects none. Both ends of a migration must agree on it.
+func setIgnoreShared(ctx context.Context, c *qmp.Client, on bool) error {
+	_, err := c.Execute(ctx, "migrate-set-capabilities", map[string]any{
+		"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}},
+	})
+	return err
 }
 
 // Info describes a running VM.

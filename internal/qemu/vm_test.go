@@ -3,6 +3,7 @@ package qemu_test
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -597,11 +598,16 @@ while :; do echo "tick $(cut -d' ' -f1 /proc/uptime)"; sleep 0.2; done
 		t.Fatal(err)
 	}
 
-	if cfg.Incoming, err = qemu.IncomingFile(state); err != nil {
+	// The whole state restored into a RAM file, mapped shared; from there
+	// the devices alone are saved.
+	ram := filepath.Join(t.TempDir(), "ram")
+	shared := cfg
+	shared.RAMFile, shared.RAMShared = ram, true
+	if shared.Incoming, err = qemu.IncomingFile(state); err != nil {
 		t.Fatal(err)
 	}
 	t1 := time.Now()
-	second := start(t, cfg)
+	second := start(t, shared)
 	line, err := second.WaitConsole(ctx, "a tick after the restore", qemu.Contains("tick "))
 	if err != nil {
 		t.Fatal(err)
@@ -610,8 +616,53 @@ while :; do echo "tick $(cut -d' ' -f1 /proc/uptime)"; sleep 0.2; done
 	if strings.Contains(second.SerialTail(4096), "Linux version") || strings.Contains(second.SerialTail(4096), "started") {
 		t.Errorf("the restored guest booted again; console:\n%s", second.SerialTail(4096))
 	}
-	ok, err := second.Shutdown(ctx)
+	if err := first.SaveDevices(ctx, filepath.Join(t.TempDir(), "x")); err == nil {
+		t.Errorf("SaveDevices of a VM without a RAM file: no error")
+	}
+	devices := filepath.Join(t.TempDir(), "devices")
+	if err := second.SaveDevices(ctx, devices); err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Forcedown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	di, err := os.Stat(devices)
+	if err != nil || di.Size() > 4<<20 {
+		t.Fatalf("devices' state %s: %v, want a file under 4 MiB (the memory is the RAM file's)", devices, err)
+	}
+	ri, err := os.Stat(ram)
+	if err != nil || ri.Size() != 256<<20 {
+		t.Fatalf("RAM file %s: %v, want the guest's 256 MiB", ram, err)
+	}
+	sum := func() [32]byte {
+		b, err := os.ReadFile(ram)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sha256.Sum256(b)
+	}
+	before := sum()
+	t.Logf("state of %d MB: devices %d KB, RAM file %d MB", fi.Size()>>20, di.Size()>>10, ri.Size()>>20)
+
+	// The devices restored, the RAM file mapped copy on write: the guest
+	// goes on, and the file is not written.
+	private := cfg
+	private.RAMFile, private.IncomingDevices = ram, true
+	if private.Incoming, err = qemu.IncomingFile(devices); err != nil {
+		t.Fatal(err)
+	}
+	third := start(t, private)
+	if _, err := third.WaitConsole(ctx, "a tick after the devices' restore", qemu.Contains("tick ")); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(third.SerialTail(4096), "started") {
+		t.Errorf("the restored guest booted again; console:\n%s", third.SerialTail(4096))
+	}
+	ok, err := third.Shutdown(ctx)
 	if err != nil || !ok {
 		t.Errorf("Shutdown() of the restored guest = %v, %v, want true", ok, err)
+	}
+	if sum() != before {
+		t.Errorf("the RAM file changed under a guest that maps it copy on write")
 	}
 }
