@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -203,5 +204,35 @@ func TestAddEntropy(t *testing.T) {
 	rand.Read(b)
 	if err := addEntropy(b); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWarmUp: the warm-up makes the build directory's src and artifacts,
+// unpacks and runs a shell in a scratch directory, and leaves nothing else.
+func TestWarmUp(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Dir, cfg.StepUID, cfg.StepGID = t.TempDir(), 0, 0
+	var logs bytes.Buffer
+	w := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	w.warmUp(t.Context())
+	if !strings.Contains(logs.String(), "warmed up") {
+		t.Fatalf("no warm-up in the log:\n%s", logs.String())
+	}
+	entries, err := os.ReadDir(cfg.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		if !e.IsDir() {
+			t.Errorf("%s is not a directory", e.Name())
+		}
+		names = append(names, e.Name())
+	}
+	if got := strings.Join(names, " "); got != "artifacts src" {
+		t.Errorf("build directory after the warm-up holds %q, want \"artifacts src\"", got)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(cfg.Dir, "src")); len(entries) != 0 {
+		t.Errorf("src is not empty: %v", entries)
 	}
 }
