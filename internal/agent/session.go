@@ -42,6 +42,10 @@ type session struct {
 	// TFTP request.
 	configure func(context.Context, *qemu.Config) error
 	onRequest func(tftp.Request)
+	// noStart keeps a restored VM on a bridge from being given its start
+	// (the whole state's move into a RAM file, toRAMFile): its worker must
+	// still await it when the devices are saved.
+	noStart bool
 
 	progressLog logLimiter // of the progress reports logged (uploads.go)
 

@@ -219,7 +219,7 @@ func (r *vmRun) Start(ctx context.Context) error {
 	}
 	if r.tap != nil {
 		r.watchAwaitStart()
-		if cfg.Incoming != "" {
+		if cfg.Incoming != "" && !s.noStart {
 			return r.sendStart(ctx, tftpAddr)
 		}
 	}

@@ -374,7 +374,8 @@ func (a *Agent) toRAMFile(ctx context.Context, s *session, whole, ram, devices s
 		cfg.Incoming, err = qemu.IncomingFile(whole)
 		return err
 	}
-	defer func() { s.configure = configure }()
+	s.noStart = true
+	defer func() { s.configure, s.noStart = configure, false }()
 	r := a.newVMRun(s)
 	defer r.Close(context.WithoutCancel(ctx))
 	if err := r.Start(ctx); err != nil {
