@@ -209,7 +209,7 @@ func ParseMachine(m Manifest, file string, mode Mode) (*Machine, error) {
 			})
 		case "mac":
 			err = f.set(p, &r.MAC, func(v string) string {
-				if !macRE.MatchString(v) {
+				if !macRE().MatchString(v) {
 					return "not a MAC address (xx:xx:xx:xx:xx:xx)"
 				}
 				return ""

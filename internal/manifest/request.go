@@ -84,7 +84,7 @@ func ParseTaskRequest(ms []Manifest, file string, mode Mode) (*TaskRequest, erro
 			err = f.set(p, &r.InteractiveLogin, nonEmpty)
 		case "fingerprint":
 			err = f.set(p, &r.Fingerprint, func(v string) string {
-				if !sha256RE.MatchString(v) {
+				if !sha256RE().MatchString(v) {
 					return "not a SHA256 fingerprint (64 lower-case hex digits)"
 				}
 				return ""

@@ -135,7 +135,7 @@ func ParseTask(m Manifest, file string, mode Mode) (*Task, error) {
 				return ""
 			})
 		case n == "trust":
-			if v != "yes" && !certFingerprintRE.MatchString(v) {
+			if v != "yes" && !certFingerprintRE().MatchString(v) {
 				return nil, f.invalid(p, "not 'yes' or a SHA256 certificate fingerprint (XX:XX:...)")
 			}
 			t.Trust = append(t.Trust, v)
@@ -210,7 +210,7 @@ func ParseTask(m Manifest, file string, mode Mode) (*Task, error) {
 			err = f.set(p, &t.ArchiveURL, word)
 		case n == archiveSumField:
 			err = f.set(p, &t.ArchiveSHA256, func(v string) string {
-				if !sha256RE.MatchString(v) {
+				if !sha256RE().MatchString(v) {
 					return "not a SHA-256 sum (64 lower-case hex digits)"
 				}
 				return ""

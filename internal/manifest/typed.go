@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // The typed manifests below follow libbbot's manifest.hxx and the bbot
@@ -167,28 +168,43 @@ func (b *builder) extra(ps []Pair) {
 	}
 }
 
-// Value syntaxes.
+// Value syntaxes, each compiled at its first use: a program that links
+// the package pays nothing for those it does not use (the guest's worker
+// starts under emulation, where the eight cost about 5 ms).
 
 var (
 	// A bpkg package name: starts with a letter, ends with a letter, digit
 	// or '+', holds letters, digits, '_', '+', '-' and '.'.
-	packageNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_+.-]*[A-Za-z0-9+]$`)
+	packageNameRE = lazyRE(`^[A-Za-z][A-Za-z0-9_+.-]*[A-Za-z0-9+]$`)
 	// A bpkg version: [+<epoch>-]<upstream>[-<release>][+<revision>][#<iteration>].
-	versionRE = regexp.MustCompile(`^(\+[0-9]+-)?[0-9A-Za-z]+(\.[0-9A-Za-z]+)*(-([0-9A-Za-z]+(\.[0-9A-Za-z]+)*)?)?(\+[0-9]+)?(#[0-9]+)?$`)
+	versionRE = lazyRE(`^(\+[0-9]+-)?[0-9A-Za-z]+(\.[0-9A-Za-z]+)*(-([0-9A-Za-z]+(\.[0-9A-Za-z]+)*)?)?(\+[0-9]+)?(#[0-9]+)?$`)
 	// A standard version: [+<epoch>-]<maj>.<min>.<patch>[-(a|b).<num>[.<snapsn>[.<snapid>]]|-][+<revision>].
-	standardVersionRE = regexp.MustCompile(`^(\+[1-9][0-9]*-)?[0-9]+\.[0-9]+\.[0-9]+(-((a|b)\.[0-9]+(\.([0-9]+|z)(\.[0-9A-Za-z]{1,16})?)?)?)?(\+[1-9][0-9]*)?$`)
+	standardVersionRE = lazyRE(`^(\+[1-9][0-9]*-)?[0-9]+\.[0-9]+\.[0-9]+(-((a|b)\.[0-9]+(\.([0-9]+|z)(\.[0-9A-Za-z]{1,16})?)?)?)?(\+[1-9][0-9]*)?$`)
 	// A target triplet: cpu-vendor-os[-...].
-	tripletRE = regexp.MustCompile(`^[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)+$`)
+	tripletRE = lazyRE(`^[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)+$`)
 	// A repository certificate fingerprint: SHA256 as 32 colon-separated
 	// upper-case hex bytes.
-	certFingerprintRE = regexp.MustCompile(`^[0-9A-F]{2}(:[0-9A-F]{2}){31}$`)
+	certFingerprintRE = lazyRE(`^[0-9A-F]{2}(:[0-9A-F]{2}){31}$`)
 	// An agent's public key fingerprint: SHA256 as 64 lower-case hex digits.
-	sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	sha256RE = lazyRE(`^[0-9a-f]{64}$`)
 	// A MAC address.
-	macRE = regexp.MustCompile(`^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$`)
+	macRE = lazyRE(`^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$`)
 	// An environment variable name.
-	envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	envNameRE = lazyRE(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
+
+// lazyRE returns a function that compiles expr at its first call.
+func lazyRE(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
+}
+
+// CompileSyntaxes compiles now what the value checks would compile at
+// their first use (a guest's worker warming up before its state is saved).
+func CompileSyntaxes() {
+	for _, re := range []func() *regexp.Regexp{packageNameRE, versionRE, standardVersionRE, tripletRE, certFingerprintRE, sha256RE, macRE, envNameRE} {
+		re()
+	}
+}
 
 // word checks that v is one non-empty word (no whitespace).
 func word(v string) string {
@@ -209,28 +225,28 @@ func nonEmpty(v string) string {
 }
 
 func packageName(v string) string {
-	if !packageNameRE.MatchString(v) {
+	if !packageNameRE().MatchString(v) {
 		return "not a package name (a letter first; letters, digits, '_', '+', '-', '.'; a letter, digit or '+' last)"
 	}
 	return ""
 }
 
 func packageVersion(v string) string {
-	if !versionRE.MatchString(v) {
+	if !versionRE().MatchString(v) {
 		return "not a package version ([+<epoch>-]<upstream>[-<release>][+<revision>])"
 	}
 	return ""
 }
 
 func standardVersion(v string) string {
-	if !standardVersionRE.MatchString(v) {
+	if !standardVersionRE().MatchString(v) {
 		return "not a standard version (<major>.<minor>.<patch>[-(a|b).<num>[.<snapshot>]][+<revision>])"
 	}
 	return ""
 }
 
 func triplet(v string) string {
-	if !tripletRE.MatchString(v) {
+	if !tripletRE().MatchString(v) {
 		return "not a target triplet (<cpu>-<vendor>-<os>)"
 	}
 	return ""
@@ -314,7 +330,7 @@ func environmentLines(v string) string {
 			continue
 		}
 		name, _, ok := strings.Cut(line, "=")
-		if !ok || !envNameRE.MatchString(name) {
+		if !ok || !envNameRE().MatchString(name) {
 			return fmt.Sprintf("line %d is not a NAME=VALUE assignment", i+1)
 		}
 	}

@@ -233,8 +233,9 @@ const warmUpDir = ".warm-up"
 // first-time work of each task's worker that the guest would otherwise
 // repeat after every restore: it makes the build directory's src and
 // artifacts (empty; Build gives them to the steps' user as before),
-// unpacks a small archive into a scratch directory (the file system's
-// bitmaps and caches, the decompressor's tables), runs a shell in it as
+// compiles the manifest checks' regular expressions, unpacks a small
+// archive into a scratch directory (the file system's bitmaps and caches,
+// the decompressor's tables), runs a shell in it as
 // the steps' user (Build's runShell), removes it and syncs the file
 // system, whose journal is then clean in the saved state. Failures are
 // logged: a task does the same work anyway. In the busybox machine's
@@ -245,6 +246,7 @@ const warmUpDir = ".warm-up"
 // starts empty.
 func (w *Worker) warmUp(ctx context.Context) {
 	t0 := time.Now()
+	manifest.CompileSyntaxes()
 	err := func() error {
 		for _, d := range []string{filepath.Join(w.cfg.Dir, "src"), w.artifacts()} {
 			if err := os.MkdirAll(d, 0o755); err != nil {
