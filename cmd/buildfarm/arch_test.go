@@ -160,7 +160,8 @@ func TestAgentRefusesOtherArch(t *testing.T) {
 // machine, under TCG, through the agent's --fake-request path: image build
 // --arch aarch64 with the worker cross-compiled, machine add, and the
 // agent, which boots qemu-system-aarch64 for the machine's architecture.
-// The result carries the guest's uname -m.
+// The result carries the guest's uname -m, and says the VM was restored
+// from the machine's warm state.
 func TestBuildHelloAArch64(t *testing.T) {
 	testenv.NeedVM(t)
 	testenv.NeedRoot(t)
@@ -187,6 +188,11 @@ func TestBuildHelloAArch64(t *testing.T) {
 	r := dumpedResult(t, out)
 	if r.Status != manifest.StatusSuccess {
 		t.Fatalf("hello-aarch64: status %s, want success\nresult:\n%s\nagent log:\n%s", r.Status, out, errOut)
+	}
+	// The agent's default, --start auto: the task's VM restored from the
+	// warm state built after the bootstrap (its memory in a RAM file).
+	if r.Start != "warm" || !strings.Contains(errOut, "warm state built") {
+		t.Errorf("hello-aarch64's VM started %q, want warm from a state built for it; agent log:\n%s", r.Start, errOut)
 	}
 	for _, op := range r.Results {
 		if op.Operation == "test" {
