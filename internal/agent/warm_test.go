@@ -126,6 +126,9 @@ func TestWarmStart(t *testing.T) {
 	if err != nil || ri.Size() != int64(o.MemoryMB)<<20 {
 		t.Errorf("RAM file %s: %v, want the guest's %d MiB", files.ram, err, o.MemoryMB)
 	}
+	if ki, err := os.Stat(files.kernel); err != nil || ki.Size() > 1<<20 {
+		t.Errorf("restore kernel %s: %v, want the bzImage's header and setup, under 1 MiB", files.kernel, err)
+	}
 	onDisk := diskUsage(files.state) + diskUsage(files.ram)
 	if ws := WarmStates(v.Dir, "busybox"); len(ws) != 1 || ws[0].Toolchain != "default" || ws[0].Bytes != onDisk || onDisk < 1<<20 || onDisk >= ri.Size() {
 		t.Errorf("WarmStates (machine list) = %+v, want the default toolchain's state, %d bytes on disk, less than the memory (a sparse RAM file)", ws, onDisk)
@@ -222,7 +225,7 @@ func TestWarmStart(t *testing.T) {
 	if err := v.Remove(context.Background(), "busybox", nil); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{files.dir, files.ram, files.state, files.key} {
+	for _, p := range []string{files.dir, files.ram, files.kernel, files.state, files.key} {
 		if _, err := os.Lstat(p); err == nil {
 			t.Errorf("%s left after the machine's removal", p)
 		}
