@@ -64,10 +64,12 @@ below it (such as /tmp), and home directories (/root, /home/NAME, $HOME).
 
 After bootstrapping a machine the agent boots it once more to the point
 where its worker waits for a task, and saves that VM's state beside the
-machine. With --start auto (the default) or warm, a task's VM is restored
-from that state instead of booted (0.3 s to the worker's first request
-under TCG, against about 3 s for a boot of the busybox machine), and the
-worker gets the host's time and fresh random bytes; a state that does not
+machine: its devices' state, and its memory in a sparse RAM file, which
+each restored VM maps copy on write. With --start auto (the default) or
+warm, a task's VM is restored from that state instead of booted
+(0.35-0.5 s to the worker's first request under TCG here, against about
+3 s for a boot of the busybox machine), and the worker gets the host's
+time and fresh random bytes; a state that does not
 fit (another QEMU, --ram, --cpu, machine or toolchain) or fails to restore
 gives a cold boot, logged with the reason, and is built again. Each result
 says how its VM started in its buildfarm-start field (warm or cold).

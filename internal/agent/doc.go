@@ -28,7 +28,8 @@
 //     manifest's name, which machine add makes its name in the volume.
 //     Each bootstrapped machine that has none gets a warm state (warm.go):
 //     booted once more to the point where its worker waits for its task,
-//     and saved (unless --start cold).
+//     and saved (unless --start cold): the devices' state, and the memory
+//     in a sparse RAM file that restored VMs map copy on write.
 //  4. Ask each controller in turn for a task (package ctlclient), with
 //     long polling (the Buildfarm-Wait header); a controller that fails,
 //     answers garbage or too much, or takes longer than --request-timeout
