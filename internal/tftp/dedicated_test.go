@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -84,5 +85,54 @@ func TestDedicatedShortTimeout(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("Get with timeout %v and 3 retries from a silent server still waits after 10 s", timeout)
 		}
+	}
+}
+
+// TestDallyLeavesThePFree: a Dedicated Get returns while its socket
+// dallies in a goroutine of its own (RFC 1350). That goroutine must wait
+// in Go's network poller: when its read held the P, as the transfer's own
+// reads do, every other goroutine of a process with one P (the worker in
+// its one-vCPU guest) waited for the runtime's preemption signal, 10-20
+// ms at a time, for as long as the dally lasted, and the guest idled
+// through half of a task.
+func TestDallyLeavesThePFree(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	root := t.TempDir()
+	if err := writeFileErr(filepath.Join(root, "f"), []byte("dally\n")); err != nil {
+		t.Fatal(err)
+	}
+	addr := testServer(t, &Server{Root: root})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	for range 3 {
+		if _, err := Get(ctx, addr, "f", io.Discard, Options{Dedicated: true, Timeout: 2 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The dallying goroutines run whenever this one waits: a hand-over
+	// to another goroutine and back, 200 times, takes microseconds each
+	// unless one of them holds the P.
+	ping, pong := make(chan struct{}), make(chan struct{})
+	go func() {
+		for range ping {
+			pong <- struct{}{}
+		}
+	}()
+	defer close(ping)
+	var slow int
+	var worst time.Duration
+	for range 200 {
+		t0 := time.Now()
+		ping <- struct{}{}
+		<-pong
+		time.Sleep(100 * time.Microsecond) // a timer too, as the worker's waits
+		d := time.Since(t0)
+		worst = max(worst, d)
+		if d > 5*time.Millisecond {
+			slow++
+		}
+	}
+	if slow > 10 {
+		t.Errorf("%d of 200 hand-overs took over 5 ms (the worst %v): a dallying goroutine holds the P", slow, worst)
 	}
 }

@@ -48,6 +48,7 @@ type link struct {
 	segsize  int
 	slowPeer bool // the last blocking read waited longer than spinFor
 	holdP    bool // block without a scheduler hand-off (Options.Dedicated)
+	polled   bool // a direct link that waits in the poller again (release)
 
 	scratch []byte // for error packets
 
@@ -122,6 +123,26 @@ func blockingFD(conn net.PacketConn) (fd int, inet6 bool, err error) {
 	}
 	_, inet6 = sa.(*syscall.SockaddrInet6)
 	return fd, inet6, nil
+}
+
+// release makes a direct link read through Go's network poller from now
+// on, as an indirect one does. A direct link's blocking read holds the
+// goroutine's P (holdP): right for a transfer that is all the process
+// does, wrong for a goroutine beside others. Each Get left such a
+// goroutine dallying for a second or more after it returned, whose read
+// held the worker's only P in a one-vCPU guest until the runtime's
+// preemption signal, 10-20 ms later, let the worker's main goroutine run
+// again, over and over: the guest idled through half of a hello task
+// (bench/README.md, VM boot).
+func (l *link) release() {
+	if l.fd < 0 || l.polled {
+		return
+	}
+	// The descriptor is a duplicate of the conn's: they share the flag.
+	if err := syscall.SetNonblock(l.fd, true); err != nil {
+		return
+	}
+	l.polled, l.holdP = true, false
 }
 
 func (l *link) close() {
@@ -219,7 +240,7 @@ var errTimeout = errors.New("timed out")
 // deadline. With l.peer's port 0, the first packet from the peer's address
 // fixes the port (the server's transfer ID, seen by a client).
 func (l *link) recv(ctx context.Context, buf []byte, deadline time.Time) ([]byte, error) {
-	if l.fd < 0 {
+	if l.fd < 0 || l.polled {
 		if err := l.conn.SetReadDeadline(deadline); err != nil {
 			return nil, err
 		}
@@ -274,11 +295,11 @@ func (l *link) hear() {
 // read reads one packet, from anyone, into buf (or, coalesced packets, into
 // l.grobuf, keeping all but the first in l.pending).
 func (l *link) read(buf []byte, deadline time.Time) ([]byte, netip.AddrPort, error) {
-	if u, ok := l.conn.(*net.UDPConn); ok && l.fd < 0 {
+	if u, ok := l.conn.(*net.UDPConn); ok && (l.fd < 0 || l.polled) {
 		n, from, err := u.ReadFromUDPAddrPort(buf)
 		return buf[:n], unmap(from), err
 	}
-	if l.fd < 0 {
+	if l.fd < 0 || l.polled {
 		n, a, err := l.conn.ReadFrom(buf)
 		if err != nil {
 			return nil, netip.AddrPort{}, err

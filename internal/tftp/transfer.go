@@ -341,6 +341,7 @@ func (r *receiver) finish() error { return r.l.send(r.ack) }
 // and acknowledges them again (RFC 1350, "dallying"), until the sender
 // has been silent for a while: the sender's timeout is not known here.
 func (r *receiver) dally(ctx context.Context) {
+	r.l.release() // a goroutine beside others: see release
 	wait := max(3*r.p.timeout, time.Second)
 	deadline := time.Now().Add(wait)
 	for {

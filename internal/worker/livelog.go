@@ -76,7 +76,7 @@ func (w *Worker) startLive(ctx context.Context, op string) *liveWriter {
 		for {
 			select {
 			case <-t.C:
-				l.flush(ctx)
+				l.flush(ctx, false)
 			case <-l.stop:
 				return
 			case <-ctx.Done():
@@ -99,8 +99,12 @@ func (l *liveWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// flush sends what is buffered, in chunks.
-func (l *liveWriter) flush(ctx context.Context) {
+// flush sends what is buffered, in chunks. Only the goroutine that is all
+// the worker does meanwhile (Close's caller, the step over) may send as
+// the worker's other transfers do, holding the scheduler (dedicated); the
+// writer's own goroutine sends beside the step and its output's copy, so
+// it waits in Go's network poller (tftp.Options.Dedicated).
+func (l *liveWriter) flush(ctx context.Context, dedicated bool) {
 	for {
 		l.mu.Lock()
 		if l.buf.Len() == 0 || l.failed >= 3 {
@@ -115,7 +119,9 @@ func (l *liveWriter) flush(ctx context.Context) {
 		fmt.Fprintf(&b, "%s %s %d\n", liveMagic, l.op, off)
 		b.Write(data)
 		l.w.seq++
-		if err := l.w.put(ctx, fmt.Sprintf("%s%06d", LiveFilePrefix, l.w.seq), b.Bytes()); err != nil {
+		opts := l.w.opts
+		opts.Dedicated = dedicated
+		if err := l.w.putWith(ctx, fmt.Sprintf("%s%06d", LiveFilePrefix, l.w.seq), b.Bytes(), opts); err != nil {
 			l.mu.Lock()
 			l.failed++
 			l.mu.Unlock()
@@ -131,5 +137,5 @@ func (l *liveWriter) Close(ctx context.Context) {
 	}
 	close(l.stop)
 	<-l.done
-	l.flush(ctx)
+	l.flush(ctx, true)
 }

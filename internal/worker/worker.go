@@ -126,7 +126,12 @@ func (w *Worker) get(ctx context.Context, remote string, dst io.Writer) error {
 }
 
 func (w *Worker) put(ctx context.Context, remote string, data []byte) error {
-	if err := tftp.Put(ctx, w.cfg.TFTP, remote, bytes.NewReader(data), int64(len(data)), w.opts); err != nil {
+	return w.putWith(ctx, remote, data, w.opts)
+}
+
+// putWith is put with the TFTP options opts.
+func (w *Worker) putWith(ctx context.Context, remote string, data []byte, opts tftp.Options) error {
+	if err := tftp.Put(ctx, w.cfg.TFTP, remote, bytes.NewReader(data), int64(len(data)), opts); err != nil {
 		return fmt.Errorf("put %s to %s: %w", remote, w.cfg.TFTP, err)
 	}
 	return nil
