@@ -227,12 +227,11 @@ func (v *VM) Start(ctx context.Context) error {
 	default:
 	}
 	if v.cfg.Incoming != "" && v.cfg.IncomingDevices {
-		if err := setIgnoreShared(ctx, c, true); err != nil {
-			v.kill()
-			<-v.done
-			return v.startError(fmt.Errorf("restoring the devices' state: %w", err))
+		err := setIgnoreShared(ctx, c, true)
+		if err == nil {
+			_, err = c.Execute(ctx, "migrate-incoming", map[string]any{"uri": v.cfg.Incoming})
 		}
-		if _, err := c.Execute(ctx, "migrate-incoming", map[string]any{"uri": v.cfg.Incoming}); err != nil {
+		if err != nil {
 			v.kill()
 			<-v.done
 			return v.startError(fmt.Errorf("restoring the devices' state: %w", err))

@@ -32,7 +32,7 @@ func (w *Worker) giveDir() error {
 	if err := os.Lchown(w.cfg.Dir, uid, gid); err != nil {
 		return fmt.Errorf("build directory for the steps' user: %w", err)
 	}
-	for _, d := range []string{filepath.Join(w.cfg.Dir, "src"), w.artifacts()} {
+	for _, d := range []string{w.sources(), w.artifacts()} {
 		err := filepath.WalkDir(d, func(p string, _ fs.DirEntry, err error) error {
 			if err != nil {
 				return err

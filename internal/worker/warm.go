@@ -248,7 +248,7 @@ func (w *Worker) warmUp(ctx context.Context) {
 	t0 := time.Now()
 	manifest.CompileSyntaxes()
 	err := func() error {
-		for _, d := range []string{filepath.Join(w.cfg.Dir, "src"), w.artifacts()} {
+		for _, d := range []string{w.sources(), w.artifacts()} {
 			if err := os.MkdirAll(d, 0o755); err != nil {
 				return err
 			}

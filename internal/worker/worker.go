@@ -211,7 +211,7 @@ func (w *Worker) Build(ctx context.Context) error {
 		return fmt.Errorf("%s: %w", TaskFile, err)
 	}
 	res := &manifest.Result{Name: task.Name, Version: task.Version, Status: manifest.StatusSuccess}
-	src := filepath.Join(w.cfg.Dir, "src")
+	src := w.sources()
 	if err := w.awaitReady(ctx); err != nil {
 		return err
 	}
@@ -416,6 +416,10 @@ func matchAny(res []*regexp.Regexp, log string) bool {
 
 // artifacts is the directory whose files the worker uploads after the steps.
 func (w *Worker) artifacts() string { return filepath.Join(w.cfg.Dir, "artifacts") }
+
+// sources is the directory the task's sources are unpacked into, in the
+// build directory: where the steps run.
+func (w *Worker) sources() string { return filepath.Join(w.cfg.Dir, "src") }
 
 // putArtifacts uploads the regular files of the artifacts directory, in name
 // order, as artifact-NAME. A failed upload is logged, not fatal: the result
