@@ -7,12 +7,13 @@
 //   - hello: `buildfarm agent --fake-request` of examples/hello on the
 //     x86_64 machine and examples/hello-aarch64 on the aarch64 one, the
 //     whole agent process timed (snapshot, VM, configure, build, test,
-//     install, result) at the agent's defaults (--start auto: the task's VM
-//     restored from the machine's warm state); each must end in success,
-//     and the aarch64 test log must say uname -m: aarch64. A first,
-//     untimed task of each architecture lets the agent bootstrap both
-//     machines and save their warm states; each timed run's result says
-//     how its VM started (warm or cold), and results.json keeps it.
+//     install, result) at the agent's defaults (--start auto: the x86_64
+//     task's VM restored from the machine's warm state; an aarch64 guest
+//     under TCG always boots cold); each must end in success, and the
+//     aarch64 test log must say uname -m: aarch64. A first, untimed task
+//     of each architecture lets the agent bootstrap both machines and
+//     save the x86_64 one's warm state; each timed run's result says how
+//     its VM started (warm or cold), and results.json keeps it.
 //   - hello, cold: the same with --start cold (the task's VM booted).
 //
 // With -hello-c it also builds examples/hello-c-aarch64 once on the debian

@@ -42,10 +42,16 @@ type session struct {
 	// TFTP request.
 	configure func(context.Context, *qemu.Config) error
 	onRequest func(tftp.Request)
-	// noStart keeps a restored VM on a bridge from being given its start
-	// (the whole state's move into a RAM file, toRAMFile): its worker must
-	// still await it when the devices are saved.
-	noStart bool
+	// resaving marks the VM of the whole state's move into a RAM file
+	// (toRAMFile), restored only to have its devices saved again. It is
+	// not given its start on a bridge (its worker must still await it
+	// when the devices are saved) and it gets no console: a console
+	// connecting to or leaving a virtio-serial port has QEMU write a
+	// control message into the guest's memory, even in a stopped VM, and
+	// one that came after the devices' save would change the shared RAM
+	// file behind the saved devices (the console dials its ports whenever
+	// QEMU is up; see qemu.VM.SaveDevices).
+	resaving bool
 
 	progressLog logLimiter // of the progress reports logged (uploads.go)
 

@@ -214,12 +214,14 @@ func (r *vmRun) Start(ctx context.Context) error {
 		return err
 	}
 	r.vm = vm
-	if err := r.startConsole(ctx); err != nil {
-		return err
+	if !s.resaving {
+		if err := r.startConsole(ctx); err != nil {
+			return err
+		}
 	}
-	if r.tap != nil {
+	if r.tap != nil && !s.resaving {
 		r.watchAwaitStart()
-		if cfg.Incoming != "" && !s.noStart {
+		if cfg.Incoming != "" {
 			return r.sendStart(ctx, tftpAddr)
 		}
 	}

@@ -557,6 +557,12 @@ func (v *VM) SaveState(ctx context.Context, file string) error {
 // RAMFile (shared or not), Incoming set to IncomingFile(file) and
 // IncomingDevices restores it without reading the memory first: the
 // guest's pages are read from the file as it touches them.
+//
+// The RAM file must not change after the save, and QEMU's devices can
+// still write the guest's memory in a stopped VM: a host end connecting
+// to or leaving a virtio-serial port (Config.Ports) has QEMU put a
+// control message in the guest's queue. Keep the ports' host ends as they
+// are until QEMU has exited (Forcedown).
 func (v *VM) SaveDevices(ctx context.Context, file string) error {
 	if v.cfg.RAMFile == "" || !v.cfg.RAMShared {
 		return fmt.Errorf("vm %s: save devices: the VM's memory is not a shared RAM file", v.cfg.Name)
