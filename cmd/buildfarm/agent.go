@@ -73,9 +73,6 @@ time and fresh random bytes; a state that does not
 fit (another QEMU, --ram, --cpu, machine or toolchain) or fails to restore
 gives a cold boot, logged with the reason, and is built again. Each result
 says how its VM started in its buildfarm-start field (warm or cold).
-aarch64 machines on an x86_64 host always boot cold: about one state in
-five that QEMU 7.2 saved of a booted aarch64 guest under TCG did not
-restore (the guest hung or crashed).
 
 Networking: by default each VM has QEMU's user-mode networking in a
 network namespace of its own, whose only service is the agent's TFTP
@@ -145,7 +142,7 @@ minutes.`,
 		f.IntVar(&o.CPUs, "cpu", o.CPUs, "virtual `CPUs` of each VM (each of --instances VMs gets this many)")
 		f.IntVar(&o.MemoryMB, "ram", o.MemoryMB, "`MiB` of memory of each VM (each of --instances VMs gets this much)")
 		f.StringVar(&o.Accel, "accel", o.Accel, "accelerator: kvm, tcg, or auto (KVM only when a test guest really runs under it)")
-		f.StringVar(&o.Start, "start", o.Start, "how task VMs start: warm (restored from a state saved after bootstrap, built first where missing), cold (booted), or auto (warm where a valid state exists); aarch64 guests under TCG always boot cold")
+		f.StringVar(&o.Start, "start", o.Start, "how task VMs start: warm (restored from a state saved after bootstrap, built first where missing), cold (booted), or auto (warm where a valid state exists)")
 		f.DurationVar(&o.BootstrapStartup, "bootstrap-startup", o.BootstrapStartup, "bootstrap VM's time to its first TFTP request")
 		f.DurationVar(&o.BootstrapTimeout, "bootstrap-timeout", o.BootstrapTimeout, "bootstrap's time to upload its manifest")
 		f.IntVar(&o.BootstrapRetries, "bootstrap-retries", o.BootstrapRetries, "retries of a bootstrap VM that mis-booted")

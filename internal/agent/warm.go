@@ -17,9 +17,8 @@ package agent
 // enumeration: it boots a snapshot of the bootstrapped machine with the
 // worker's buildfarm.start=wait (and warmKernelArgs), waits for the
 // worker's first request (for worker.StartFile, which it never serves: the
-// worker waits for its task), saves the running guest's state (a live
-// migration to a file; the guest stops when the last of its memory is
-// written) and forces QEMU down. Then it moves the memory out of the
+// worker waits for its task), stops the guest and saves its state (a
+// migration to a file, qemu.VM.SaveState) and forces QEMU down. Then it moves the memory out of the
 // state (toRAMFile): QEMU restores that state once into the RAM file,
 // mapped shared, and saves the devices alone (qemu.VM.SaveDevices).
 // It keeps the snapshot as the warm machine. The key is written last: a
@@ -66,8 +65,6 @@ package agent
 // next enumeration builds again. A machine that is bootstrapped again
 // (upgraded, or a new toolchain) loses its warm machine before the
 // bootstrap, and a removed machine loses it with its directory.
-//
-// aarch64 guests on an x86_64 host get no warm machine (noWarm).
 
 import (
 	"bufio"
@@ -89,7 +86,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/machine"
 	"github.com/buildfarm/buildfarm/internal/manifest"
 	"github.com/buildfarm/buildfarm/internal/proc"
@@ -195,32 +191,11 @@ func (a *Agent) readWarm(m *machineState) (*warmState, error) {
 // cold, nor with --fake-build, which starts no VM.
 func (a *Agent) warmStarts() bool { return a.opts.Start != StartCold && !a.opts.FakeBuild }
 
-// noWarm says why m's task VMs always boot cold, whatever --start says,
-// or "" when they may be restored: an aarch64 guest on another host,
-// which QEMU (7.2) runs under TCG. About one warm state in five of the
-// aarch64 busybox machine did not restore: the restored guest hung
-// without a request (its kernel busy in __hrtimer_run_queues), its
-// kernel oopsed, or its worker crashed, some of them after the task had
-// started. Such a state fails every restore, the whole state as saved
-// from the booted guest as well as the RAM file made from it, and its
-// devices' state is the whole state's: the fault is in the saved boot,
-// not in the moves after it. No x86_64 state has been seen to fail.
-func noWarm(m *machineState) string {
-	if m.machine != nil && m.machine.Architecture() == arch.AArch64 && arch.Host() != arch.AArch64 {
-		return "aarch64 guests under TCG boot cold: about one saved state in five did not restore"
-	}
-	return ""
-}
-
 // warmFor returns the warm state to restore a task's VM of m from, or nil
 // for a cold boot (--start cold or --fake-build, a machine without a disk
 // of ours, no state). With --start warm a missing state is built first.
 func (a *Agent) warmFor(ctx context.Context, slot int, m *machineState) *warmState {
 	if !a.warmStarts() || m.fake || m.volume == nil {
-		return nil
-	}
-	if why := noWarm(m); why != "" {
-		a.log.Info("no warm start; cold boot", "machine", m.name, "why", why)
 		return nil
 	}
 	w, err := a.readWarm(m)
@@ -257,10 +232,6 @@ func (a *Agent) ensureWarm(ctx context.Context, slot int, ms []*machineState) {
 	}
 	for _, m := range ms {
 		if m.fake || m.volume == nil || ctx.Err() != nil {
-			continue
-		}
-		if why := noWarm(m); why != "" {
-			a.dropWarm(ctx, m.volume, m.name, why) // one an older agent built
 			continue
 		}
 		f := a.warmFilesOf(m.volume, m.name)

@@ -258,6 +258,9 @@ func (c *Config) Args() ([]string, error) {
 	}
 	a = append(a, "-nodefaults", "-no-user-config", "-display", "none",
 		"-machine", machineOpt)
+	// A saved state (VM.SaveState) leaves out the run state of the guest,
+	// which is saved stopped: restored, it runs.
+	a = append(a, "-global", "migration.store-global-state=off")
 	switch {
 	case c.Accel == KVM:
 		a = append(a, "-cpu", "host")
