@@ -8,7 +8,7 @@ package agent
 //	<name>/.<name>-<toolchain>.warm/       a snapshot of <name>-<toolchain>, its
 //	                                       disk as the saved guest left it
 //	<name>/.<name>-<toolchain>.warm.ram    the guest's memory (a sparse file)
-//	<name>/.<name>-<toolchain>.warm.kernel the part of an x86_64 kernel a
+//	<name>/.<name>-<toolchain>.warm.kernel the part of the kernel a
 //	                                       restore reads (restoreKernel)
 //	<name>/.<name>-<toolchain>.warm.state  the guest's devices
 //	<name>/.<name>-<toolchain>.warm.key    what the state depends on (warmKey)
@@ -72,6 +72,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -411,14 +412,18 @@ func (a *Agent) toRAMFile(ctx context.Context, s *session, whole, ram, devices s
 	return r.Close(ctx)
 }
 
-// restoreKernel writes to out the part of an x86_64 Linux kernel (a
-// bzImage) that QEMU reads when it restores a guest: the boot protocol's
-// header and the setup code. A restored guest never boots its kernel,
-// but QEMU (7.2) still reads the -kernel file whole (the busybox
-// machine's is 14 MB: 3,300 page faults and 60-70 ms of its start here)
-// to set up the same option ROM the saved VM had, linuxboot_dma.bin, a
-// RAM block the state holds. Other kernels (aarch64's Image) get no
-// file: their restores read the whole kernel, as before.
+// restoreKernel writes to out the part of a Linux kernel that QEMU
+// reads when it restores a guest, or nothing for a kernel of another
+// kind (whose restores read it whole). A restored guest never boots its
+// kernel, but QEMU (7.2) still reads the -kernel file whole: the busybox
+// machine's bzImage is 14 MB (3,300 page faults and 60-70 ms of its
+// start here), for the option ROM the saved VM had, linuxboot_dma.bin (a
+// RAM block the state holds); aarch64's Image is 27 MB, for a ROM blob
+// that a restore never copies into the guest. The part: a bzImage's boot
+// protocol header and setup code; an arm64 Image's first 4 KiB, whose
+// header gives QEMU the kernel's load offset and size (image_size), and
+// so the same places for the initrd and the device tree as the whole
+// Image.
 func restoreKernel(kernel, out string) error {
 	f, err := os.Open(kernel)
 	if err != nil {
@@ -426,18 +431,27 @@ func restoreKernel(kernel, out string) error {
 	}
 	defer f.Close()
 	head := make([]byte, 0x210)
-	if _, err := io.ReadFull(f, head); err != nil || string(head[0x202:0x206]) != "HdrS" {
-		return nil // not a bzImage
+	n, err := io.ReadFull(f, head)
+	switch {
+	case err == nil && string(head[0x202:0x206]) == "HdrS":
+		sects := int(head[0x1f1])
+		if sects == 0 {
+			sects = 4
+		}
+		part := make([]byte, (sects+1)*512)
+		if _, err := f.ReadAt(part, 0); err != nil {
+			return fmt.Errorf("%s: %w", kernel, err)
+		}
+		return writeFileAtomic(out, part)
+	case n >= 64 && string(head[56:60]) == "ARM\x64" && binary.LittleEndian.Uint64(head[16:24]) != 0:
+		part := make([]byte, 4096)
+		n, err := f.ReadAt(part, 0)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s: %w", kernel, err)
+		}
+		return writeFileAtomic(out, part[:n])
 	}
-	sects := int(head[0x1f1])
-	if sects == 0 {
-		sects = 4
-	}
-	part := make([]byte, (sects+1)*512)
-	if _, err := f.ReadAt(part, 0); err != nil {
-		return fmt.Errorf("%s: %w", kernel, err)
-	}
-	return writeFileAtomic(out, part)
+	return nil
 }
 
 // fileSize returns the size of file.

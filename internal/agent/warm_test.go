@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
@@ -229,5 +231,50 @@ func TestWarmStart(t *testing.T) {
 		if _, err := os.Lstat(p); err == nil {
 			t.Errorf("%s left after the machine's removal", p)
 		}
+	}
+}
+
+// TestRestoreKernel checks the part of each kind of kernel that a
+// restore gets: a bzImage's header and setup sectors, an arm64 Image's
+// first 4 KiB, and nothing of another file.
+func TestRestoreKernel(t *testing.T) {
+	dir := t.TempDir()
+	bz := make([]byte, 64<<10)
+	copy(bz[0x202:], "HdrS")
+	bz[0x1f1] = 3 // setup sectors: the part is 4 sectors
+	arm := make([]byte, 64<<10)
+	binary.LittleEndian.PutUint64(arm[16:], 1<<20) // image_size
+	copy(arm[56:], "ARM\x64")
+	noSize := bytes.Clone(arm)
+	binary.LittleEndian.PutUint64(noSize[16:], 0) // an old Image: QEMU sizes it by the file
+	for _, tt := range []struct {
+		name   string
+		kernel []byte
+		want   int // bytes of the part; -1: no file
+	}{
+		{"bzImage", bz, 4 * 512},
+		{"arm64 Image", arm, 4096},
+		{"arm64 Image without image_size", noSize, -1},
+		{"other", make([]byte, 64<<10), -1},
+		{"short", []byte("ARM"), -1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			k, out := filepath.Join(dir, tt.name), filepath.Join(dir, tt.name+".part")
+			if err := os.WriteFile(k, tt.kernel, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := restoreKernel(k, out); err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(out)
+			switch {
+			case tt.want < 0 && err == nil:
+				t.Errorf("restoreKernel wrote %d bytes, want no file", len(b))
+			case tt.want >= 0 && err != nil:
+				t.Errorf("restoreKernel wrote no file: %v", err)
+			case tt.want >= 0 && !bytes.Equal(b, tt.kernel[:tt.want]):
+				t.Errorf("restoreKernel wrote %d bytes, want the kernel's first %d", len(b), tt.want)
+			}
+		})
 	}
 }
