@@ -45,12 +45,13 @@ type session struct {
 	// resaving marks the VM of the whole state's move into a RAM file
 	// (toRAMFile), restored only to have its devices saved again. It is
 	// not given its start on a bridge (its worker must still await it
-	// when the devices are saved) and it gets no console: a console
-	// connecting to or leaving a virtio-serial port has QEMU write a
-	// control message into the guest's memory, even in a stopped VM, and
-	// one that came after the devices' save would change the shared RAM
-	// file behind the saved devices (the console dials its ports whenever
-	// QEMU is up; see qemu.VM.SaveDevices).
+	// when the devices are saved) and it gets no console, whose ports
+	// connect whenever it gets to them: a host end connecting to or
+	// leaving a virtio-serial port has QEMU write a control message into
+	// the guest's memory, even in a stopped VM, and one after the
+	// devices' save would change the shared RAM file behind the saved
+	// devices. toRAMFile holds the ports' host ends itself, from before
+	// the save until QEMU is gone.
 	resaving bool
 
 	progressLog logLimiter // of the progress reports logged (uploads.go)

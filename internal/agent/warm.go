@@ -78,6 +78,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -382,10 +383,28 @@ func (a *Agent) toRAMFile(ctx context.Context, s *session, whole, ram, devices s
 	}
 	s.resaving = true
 	defer func() { s.configure, s.resaving = configure, false }()
+	var ends []net.Conn // closed after QEMU is gone: deferred before r.Close
+	defer func() {
+		for _, c := range ends {
+			c.Close()
+		}
+	}()
 	r := a.newVMRun(s)
 	defer r.Close(context.WithoutCancel(ctx))
 	if err := r.Start(ctx); err != nil {
 		return err
+	}
+	// Each virtio-serial port has a host end for the whole move, as the
+	// saved VM's had (its console's), read and thrown away: the restored
+	// guests then find their ports connected, and nothing connects, leaves
+	// or unblocks a port after the devices' save (see session.resaving).
+	for _, p := range r.vm.Info().Ports {
+		c, err := net.Dial("unix", p.Socket)
+		if err != nil {
+			return fmt.Errorf("restoring into the RAM file: port %s: %w", p.Name, err)
+		}
+		ends = append(ends, c)
+		go io.Copy(io.Discard, c)
 	}
 	ctx, cancel := context.WithTimeout(ctx, warmStartup)
 	defer cancel()
