@@ -1,21 +1,17 @@
 package main
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/buildfarm/buildfarm/internal/agent"
 	"github.com/buildfarm/buildfarm/internal/arch"
 	"github.com/buildfarm/buildfarm/internal/machine/machinetest"
 	"github.com/buildfarm/buildfarm/internal/manifest"
-	"github.com/buildfarm/buildfarm/internal/netns"
 	"github.com/buildfarm/buildfarm/internal/testenv"
-	"github.com/buildfarm/buildfarm/internal/vmrecord"
 )
 
 // machine list says each machine's architecture, x86_64 for a manifest
@@ -184,7 +180,7 @@ func TestBuildHelloAArch64(t *testing.T) {
 		}
 	}
 	out, errOut, code := runManifest(t, "", "agent", "--machines", machines, "--tftp", filepath.Join(dir, "tftp"),
-		"--registry", vmRegistry(t), "--accel", "auto", "--ram", "256", "--fake-bootstrap", "--build-startup", "60s", "--build-timeout", "120s",
+		"--registry", testenv.VMRegistry(t), "--accel", "auto", "--ram", "256", "--fake-bootstrap", "--build-startup", "60s", "--build-timeout", "120s",
 		"--fake-request", filepath.Join("..", "..", "examples", "hello-aarch64", "task.manifest"), "--dump-result")
 	if code != 0 {
 		t.Fatalf("agent: exit %d\n%s", code, errOut)
@@ -207,28 +203,4 @@ func TestBuildHelloAArch64(t *testing.T) {
 		}
 	}
 	t.Errorf("hello-aarch64's result has no test operation:\n%s", out)
-}
-
-// vmRegistry returns a directory for an agent's VM records (--registry)
-// and, as the test ends, kills the QEMU of each VM recorded there and
-// deletes its network namespace: a VM the agent suspended for
-// investigation (a task that missed its deadline) outlives the agent.
-func vmRegistry(t *testing.T) string {
-	dir := t.TempDir()
-	t.Cleanup(func() {
-		recs, err := vmrecord.Registry{Dir: dir}.List()
-		if err != nil {
-			t.Errorf("VM records: %v", err)
-		}
-		for _, r := range recs {
-			t.Logf("stopping the agent's VM %s (%s), pid %d", r.Name, r.State, r.PID)
-			if r.PID > 0 {
-				syscall.Kill(r.PID, syscall.SIGKILL)
-			}
-			if r.NetNS != "" {
-				(&netns.NS{Name: r.NetNS}).Delete(context.Background())
-			}
-		}
-	})
-	return dir
 }

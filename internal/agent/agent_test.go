@@ -97,7 +97,7 @@ func newFarm(t *testing.T, btrfs bool, opts image.Options) *farm {
 		root = testenv.Btrfs(t, 8<<30) // sparse: room for the debian machine's 2 GiB disk
 	}
 	f := &farm{machines: filepath.Join(root, "machines"), tftp: filepath.Join(root, "tftp"),
-		registry: filepath.Join(t.TempDir(), "vms"), links: filepath.Join(t.TempDir(), "console")}
+		registry: testenv.VMRegistry(t), links: filepath.Join(t.TempDir(), "console")}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("agent log:\n%s", f.log.String())

@@ -4,7 +4,8 @@
 // when BUILDFARM_VM_TESTS=1, which scripts/test and CI always set. It also
 // holds what tests and the bench/ harnesses share: building buildfarm and
 // the worker (GoBuild, BuildWorker, Worker), a btrfs file system on a
-// loop device (MountBtrfs, Btrfs), and what a harness records of the host
+// loop device (MountBtrfs, Btrfs), an agent's VM registry that stops the
+// VMs left in it (VMRegistry), and what a harness records of the host
 // beside its figures (LoadAverage, HostKernel, QEMUVersion, Commit).
 //
 // Environment:
