@@ -214,12 +214,13 @@ func (r *vmRun) Start(ctx context.Context) error {
 		return err
 	}
 	r.vm = vm
-	if !s.resaving {
-		if err := r.startConsole(ctx); err != nil {
-			return err
-		}
+	if s.resaving { // no console, no start (see session.resaving)
+		return nil
 	}
-	if r.tap != nil && !s.resaving {
+	if err := r.startConsole(ctx); err != nil {
+		return err
+	}
+	if r.tap != nil {
 		r.watchAwaitStart()
 		if cfg.Incoming != "" {
 			return r.sendStart(ctx, tftpAddr)

@@ -18,11 +18,12 @@ package agent
 // worker's buildfarm.start=wait (and warmKernelArgs), waits for the
 // worker's first request (for worker.StartFile, which it never serves: the
 // worker waits for its task), stops the guest and saves its state (a
-// migration to a file, qemu.VM.SaveState) and forces QEMU down. Then it moves the memory out of the
-// state (toRAMFile): QEMU restores that state once into the RAM file,
-// mapped shared, and saves the devices alone (qemu.VM.SaveDevices).
-// It keeps the snapshot as the warm machine. The key is written last: a
-// warm machine without one is not there.
+// migration to a file, qemu.VM.SaveState) and forces QEMU down. Then it
+// moves the memory out of the state (toRAMFile): QEMU restores that
+// state once into the RAM file, mapped shared, and saves the devices
+// alone (qemu.VM.SaveDevices). It keeps the snapshot as the warm
+// machine. The key is written last: a warm machine without one is not
+// there.
 //
 // A task then takes its snapshot of the warm machine, not of the
 // bootstrapped one (the guest's memory holds that disk's mounted file
@@ -31,9 +32,9 @@ package agent
 // the pages it touches from the file as it goes, which its other tasks
 // share in the page cache. (A state with the memory in it made QEMU
 // read and write all of the guest's 512 MiB first: 0.3-1.5 s here, most
-// of it the host kernel zeroing the fresh pages.) It does so in a fresh network
-// namespace whose TFTP server listens on the port the state was saved
-// with: from the guest's side, 10.0.2.2:PORT is where it was. From
+// of it the host kernel zeroing the fresh pages.) It does so in a fresh
+// network namespace whose TFTP server listens on the port the state was
+// saved with: from the guest's side, 10.0.2.2:PORT is where it was. From
 // QEMU's start to the restored worker's first request the agent keeps
 // the start file fresh, written again every startRefresh: the host's time
 // and 64 random bytes. The worker sets the clock, adds the

@@ -570,8 +570,8 @@ func (v *VM) SaveDevices(ctx context.Context, file string) error {
 	return v.save(ctx, file, true)
 }
 
-// save migrates the running guest to file, without its shared memory
-// when devicesOnly.
+// save stops the guest and migrates it to file, without its shared
+// memory when devicesOnly.
 func (v *VM) save(ctx context.Context, file string, devicesOnly bool) error {
 	c := v.QMP()
 	if c == nil {
