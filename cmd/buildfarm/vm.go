@@ -97,10 +97,11 @@ func vmBootTestCmd(e *env) *cobra.Command {
 		Long: `Boot the machine directory DIR (kernel, initrd, cmdline and/or disk.img,
 as buildfarm image build makes it) with user-mode networking, wait for the
 worker's first sign of life on the serial console ("buildfarm-worker
-VERSION: started"), power the VM off over QMP (the power button: ACPI on
-x86_64, where the guest needs the button and evdev modules and acpid; a GPIO
-line on aarch64, which buildfarm's init watches), and print how long each
-step took. Exit status 1 when a step fails, with the
+VERSION: started"), power the VM off over QMP (the power button, pressed
+again each second until the guest acts on it: ACPI on x86_64, where the
+guest needs the button and evdev modules and acpid, which buildfarm's init
+starts while the worker starts; a GPIO line on aarch64, which the init
+watches), and print how long each step took. Exit status 1 when a step fails, with the
 tail of the console.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

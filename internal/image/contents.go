@@ -7,7 +7,9 @@ import (
 	"context"
 	"debug/elf"
 	_ "embed"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -44,6 +46,9 @@ type contents struct {
 	remove       []string
 	sshKey       string
 	initOverride string
+	// stripSignatures leaves the modules' signatures out (see
+	// Options.KeepModuleSignatures).
+	stripSignatures bool
 }
 
 // archive assembles the initramfs and returns it with the modules its init
@@ -94,6 +99,8 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 	check(a.AddFile("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n"+stepUserPasswd)))
 	check(a.AddFile("etc/group", 0o644, []byte("root:x:0:\n"+stepUserGroup)))
 	check(a.AddFile("etc/hostname", 0o644, []byte(c.name+"\n")))
+	// What the init mounts first, with one mount -a.
+	check(a.AddFile("etc/fstab", 0o644, []byte("proc /proc proc defaults 0 0\nsysfs /sys sysfs defaults 0 0\ndevtmpfs /dev devtmpfs defaults 0 0\n")))
 	// busybox acpid's action for the ACPI power button.
 	check(a.AddFile("etc/acpi/PWRF/00000080", 0o755, []byte("#!/bin/sh\npoweroff -f\n")))
 
@@ -119,7 +126,7 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 		if !strings.HasSuffix(m.Path, ".ko") {
 			return nil, nil, fmt.Errorf("kernel module %s: %s is compressed; busybox modprobe needs plain .ko files", m.Name, m.Path)
 		}
-		check(a.AddFileFrom(path.Join(base, m.Path), 0o644, filepath.Join(c.kernel.Modules, filepath.FromSlash(m.Path))))
+		check(c.addModule(&a, path.Join(base, m.Path), filepath.Join(c.kernel.Modules, filepath.FromSlash(m.Path))))
 		fmt.Fprintf(&list, "/%s/%s\n", base, m.Path)
 	}
 	check(a.AddFile("etc/buildfarm/modules", 0o644, list.Bytes()))
@@ -160,6 +167,45 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 		return nil, nil, fmt.Errorf("initramfs: %w", errs[0])
 	}
 	return &a, mods, nil
+}
+
+// addModule adds the module file src to a as dst, without its signature
+// when c says so.
+func (c contents) addModule(a *initramfs.Archive, dst, src string) error {
+	if !c.stripSignatures {
+		return a.AddFileFrom(dst, 0o644, src)
+	}
+	ko, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("kernel module: %w", err)
+	}
+	if ko, _, err = initramfs.StripSignature(ko); err != nil {
+		return fmt.Errorf("kernel module %s: %w", src, err)
+	}
+	return a.AddFile(dst, 0o644, ko)
+}
+
+// loadsUnsigned reports whether k's configuration is known and lets the
+// kernel load unsigned modules: no CONFIG_MODULE_SIG_FORCE. (Our kernel
+// command lines never set module.sig_enforce.) A kernel without its
+// configuration (--kernel and --modules) keeps its modules' signatures.
+func loadsUnsigned(k cache.Kernel) (bool, error) {
+	if k.Config == "" {
+		return false, nil
+	}
+	b, err := os.ReadFile(k.Config)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("kernel configuration: %w", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if strings.TrimSpace(line) == "CONFIG_MODULE_SIG_FORCE=y" {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // modulesDep is depmod's modules.dep for mods: a line a module, its path

@@ -535,7 +535,22 @@ func TestInitOverride(t *testing.T) {
 	if _, err := Build(context.Background(), Options{Preset: "busybox", Out: out, Worker: bb, InitOverride: myInit, DiskSize: 8 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(filepath.Join(out, InitrdFile))
+	got := members(t, filepath.Join(out, InitrdFile))
+	if want := "-rwxr-xr-x #!/bin/sh\necho mine\npoweroff -f\n"; got["init"] != want {
+		t.Errorf("init = %q, want %q", got["init"], want)
+	}
+	for _, p := range []string{"etc/buildfarm/modules", WorkerPath, "bin/busybox", "dev/console"} {
+		if _, ok := got[p]; !ok {
+			t.Errorf("initramfs lacks %s", p)
+		}
+	}
+}
+
+// members reads the initramfs file and returns each member's mode and
+// content ("MODE CONTENT") by path.
+func members(t *testing.T, file string) map[string]string {
+	t.Helper()
+	f, err := os.Open(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -549,12 +564,49 @@ func TestInitOverride(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "-rwxr-xr-x #!/bin/sh\necho mine\npoweroff -f\n"; got["init"] != want {
-		t.Errorf("init = %q, want %q", got["init"], want)
+	return got
+}
+
+// TestModuleSignatures builds the busybox machine with the cached kernel
+// (whose configuration loads unsigned modules) by default and with
+// KeepModuleSignatures, and looks for the signatures in its initramfs; and
+// a kernel that forces signatures keeps them.
+func TestModuleSignatures(t *testing.T) {
+	k := testenv.NeedKernel(t)
+	testenv.NeedProgram(t, "mkfs.ext4")
+	bb := testenv.NeedProgram(t, "busybox")
+	const marker = "~Module signature appended~\n"
+	for _, keep := range []bool{false, true} {
+		out := filepath.Join(t.TempDir(), "m")
+		m, err := Build(t.Context(), Options{Preset: "busybox", Out: out, Worker: bb, DiskSize: 8 << 20, KeepModuleSignatures: keep})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.UnsignedModules == keep {
+			t.Errorf("KeepModuleSignatures %v: UnsignedModules = %v", keep, m.UnsignedModules)
+		}
+		n := 0
+		for p, c := range members(t, filepath.Join(out, InitrdFile)) {
+			if !strings.HasSuffix(p, ".ko") {
+				continue
+			}
+			n++
+			if strings.HasSuffix(c, marker) != keep || !strings.Contains(c, "\x7fELF") {
+				t.Errorf("KeepModuleSignatures %v: %s signed: %v; want %v, an ELF module", keep, p, strings.HasSuffix(c, marker), keep)
+			}
+		}
+		if n != len(m.Modules) {
+			t.Errorf("%d modules in the initramfs, want %d", n, len(m.Modules))
+		}
 	}
-	for _, p := range []string{"etc/buildfarm/modules", WorkerPath, "bin/busybox", "dev/console"} {
-		if _, ok := got[p]; !ok {
-			t.Errorf("initramfs lacks %s", p)
+	forced := write(t, filepath.Join(t.TempDir(), "config"), "CONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_FORCE=y\n", 0o644)
+	for _, c := range []struct {
+		config string
+		want   bool
+	}{{k.Config, true}, {forced, false}, {"", false}, {filepath.Join(t.TempDir(), "none"), false}} {
+		k.Config = c.config
+		if got, err := loadsUnsigned(k); err != nil || got != c.want {
+			t.Errorf("loadsUnsigned(config %q) = %v, %v; want %v", c.config, got, err, c.want)
 		}
 	}
 }

@@ -1,38 +1,39 @@
 #!/bin/sh
 # buildfarm guest init: the first process of a one-shot build VM.
 #
-# 1. Mount /proc, /sys and /dev (devtmpfs).
-# 2. Load the kernel modules the network and the power button need
-#    (/etc/buildfarm/modules.early names them) with one modprobe (-a); the
-#    image builder wrote the list of all the modules,
-#    /etc/buildfarm/modules, in dependency order, and a modules.dep for
-#    them. Start acpid so that the ACPI power button powers the guest off
-#    (x86_64), or watch the GPIO power button (aarch64).
+# 1. Mount /proc, /sys and /dev (devtmpfs): /etc/fstab, one mount -a.
+# 2. Load the kernel modules the network needs (/etc/buildfarm/modules.early
+#    names them) with one modprobe (-a); the image builder wrote the list
+#    of all the modules, /etc/buildfarm/modules, in dependency order, and
+#    a modules.dep for them.
 # 3. The rest of the set-up, which the worker's first requests do without
-#    (see below): load the other modules (the disk's, the console's) with
-#    one modprobe; mount the build disk, /dev/vda (ext4), on /build (the
-#    worker's root is this initramfs) or as the root to chroot into (the
-#    rootfs preset), and a guest without a disk still works: /build is
-#    then a directory of the initramfs, in memory; link each virtio-serial
-#    port as /dev/virtio-ports/NAME (as udev would: the management
-#    console's channels); and make the file /run/buildfarm.ready.
-# 4. Network: lo up, and static 10.0.2.15/24 via 10.0.2.2 when the NIC has the magic
-#    MAC 00:01:02:03:04:0b (tap on a bridge) or the kernel command line
-#    says buildfarm.net=user (QEMU's user-mode networking, whose DHCP server
-#    would hand out that address: the agent says so, and the guest saves
-#    the 0.15-0.2 s a DHCP exchange takes under TCG), DHCP (udhcpc)
-#    otherwise. buildfarm.net=dhcp (the agent's --bridge: a tap on a host
-#    bridge) always takes DHCP, with IPv6 off on the NIC (nothing on the
-#    network but the IPv4 lease carries the guest's MAC); with
+#    (see below): load the other modules (the disk's, the console's, the
+#    power button's) with one modprobe; start acpid, so that the ACPI
+#    power button powers the guest off (x86_64), and wait until it has
+#    the button open; mount the build disk, /dev/vda (ext4), on /build
+#    (the worker's root is this initramfs) or as the root to chroot into
+#    (the rootfs preset), and a guest without a disk still works: /build
+#    is then a directory of the initramfs, in memory; link each
+#    virtio-serial port as /dev/virtio-ports/NAME (as udev would: the
+#    management console's channels); and make the file
+#    /run/buildfarm.ready. On aarch64 the init watches the GPIO power
+#    button from the start.
+# 4. Network: IPv6 off on the NIC (the guest reaches nothing but the
+#    agent, over IPv4; lo keeps ::1). Static 10.0.2.15/24 via 10.0.2.2
+#    when the NIC has the magic MAC 00:01:02:03:04:0b (tap on a bridge)
+#    or the kernel command line says buildfarm.net=user (QEMU's user-mode
+#    networking, whose DHCP server would hand out that address: the agent
+#    says so, and the guest saves the 0.15-0.2 s a DHCP exchange takes
+#    under TCG); DHCP (udhcpc) otherwise. buildfarm.net=dhcp (the agent's
+#    --bridge: a tap on a host bridge) always takes DHCP; with
 #    buildfarm.start=channel too (a guest whose state is saved for warm
 #    starts) the NIC stays down: the worker sets its MAC, brings it up and
 #    asks DHCP for a lease when its start comes. The static network of a
-#    guest without hooks is the worker's to set up, lo included (it is
-#    handed over in BUILDFARM_NET): one process instead of four ip.
-# 5. Make sure acpid has the power button open: a guest whose worker has
-#    started powers off on the button. Run the hooks in
-#    /etc/buildfarm/rc.d, in name order, with BUILDFARM_ROOT set to the
-#    worker's root.
+#    guest without hooks is the worker's to set up (handed over in
+#    BUILDFARM_NET): one process instead of four ip, and lo and the
+#    default route while it waits for its first answers.
+# 5. Run the hooks in /etc/buildfarm/rc.d, in name order, with
+#    BUILDFARM_ROOT set to the worker's root.
 # 6. Start buildfarm-worker in /build with stdio on the console, and power
 #    the guest off when it exits, whatever happened before.
 #
@@ -42,9 +43,11 @@
 # is on the disk or there are hooks: then it runs first, in order. The
 # worker waits for /run/buildfarm.ready (BUILDFARM_READY) before it
 # touches /build, and before it asks for its start (buildfarm.start=wait:
-# a saved guest has all of it behind it).
+# a saved guest has all of it behind it). Until the file is there, a
+# press of the power button may go unseen; the agent presses it again
+# (package qemu's Shutdown).
 #
-# Under TCG a process costs the guest about 4 ms, so what the init does
+# Under TCG a process costs the guest about 4-8 ms, so what the init does
 # often (checks, waits, reading a file) it does with the shell's builtins.
 #
 # /etc/buildfarm/config sets ROOT=initramfs or ROOT=disk and NAME.
@@ -68,18 +71,15 @@ exists() {
 	return 1
 }
 
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -a
 exec </dev/console >/dev/console 2>&1
 up
 read -r release </proc/sys/kernel/osrelease
 say "buildfarm guest $NAME, kernel $release, up ${up}s"
 echo "$NAME" >/proc/sys/kernel/hostname
 
-# The modules: those the network and the power button need first, the
-# others in step 3, each set with one modprobe (-a), which loads each
-# after what it depends on. Without modules.early, all of them first.
+# The modules: those the network needs first, the others in step 3, each
+# set with one modprobe (-a), which loads each after what it depends on. Without modules.early, all of them first.
 early=" "
 if [ -e /etc/buildfarm/modules.early ]; then
 	while read -r m; do early="$early$m "; done </etc/buildfarm/modules.early
@@ -126,28 +126,6 @@ fi
 	loaded $first
 }
 
-# The ACPI power button (QMP system_powerdown) powers the guest off: busybox
-# acpid runs /etc/acpi/PWRF/00000080. acpid opens the event devices once,
-# so wait for devtmpfs to make them; it opens them while the network is
-# set up, and step 5 waits until it has: a power-down pressed before that
-# would be lost.
-# events_made reports whether each input event device has its node.
-events_made() {
-	for e in /sys/class/input/event*; do
-		[ -e "$e" ] || continue
-		[ -e "/dev/input/${e##*/}" ] || return 1
-	done
-}
-acpid=""
-if exists /sys/class/input/event*; then
-	n=0
-	while ! events_made && [ $n -lt 200 ]; do
-		usleep 10000
-		n=$((n + 1))
-	done
-	acpid -d -c /etc/acpi </dev/null >/dev/null 2>&1 &
-	acpid=$!
-fi
 # opened PID FILE... reports whether process PID has each FILE open.
 opened() {
 	pid=$1
@@ -222,6 +200,33 @@ link_ports() {
 	done
 }
 
+# events_made reports whether each input event device has its node.
+events_made() {
+	for e in /sys/class/input/event*; do
+		[ -e "$e" ] || continue
+		[ -e "/dev/input/${e##*/}" ] || return 1
+	done
+}
+# The ACPI power button (QMP system_powerdown) powers the guest off: busybox
+# acpid runs /etc/acpi/PWRF/00000080. acpid opens the event devices once,
+# so wait for devtmpfs to make them, and then until acpid has them open:
+# the set-up is not done before the button works.
+power_button() {
+	exists /sys/class/input/event* || return 0
+	n=0
+	while ! events_made && [ $n -lt 200 ]; do
+		usleep 10000
+		n=$((n + 1))
+	done
+	acpid -d -c /etc/acpi </dev/null >/dev/null 2>&1 &
+	acpid=$!
+	n=0
+	while [ -d "/proc/$acpid" ] && ! opened "$acpid" /dev/input/event* && [ $n -lt 200 ]; do
+		usleep 10000
+		n=$((n + 1))
+	done
+}
+
 # Step 3.
 ready=/run/buildfarm.ready
 set_up() {
@@ -234,6 +239,7 @@ set_up() {
 		modprobe -a $later
 		loaded $later
 	}
+	power_button
 	mount_disk
 	link_ports
 	: >"$ready"
@@ -297,7 +303,7 @@ else
 		buildfarm.start=channel) channel=1 ;;
 		esac
 	done
-	if [ -n "$dhcp" ] && [ -e "/proc/sys/net/ipv6/conf/$nic/disable_ipv6" ]; then
+	if [ -e "/proc/sys/net/ipv6/conf/$nic/disable_ipv6" ]; then
 		echo 1 >"/proc/sys/net/ipv6/conf/$nic/disable_ipv6"
 	fi
 	static=""
@@ -332,15 +338,6 @@ else
 		say "network $nic ($mac): no DHCP lease"
 	fi
 	[ "$ROOT" != disk ] || cp /etc/resolv.conf /mnt/root/etc/resolv.conf 2>/dev/null
-fi
-
-# acpid has the power button open before anyone is told the guest is up.
-if [ -n "$acpid" ]; then
-	n=0
-	while [ -d "/proc/$acpid" ] && ! opened "$acpid" /dev/input/event* && [ $n -lt 200 ]; do
-		usleep 10000
-		n=$((n + 1))
-	done
 fi
 
 for hook in /etc/buildfarm/rc.d/*; do

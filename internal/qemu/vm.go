@@ -390,7 +390,10 @@ func (v *VM) execute(ctx context.Context, command string) error {
 }
 
 // Shutdown asks the guest to power off (ACPI power button, QMP
-// system_powerdown) and waits until QEMU exits or ctx ends. It reports
+// system_powerdown) and waits until QEMU exits or ctx ends. A guest does
+// not see a press before it handles the button (the busybox machine:
+// until its set-up is done, a fraction of a second after the worker
+// starts), so Shutdown presses it again every RepressInterval. It reports
 // whether the guest made it; the error is for a request that could not
 // be made. A guest that did not make it is still running: Forcedown it.
 func (v *VM) Shutdown(ctx context.Context) (bool, error) {
@@ -399,25 +402,33 @@ func (v *VM) Shutdown(ctx context.Context) (bool, error) {
 		return true, nil
 	default:
 	}
-	if err := v.execute(ctx, "system_powerdown"); err != nil {
-		if errors.Is(err, ErrExited) {
-			<-v.done
+	t := time.NewTicker(RepressInterval)
+	defer t.Stop()
+	for {
+		if err := v.execute(ctx, "system_powerdown"); err != nil {
+			if errors.Is(err, ErrExited) {
+				<-v.done
+				return true, nil
+			}
+			if ctx.Err() != nil {
+				return false, nil
+			}
+			return false, err
+		}
+		select {
+		case <-v.done:
+			v.log.Debug("guest powered off")
 			return true, nil
-		}
-		if ctx.Err() != nil {
+		case <-ctx.Done():
+			v.log.Info("guest did not power off in time")
 			return false, nil
+		case <-t.C:
 		}
-		return false, err
-	}
-	select {
-	case <-v.done:
-		v.log.Debug("guest powered off")
-		return true, nil
-	case <-ctx.Done():
-		v.log.Info("guest did not power off in time")
-		return false, nil
 	}
 }
+
+// RepressInterval is how often Shutdown presses the power button.
+const RepressInterval = time.Second
 
 // Forcedown stops QEMU now: QMP quit, then SIGTERM to its process group,
 // then SIGKILL, each after a short grace period, and waits for it to exit

@@ -32,17 +32,21 @@ var (
 	Network     = []string{"virtio_pci", "virtio_net"}
 )
 
-// Prelude starts every init script. It leaves $PATH set and acpid
-// running. (Write links busybox's applets and writes acpid's power button
-// action into the image, which saves time at boot under TCG.)
-const Prelude = `#!/bin/busybox sh
+// Prelude starts every init script of Initramfs. It leaves $PATH set and
+// acpid running. (Write links busybox's applets and writes acpid's power
+// button action into the image, which saves time at boot under TCG.)
+const Prelude = Mounts + PowerButtonScript
+
+// Mounts is Prelude without acpid: it mounts /dev, /proc and /sys, puts
+// stdio on the console and loads the modules.
+const Mounts = `#!/bin/busybox sh
 export PATH=/bin
 mount -t devtmpfs dev /dev
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 exec </dev/console >/dev/console 2>&1
 for m in $(cat /etc/modules); do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
-` + PowerButtonScript
+`
 
 // PowerButtonScript starts busybox acpid, once the button and evdev
 // modules are loaded, and returns when it listens: a power-down sent
