@@ -19,14 +19,16 @@ import (
 	"github.com/buildfarm/buildfarm/internal/manifest"
 )
 
-// identityTask writes a task whose one step prints 32 random bytes and
-// the guest's clock, and returns its file.
+// identityTask writes a task whose one step prints 32 random bytes, the
+// guest's clock and its network (lo's flags, whether the NIC has IPv6,
+// the default route: the worker sets the last in the background), and
+// returns its file.
 func identityTask(t *testing.T) string {
 	t.Helper()
 	task := manifest.Task{Name: "identity", Version: "1.0.0", RepositoryURL: "https://example.org/identity.git",
 		Machine: "busybox", Target: "x86_64-linux-gnu",
 		Steps: []manifest.Step{{Operation: "configure",
-			Command: `echo "random=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"; echo "clock=$(date +%s)"`}}}
+			Command: `echo "random=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"; echo "clock=$(date +%s)"; echo "net=$(cat /sys/class/net/lo/flags) ipv6off=$(cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6) $(ip route show default)"`}}}
 	f := filepath.Join(t.TempDir(), "task.manifest")
 	if err := manifest.WriteFile(f, []manifest.Manifest{task.Manifest()}); err != nil {
 		t.Fatal(err)
@@ -36,6 +38,7 @@ func identityTask(t *testing.T) string {
 
 var (
 	randomRE = regexp.MustCompile(`random=([0-9a-f]{64})\n`)
+	netRE    = regexp.MustCompile(`net=0x9 ipv6off=1 default via 10\.0\.2\.2 dev eth0`)
 	clockRE  = regexp.MustCompile(`clock=([0-9]+)\n`)
 )
 
@@ -58,6 +61,9 @@ func runIdentity(t *testing.T, f *farm, o Options) (res *manifest.Result, random
 	r, c := randomRE.FindStringSubmatch(log), clockRE.FindStringSubmatch(log)
 	if r == nil || c == nil {
 		t.Fatalf("identity task's log %q: no random bytes or clock", log)
+	}
+	if !netRE.MatchString(log) {
+		t.Errorf("identity task's log %q: want lo up (flags 0x9), IPv6 off on eth0 and the default route (%s)", log, netRE)
 	}
 	guest, _ := strconv.ParseInt(c[1], 10, 64)
 	started := regexp.MustCompile(`time=(\S+) level=INFO msg=guest .*step=configure state=started`).FindStringSubmatch(f.log.String()[mark:])

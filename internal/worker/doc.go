@@ -53,6 +53,7 @@
 //
 // and from the environment the guest's init gives it: BUILDFARM_NET, a
 // static network ("NIC ADDRESS/PREFIX GATEWAY") the worker sets up over
-// netlink before its first request (NetEnv), and BUILDFARM_READY, the file
+// netlink (the NIC and its address before its first request, lo and the
+// default route in the background: NetEnv), and BUILDFARM_READY, the file
 // that says the rest of the guest's set-up is done (ReadyEnv).
 package worker

@@ -30,7 +30,8 @@ func TestParseStaticNet(t *testing.T) {
 }
 
 // TestStaticNetSet sets a static network up in a network namespace of
-// its own, on one end of a veth pair, and reads it back with ip.
+// its own, on one end of a veth pair (Set, then Finish), and reads it back
+// with ip.
 func TestStaticNetSet(t *testing.T) {
 	testenv.NeedRoot(t)
 	ip := testenv.NeedProgram(t, "ip")
@@ -63,6 +64,16 @@ func TestStaticNetSet(t *testing.T) {
 			t.Errorf("Set: %v", err)
 			return
 		}
+		if out := run("-4", "-o", "addr", "show", "d0"); !strings.Contains(out, "inet 10.0.2.15/24") {
+			t.Errorf("after Set, ip addr show d0: %q, want the address", out)
+		}
+		if out := run("-4", "route", "show", "default"); out != "" {
+			t.Errorf("after Set, ip route show default: %q, want none yet", out)
+		}
+		if err := n.Finish(); err != nil {
+			t.Errorf("Finish: %v", err)
+			return
+		}
 		for _, c := range []struct {
 			args []string
 			want string
@@ -78,6 +89,9 @@ func TestStaticNetSet(t *testing.T) {
 		}
 		if err := n.Set(); err == nil || !strings.Contains(err.Error(), "address 10.0.2.15/24 on d0") {
 			t.Errorf("Set again: %v, want the address's refusal", err)
+		}
+		if err := n.Finish(); err == nil || !strings.Contains(err.Error(), "default route via 10.0.2.2 on d0") {
+			t.Errorf("Finish again: %v, want the route's refusal", err)
 		}
 	}()
 	<-done

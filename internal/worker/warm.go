@@ -55,10 +55,14 @@ const ReadyEnv = "BUILDFARM_READY"
 // readyPoll is the pause between looks for ReadyEnv's file.
 const readyPoll = 2 * time.Millisecond
 
-// awaitReady waits for the file ReadyEnv names, if any: until it exists
-// or ctx is done (the agent's deadlines bound the wait); then it enters
-// the work directory again.
+// awaitReady waits for the static network to be complete (awaitNetwork)
+// and for the file ReadyEnv names, if any: until it exists or ctx is done
+// (the agent's deadlines bound the wait); then it enters the work
+// directory again.
 func (w *Worker) awaitReady(ctx context.Context) error {
+	if err := w.awaitNetwork(); err != nil {
+		return err
+	}
 	file := os.Getenv(ReadyEnv)
 	if file == "" {
 		return nil

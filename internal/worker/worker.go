@@ -86,6 +86,9 @@ type Worker struct {
 	log  *slog.Logger
 	seq  int
 	opts tftp.Options
+	// netDone waits for the static network's background part and
+	// returns its error (setNetwork); nil without a static network.
+	netDone func() error
 }
 
 // New returns a worker with cfg that logs to log.
