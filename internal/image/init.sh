@@ -220,6 +220,8 @@ power_button() {
 	done
 	acpid -d -c /etc/acpi </dev/null >/dev/null 2>&1 &
 	acpid=$!
+	# At the normal priority, not the background set-up's lowest one.
+	[ -z "$niced" ] || renice 0 -p "$acpid" >/dev/null 2>&1
 	n=0
 	while [ -d "/proc/$acpid" ] && ! opened "$acpid" /dev/input/event* && [ $n -lt 200 ]; do
 		usleep 10000
@@ -229,11 +231,13 @@ power_button() {
 
 # Step 3.
 ready=/run/buildfarm.ready
+niced=""
 set_up() {
 	if [ -n "$1" ]; then
 		# In the background, at the lowest priority: the worker first.
 		read -r self _ </proc/self/stat
 		renice -n 19 -p "$self" >/dev/null 2>&1
+		niced=1
 	fi
 	[ -z "$later" ] || {
 		modprobe -a $later

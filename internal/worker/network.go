@@ -74,13 +74,14 @@ func (w *Worker) setNetwork() error {
 	w.log.Info("network set", "nic", n.NIC, "addr", n.Addr, "gateway", n.Gateway, "took", time.Since(t0).Round(time.Millisecond))
 	done := make(chan error, 1)
 	go func() {
-		// At the lowest priority, in a thread of its own that ends with
-		// the goroutine: the kernel's share of the work runs in it too.
+		// At the lowest priority (best effort), in a thread of its own
+		// that ends with the goroutine: the kernel's share of the work
+		// runs in it too.
 		runtime.LockOSThread()
 		unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
 		t0 := time.Now()
 		err := n.Finish()
-		w.log.Debug("network finished", "lo", "up", "gateway", n.Gateway, "took", time.Since(t0).Round(time.Millisecond), "err", err)
+		w.log.Debug("lo up and default route added", "took", time.Since(t0).Round(time.Millisecond), "err", err)
 		done <- err
 	}()
 	w.netDone = sync.OnceValue(func() error { return <-done })
