@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"maps"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -98,21 +101,29 @@ func runUpDemo(t *testing.T, args, outLines, progress []string) string {
 		}
 	}
 	if pids := processesOn(t, state); len(pids) > 0 {
-		t.Errorf("processes left running on the state directory after up --demo: %v", pids)
+		t.Errorf("processes left running on the state directory after up --demo, killed now: %v", pids)
 	}
 	return state
 }
 
-// processesOn lists the processes whose command line names dir.
+// processesOn lists the processes whose command line names dir, and
+// kills each (SIGKILL, by its pid): a test leaves no process behind, such
+// as the QEMU of a VM the agent suspended.
 func processesOn(t *testing.T, dir string) []string {
 	t.Helper()
 	cmdlines, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	var pids []string
 	for _, f := range cmdlines {
 		b, err := os.ReadFile(f)
-		if err == nil && bytes.Contains(b, []byte(dir)) {
-			pids = append(pids, filepath.Base(filepath.Dir(f))+": "+strings.ReplaceAll(string(b), "\x00", " "))
+		if err != nil || !bytes.Contains(b, []byte(dir)) {
+			continue
 		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		pids = append(pids, fmt.Sprintf("%d: %s", pid, strings.ReplaceAll(string(b), "\x00", " ")))
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	return pids
 }
