@@ -131,7 +131,7 @@ func (c contents) archive(ctx context.Context) (*initramfs.Archive, []initramfs.
 	}
 	check(a.AddFile("etc/buildfarm/modules", 0o644, list.Bytes()))
 	// The names of those the init loads before the worker starts.
-	early, err := idx.Closure(earlyModules(c.arch)...)
+	early, err := idx.Closure(EarlyModules...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kernel modules: %w", err)
 	}

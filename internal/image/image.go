@@ -57,22 +57,12 @@ var GuestModules = []string{"virtio_pci", "virtio_blk", "virtio_net", "virtio_co
 var AArch64Modules = []string{"virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4"}
 
 // EarlyModules are the guest modules the init loads (with what they
-// depend on) before the worker starts: the network's. It loads the others
-// (the disk's, the console's, the power button's) while the worker makes
-// its first requests (init.sh), and the worker waits for them before it
-// touches its work directory.
+// depend on) before the worker starts, on both architectures: the
+// network's. It loads the others (the disk's, the console's, the power
+// button's on x86_64) while the worker makes its first requests
+// (init.sh), and the worker waits for them before it touches its work
+// directory.
 var EarlyModules = []string{"virtio_pci", "virtio_net"}
-
-// AArch64EarlyModules are those of aarch64 guests, the same (their power
-// button is a GPIO line the init watches).
-var AArch64EarlyModules = []string{"virtio_pci", "virtio_net"}
-
-func earlyModules(a arch.Arch) []string {
-	if a == arch.AArch64 {
-		return AArch64EarlyModules
-	}
-	return EarlyModules
-}
 
 // Cmdline is the kernel command line of the x86_64 machines Build makes.
 // panic=-1 turns a guest panic into a reboot, which QEMU's -no-reboot makes

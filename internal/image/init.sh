@@ -44,8 +44,8 @@
 # worker waits for /run/buildfarm.ready (BUILDFARM_READY) before it
 # touches /build, and before it asks for its start (buildfarm.start=wait:
 # a saved guest has all of it behind it). Until the file is there, a
-# press of the power button may go unseen; the agent presses it again
-# (package qemu's Shutdown).
+# press of the power button may go unseen; package qemu's VM.Shutdown
+# presses it again until the guest powers off.
 #
 # Under TCG a process costs the guest about 4-8 ms, so what the init does
 # often (checks, waits, reading a file) it does with the shell's builtins.
@@ -79,7 +79,8 @@ say "buildfarm guest $NAME, kernel $release, up ${up}s"
 echo "$NAME" >/proc/sys/kernel/hostname
 
 # The modules: those the network needs first, the others in step 3, each
-# set with one modprobe (-a), which loads each after what it depends on. Without modules.early, all of them first.
+# set with one modprobe (-a), which loads each after what it depends on.
+# Without modules.early, all of them first.
 early=" "
 if [ -e /etc/buildfarm/modules.early ]; then
 	while read -r m; do early="$early$m "; done </etc/buildfarm/modules.early
@@ -210,7 +211,8 @@ events_made() {
 # The ACPI power button (QMP system_powerdown) powers the guest off: busybox
 # acpid runs /etc/acpi/PWRF/00000080. acpid opens the event devices once,
 # so wait for devtmpfs to make them, and then until acpid has them open:
-# the set-up is not done before the button works.
+# the set-up is not done before the button works. With an argument (the
+# background set-up's), acpid goes back to the normal priority.
 power_button() {
 	exists /sys/class/input/event* || return 0
 	n=0
@@ -220,8 +222,7 @@ power_button() {
 	done
 	acpid -d -c /etc/acpi </dev/null >/dev/null 2>&1 &
 	acpid=$!
-	# At the normal priority, not the background set-up's lowest one.
-	[ -z "$niced" ] || renice 0 -p "$acpid" >/dev/null 2>&1
+	[ -z "$1" ] || renice 0 -p "$acpid" >/dev/null 2>&1
 	n=0
 	while [ -d "/proc/$acpid" ] && ! opened "$acpid" /dev/input/event* && [ $n -lt 200 ]; do
 		usleep 10000
@@ -231,19 +232,17 @@ power_button() {
 
 # Step 3.
 ready=/run/buildfarm.ready
-niced=""
 set_up() {
 	if [ -n "$1" ]; then
 		# In the background, at the lowest priority: the worker first.
 		read -r self _ </proc/self/stat
 		renice -n 19 -p "$self" >/dev/null 2>&1
-		niced=1
 	fi
 	[ -z "$later" ] || {
 		modprobe -a $later
 		loaded $later
 	}
-	power_button
+	power_button "$1"
 	mount_disk
 	link_ports
 	: >"$ready"
